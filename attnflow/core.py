@@ -1,0 +1,200 @@
+"""The core contract of attnflow: :class:`Bijection`, :class:`Chain` and :class:`Flow`.
+
+A bijection maps the *data side* to the *latent side*::
+
+    z, logdet = bijection(x, context=None)     # logdet: [B], log|det dz/dx| in nats
+    x = bijection.inverse(z, context=None)
+
+A :class:`Flow` is a transform whose last layer produces a flat latent ``z`` of shape ``[B, D]``
+in which the prior is a standard normal, so that, exactly,
+
+    log p(x) = log N(encode(x); 0, I) + log|det d encode / dx|.
+
+Learned (conditional) priors over factored-out latents are bijections inside the transform
+(see :class:`attnflow.nn.multiscale.FactorOut`), so temperature sampling, interpolation and
+noise experiments all work in this one latent space.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bijection", "Chain", "Flow", "check_images", "standard_normal_log_prob"]
+
+
+class Bijection(nn.Module):
+    """Base class of every invertible layer.
+
+    Subclasses implement ``forward(x, context=None) -> (z, logdet)`` with ``logdet`` of shape
+    ``[B]`` (nats, ``log|det dz/dx|`` per sample) and ``inverse(z, context=None) -> x``.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class Chain(Bijection):
+    """Composition ``f_n o ... o f_1``: forward applies the layers in order, inverse in reverse,
+    and the log-determinants add up."""
+
+    def __init__(self, layers: Iterable[Bijection]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        for layer in self.layers:
+            if not isinstance(layer, Bijection):
+                raise TypeError(f"Chain takes Bijection layers, got {type(layer).__name__}")
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer(x, context)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for layer in reversed(self.layers):
+            z = layer.inverse(z, context)
+        return z
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Bijection]:
+        return iter(self.layers)
+
+    def __getitem__(self, index: int) -> Bijection:
+        return self.layers[index]
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over all but the batch dimension, shape ``[B]``."""
+    return -0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+def check_images(x: Tensor, shape: Sequence[int]) -> None:
+    """Raise a ``ValueError`` naming the problem unless ``x`` is a finite float batch of
+    ``shape`` with values in [0, 1] (the model's input convention)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor of images, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"expected floating-point images in [0, 1], got dtype {x.dtype}; "
+            "convert uint8 data with attnflow.data.dequantize (or x.float() / levels)"
+        )
+    expected = tuple(shape)
+    if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"expected images of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values; clean the data before the model")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"input values must lie in [0, 1] (dequantized data scaled by the number of levels); "
+            f"got range [{lo:.4g}, {hi:.4g}]"
+        )
+
+
+class Flow(nn.Module):
+    """A normalizing flow: a transform to a flat latent plus a standard-normal prior.
+
+    Args:
+        transform: bijection mapping images ``[B, *shape]`` in [0, 1] to flat latents ``[B, D]``.
+        shape: the image shape ``(C, H, W)`` the flow models.
+        latent_dim: ``D``; defaults to ``prod(shape)`` (volume-preserving dimensions). Flows that
+            augment the input with noise (DenseFlow) have ``D > prod(shape)``.
+        context_shape: shape of the conditioning input (without batch) or ``None``.
+
+    ``log_prob_is_bound`` is ``True`` for models whose :meth:`log_prob` is a lower bound
+    (variational dequantization or noise augmentation); evaluation reports bits/dim as an
+    upper bound for them.
+    """
+
+    log_prob_is_bound: bool = False
+
+    def __init__(
+        self,
+        transform: Bijection,
+        shape: Sequence[int],
+        latent_dim: int | None = None,
+        context_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.transform = transform
+        self.shape = tuple(int(s) for s in shape)
+        self.latent_dim = int(latent_dim) if latent_dim is not None else math.prod(self.shape)
+        self.context_shape = tuple(context_shape) if context_shape is not None else None
+
+    @property
+    def dim(self) -> int:
+        """Number of data dimensions ``D = C*H*W`` (used for bits/dim)."""
+        return math.prod(self.shape)
+
+    def _check_context(self, context: Tensor | None, batch: int) -> None:
+        if self.context_shape is None:
+            if context is not None:
+                raise ValueError("this flow is unconditional; do not pass a context")
+            return
+        if context is None:
+            raise ValueError(f"this flow is conditional: pass a context of shape [B, {self.context_shape}]")
+        if tuple(context.shape[1:]) != self.context_shape or context.shape[0] != batch:
+            raise ValueError(
+                f"context must have shape [{batch}, {', '.join(map(str, self.context_shape))}], "
+                f"got {list(context.shape)}"
+            )
+
+    def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Validated ``(z, logdet)`` with ``z`` flat ``[B, latent_dim]``."""
+        check_images(x, self.shape)
+        self._check_context(context, x.shape[0])
+        z, logdet = self.transform(x, context)
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise RuntimeError(
+                f"the transform must end in a flat latent [B, {self.latent_dim}], got {list(z.shape)}; "
+                "end it with attnflow.nn.Flatten"
+            )
+        return z, logdet
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(x)`` in nats per image, shape ``[B]``, for continuous ``x`` in [0, 1]."""
+        z, logdet = self.forward_and_logdet(x, context)
+        return standard_normal_log_prob(z) + logdet
+
+    def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Flat latent ``[B, latent_dim]`` of ``x`` (all scales concatenated)."""
+        return self.forward_and_logdet(x, context)[0]
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Images ``[B, *shape]`` from flat latents ``[B, latent_dim]``."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"expected latents of shape [B, {self.latent_dim}], got {list(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("latent contains NaN or infinite values")
+        self._check_context(context, z.shape[0])
+        return self.transform.inverse(z, context)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        context: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Draw ``n`` images with latents ``z ~ N(0, temperature^2 I)``."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        p = next(self.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = p.dtype if p is not None else torch.get_default_dtype()
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)
+        return self.decode(z * temperature, context)
