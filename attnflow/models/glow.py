@@ -1,0 +1,39 @@
+"""Glow (Kingma & Dhariwal, 2018), optionally with AttnFlow's invertible attention in its steps."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..core import Chain, Flow
+from ..nn.glow import GlowStep
+from ..nn.multiscale import multiscale_transform
+from ..nn.preprocess import build_preprocess
+
+__all__ = ["glow"]
+
+COUPLING_MASKS = ("channel", "checkerboard")
+
+
+def glow(
+    shape: Sequence[int] = (1, 8, 8),
+    scales: int = 2,
+    steps: int = 4,
+    hidden: int = 64,
+    mask: str = "channel",
+    preprocess: str = "logit",
+    alpha: float = 0.05,
+    learned_prior: bool = True,
+) -> Flow:
+    """A multi-scale Glow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, affine
+    coupling) -> factor-out] x scales``. ``mask`` is the coupling mask; ``"checkerboard"``
+    alternates the checkerboard and its inverse, ``"channel"`` alternates the channel halves."""
+    if mask not in COUPLING_MASKS:
+        raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    def scale_steps(channels: int, scale: int) -> list[GlowStep]:
+        masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
+        return [GlowStep(channels, hidden, m) for m in masks]
+
+    transform = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, scales, scale_steps, learned_prior)])
+    return Flow(transform, shape)

@@ -1,0 +1,235 @@
+"""Glow building blocks (Kingma & Dhariwal, 2018): ActNorm, invertible 1x1 convolution, affine
+coupling, and the Glow step that may hold invertible attention (AttnFlow) at four positions."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core import Bijection, Chain
+from .multiscale import checkerboard_mask
+
+__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "conv_coupling_net"]
+
+
+def _spatial_size(x: Tensor) -> int:
+    """Number of positions per channel (``H*W`` for images, 1 for ``[B, C]``)."""
+    return x[0, 0].numel()
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    """Reshape a ``[C]`` vector to broadcast against ``x`` of shape ``[B, C, ...]``."""
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class ActNorm(Bijection):
+    """Per-channel affine normalisation ``z = (x + b) * exp(s)`` (Glow, Sec. 3.1).
+
+    ``log|det| = H * W * sum_c s_c``. On the first training batch ``b`` and ``s`` are set so that
+    the output has zero mean and unit variance per channel (data-dependent initialisation); the
+    flag ``initialized`` is a persistent buffer, so a loaded or resumed model is never
+    re-initialised.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialize(self, x: Tensor) -> None:
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dim=dims)
+        std = x.std(dim=dims, unbiased=False) if x.numel() // x.shape[1] > 1 else torch.ones_like(mean)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std + self.eps))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialized):
+            self._initialize(x)
+        z = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale.exp(), x)
+        logdet = (self.log_scale.sum() * _spatial_size(x)).expand(x.shape[0])
+        return z, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return z * _per_channel((-self.log_scale).exp(), z) - _per_channel(self.bias, z)
+
+
+class InvertibleConv1x1(Bijection):
+    """Invertible 1x1 convolution with an LU-decomposed weight (Glow, Sec. 3.2):
+    ``W = P L (U + diag(sign * exp(log_s)))``, ``log|det| = H * W * sum(log_s)``.
+
+    ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` strictly upper-triangular;
+    the weight is initialised to a random rotation.
+    """
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator))
+        p, lower, upper = torch.linalg.lu(q)
+        diag = torch.diagonal(upper)
+        self.register_buffer("permutation", p)
+        self.register_buffer("sign_s", torch.sign(diag))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(diag.abs()))
+
+    def weight(self) -> Tensor:
+        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
+        lower = self.lower * self.lower_mask + eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
+        return self.permutation @ lower @ upper
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        w = self.weight()
+        z = torch.einsum("ij,bj...->bi...", w, x)
+        logdet = (self.log_s.sum() * _spatial_size(x)).expand(x.shape[0])
+        return z, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        w_inv = torch.linalg.inv(self.weight())
+        return torch.einsum("ij,bj...->bi...", w_inv, z)
+
+
+def conv_coupling_net(in_channels: int, out_channels: int, hidden: int) -> nn.Module:
+    """Glow's coupling network: conv3x3 - ReLU - conv1x1 - ReLU - zero-initialised conv3x3, so
+    every coupling starts as the identity."""
+    last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.ReLU(),
+        last,
+    )
+
+
+CouplingNetFactory = Callable[[int, int], nn.Module]
+
+
+class AffineCoupling(Bijection):
+    """Affine coupling (RealNVP / Glow): the input is split by a binary mask ``m`` into a
+    conditioning part ``x_a = m * x`` and a transformed part ``x_b``;
+    ``(h, t) = NN(x_a [, context])``, ``z_b = s * x_b + t`` with ``s = sigmoid(h + 2)`` (Glow's
+    stable scale, in (0, 1)), ``z_a = x_a``. ``log|det| = sum_b log s``.
+
+    Masks: ``"channel"`` (first ``C // 2`` channels condition the rest; odd ``C`` allowed) and
+    ``"checkerboard"`` / ``"checkerboard-inv"`` (spatial, any ``H, W``).
+    ``net_factory(in_channels, out_channels)`` builds the network; by default
+    :func:`conv_coupling_net` of width ``hidden``. With ``context_channels > 0`` the context (an
+    image-shaped tensor of the same spatial size) is concatenated to the network input.
+    """
+
+    MASKS = ("channel", "channel-inv", "checkerboard", "checkerboard-inv")
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        mask: str = "channel",
+        net_factory: CouplingNetFactory | None = None,
+        context_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        if mask not in self.MASKS:
+            raise ValueError(f"unknown coupling mask {mask!r}; valid masks: {', '.join(self.MASKS)}")
+        if mask.startswith("channel") and channels < 2:
+            raise ValueError(f"a channel mask needs at least 2 channels, got {channels}; use a checkerboard mask")
+        self.channels = channels
+        self.mask = mask
+        self.context_channels = context_channels
+        factory = net_factory or (lambda i, o: conv_coupling_net(i, o, hidden))
+        if mask.startswith("channel"):
+            self.n_cond = channels // 2 if mask == "channel" else channels - channels // 2
+            self.net = factory(self.n_cond + context_channels, 2 * (channels - self.n_cond))
+        else:
+            self.net = factory(channels + context_channels, 2 * channels)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mask == "channel":
+            return x[:, : self.n_cond], x[:, self.n_cond :]
+        if self.mask == "channel-inv":
+            return x[:, x.shape[1] - self.n_cond :], x[:, : x.shape[1] - self.n_cond]
+        m = checkerboard_mask(x.shape[-2], x.shape[-1], invert=self.mask.endswith("inv"), like=x)
+        return x * m, x * (1 - m)
+
+    def _merge(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.mask == "channel":
+            return torch.cat([a, b], 1)
+        if self.mask == "channel-inv":
+            return torch.cat([b, a], 1)
+        return a + b
+
+    def _scale_shift(self, a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.context_channels:
+            if context is None:
+                raise ValueError("this coupling is conditional: pass a context")
+            a = torch.cat([a, context], 1)
+        h, t = self.net(a).chunk(2, dim=1)
+        log_s = F.logsigmoid(h + 2.0)
+        if not self.mask.startswith("channel"):
+            m = checkerboard_mask(a.shape[-2], a.shape[-1], invert=self.mask.endswith("inv"), like=a)
+            log_s, t = log_s * (1 - m), t * (1 - m)
+        return log_s, t
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.shape[1] != self.channels:
+            raise ValueError(f"coupling expects {self.channels} channels, got {x.shape[1]}")
+        a, b = self._split(x)
+        log_s, t = self._scale_shift(a, context)
+        return self._merge(a, b * log_s.exp() + t), log_s.flatten(1).sum(1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        a, b = self._split(z)
+        log_s, t = self._scale_shift(a, context)
+        return self._merge(a, (b - t) * (-log_s).exp())
+
+
+AttentionFactory = Callable[[int], Bijection]
+
+
+class GlowStep(Chain):
+    """One Glow step ``ActNorm -> InvertibleConv1x1 -> AffineCoupling`` with optional invertible
+    attention layers (AttnFlow, Sec. 4) at any of four positions: 1 before ActNorm, 2 after
+    ActNorm, 3 after the 1x1 convolution, 4 after the coupling.
+
+    ``attention(channels) -> Bijection`` builds one attention layer per requested position.
+    """
+
+    POSITIONS = (1, 2, 3, 4)
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        mask: str = "channel",
+        attention: AttentionFactory | None = None,
+        positions: Sequence[int] = (),
+        net_factory: CouplingNetFactory | None = None,
+        context_channels: int = 0,
+    ) -> None:
+        bad = [p for p in positions if p not in self.POSITIONS]
+        if bad:
+            raise ValueError(f"attention positions must be among {self.POSITIONS}, got {bad}")
+        if positions and attention is None:
+            raise ValueError("attention positions given but no attention layer factory")
+        core = [
+            ActNorm(channels),
+            InvertibleConv1x1(channels),
+            AffineCoupling(channels, hidden, mask, net_factory, context_channels),
+        ]
+        layers: list[Bijection] = []
+        for pos in self.POSITIONS:  # position p sits before core layer p-1 (4: after the last)
+            if pos in positions:
+                layers.append(attention(channels))
+            if pos <= len(core):
+                layers.append(core[pos - 1])
+        super().__init__(layers)

@@ -1,0 +1,13 @@
+"""Training: the Trainer loop and safe checkpoints."""
+from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
+from .trainer import ExponentialMovingAverage, NonFiniteTraining, Trainer
+
+__all__ = [
+    "Trainer",
+    "ExponentialMovingAverage",
+    "NonFiniteTraining",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_run",
+    "save_checkpoint",
+]

@@ -1,0 +1,101 @@
+"""Checkpoints: written atomically, loaded without executing code, never non-finite.
+
+A run directory holds ``config.json`` (the resolved configuration), ``checkpoint.pt`` (model,
+optimizer, EMA, RNG states and data position; read with ``torch.load(weights_only=True)``) and
+``model.safetensors`` (the evaluation weights alone, for sharing).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import Flow
+
+__all__ = ["CHECKPOINT", "CONFIG", "WEIGHTS", "atomic_write", "save_checkpoint", "load_checkpoint", "load_run", "CheckpointError"]
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or run directory that cannot be used."""
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder), so a
+    crash never leaves a half-written file at ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (whose ``"model"`` entry is a state dict). Refuses to write
+    non-finite model weights: a checkpoint is always one that training can resume from."""
+    if not _all_finite(state["model"]):
+        raise CheckpointError("refusing to write a checkpoint with non-finite weights")
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely (no code execution) with a clear error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first with `attnflow train --out {path.parent}`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not an attnflow checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it and train again, or point to another run"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError(f"checkpoint {path} is not an attnflow checkpoint (missing model/step entries)")
+    return state
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's parameters and buffers as safetensors (atomically)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def load_run(run_dir: str | os.PathLike, use_ema: bool = True) -> tuple[Flow, dict[str, Any]]:
+    """The trained model of a run directory (EMA weights when the run kept them) in eval mode,
+    and its configuration."""
+    from ..models import build_from_config
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG}); train with `attnflow train --out {run_dir}`")
+    cfg = json.loads(cfg_path.read_text())
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    model = build_from_config(cfg["model"])
+    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} does not match its config.json: {exc}") from exc
+    model.eval()
+    return model, cfg

@@ -1,0 +1,284 @@
+"""The training loop: optimizer with warm-up and clipping, optional EMA, checkpoints and exact
+resume, JSON-lines metrics, a progress bar, and recovery from non-finite steps.
+
+Exact resume: the checkpoint holds the model, optimizer and EMA state, the global torch RNG
+(stochastic log-det estimators draw from it), the dequantization generator and the data sampler's
+position, so an interrupted run continued with ``resume=True`` ends with the same parameters as
+an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core import Flow
+from ..data import BatchSampler, dequantize, load_dataset
+from ..evaluate import evaluate_bits_per_dim, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
+from ..models import build_from_config
+from .checkpoint import CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint, save_weights
+
+__all__ = ["Trainer", "ExponentialMovingAverage", "NonFiniteTraining"]
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training kept producing non-finite losses even after rolling back."""
+
+
+class ExponentialMovingAverage:
+    """EMA of a model's floating-point parameters, ``e <- d e + (1 - d) p``; buffers are taken
+    from the live model when the averaged copy is built."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
+
+    def state_dict_for(self, model: torch.nn.Module) -> dict[str, Tensor]:
+        """The model's state dict with parameters replaced by their averages."""
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.update({k: v.clone() for k, v in self.shadow.items()})
+        return state
+
+
+def _log(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)
+
+
+class Trainer:
+    """Train the model described by a resolved config (see :func:`attnflow.config.resolve_config`)
+    into ``out_dir``.
+
+    ``stop_at`` ends the loop after that step as an interruption would (used by tests and by
+    ``KeyboardInterrupt``): a checkpoint is written and the run can be resumed.
+    """
+
+    def __init__(self, cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.out = Path(out_dir)
+        self.progress = progress
+        ckpt_path = self.out / CHECKPOINT
+        state = None
+        if resume:
+            if not ckpt_path.is_file():
+                raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}")
+            state = load_checkpoint(ckpt_path)
+            saved = json.loads((self.out / CONFIG).read_text())
+            changed = [s for s in ("model", "data") if saved[s] != cfg[s]]
+            if changed:
+                raise ValueError(
+                    f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
+                    "only train.* settings may change on resume"
+                )
+        elif ckpt_path.exists():
+            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        self.cfg = cfg
+        t = cfg["train"]
+        if t["threads"]:
+            torch.set_num_threads(t["threads"])
+        torch.manual_seed(t["seed"])
+
+        data = cfg["data"]
+        kwargs = {"root": data["root"] or None, "n_bits": data["n_bits"] or None}
+        self.train_set = load_dataset(data["name"], "train", **kwargs)
+        self.test_set = load_dataset(data["name"], "test", **kwargs)
+        self.model: Flow = build_from_config(cfg["model"])
+        if tuple(self.train_set.shape) != self.model.shape:
+            raise ValueError(
+                f"dataset {data['name']!r} has images of shape {self.train_set.shape} but the model expects "
+                f"{self.model.shape}; set model.shape={list(self.train_set.shape)}"
+            )
+        self.levels = self.train_set.levels
+        if t["batch_size"] > len(self.train_set):
+            raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}.get(t["optimizer"])
+        if opt_cls is None:
+            raise ValueError(f"unknown train.optimizer {t['optimizer']!r}; valid: adam, adamax")
+        self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
+        self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
+        self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
+        self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
+        self.step = 0
+        self.lr_scale = 1.0
+        self.out.mkdir(parents=True, exist_ok=True)
+        if state is not None:
+            self._restore(state)
+            self._truncate_metrics()
+        else:
+            (self.out / CONFIG).write_text(json.dumps(cfg, indent=2))
+            (self.out / "metrics.jsonl").write_text("")
+            self.save()  # step 0: the rollback point before any update
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "lr_scale": self.lr_scale,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict_for(self.model) if self.ema else {},
+            "ema_shadow": self.ema.shadow if self.ema else {},
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "dequant_rng": self.dequant_gen.get_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state.get("ema_shadow"):
+            self.ema.shadow = {k: v.clone() for k, v in state["ema_shadow"].items()}
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.dequant_gen.set_state(state["dequant_rng"])
+        self.step = int(state["step"])
+        self.lr_scale = float(state["lr_scale"])
+
+    def save(self) -> None:
+        save_checkpoint(self.out / CHECKPOINT, self.state())
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if json.loads(r).get("step", 0) <= self.step]
+            path.write_text("".join(r + "\n" for r in kept))
+
+    def _write_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # -- loop ------------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        t = self.cfg["train"]
+        warm = min(1.0, (self.step + 1) / t["warmup_steps"]) if t["warmup_steps"] > 0 else 1.0
+        lr = t["lr"] * self.lr_scale * warm
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self) -> tuple[float, float] | None:
+        """One optimizer step; ``None`` (and no update) when the loss or a gradient is not finite."""
+        t = self.cfg["train"]
+        idx = next(self.sampler)
+        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
+        self.model.train()
+        bpd = log_prob_to_bits_per_dim(self.model.log_prob(x), self.model.dim, self.levels)
+        loss = bpd.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        loss.backward()
+        clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return float(loss.detach()), float(grad_norm)
+
+    def _rollback(self) -> None:
+        t = self.cfg["train"]
+        state = load_checkpoint(self.out / CHECKPOINT)
+        self._restore(state)
+        self.lr_scale *= t["rollback_lr_factor"]
+        _log(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
+        self._write_metrics({"step": self.step, "event": "rollback", "lr_scale": self.lr_scale})
+
+    def evaluate(self, max_batches: int = 0) -> dict[str, Any]:
+        """Test bits/dim (EMA weights when kept)."""
+        model = self.eval_model()
+        return evaluate_bits_per_dim(model, self.test_set.images, self.levels, max_batches=max_batches)
+
+    def eval_model(self) -> Flow:
+        if not self.ema:
+            return self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.ema.state_dict_for(self.model))
+        return model
+
+    def run(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train to ``train.steps`` (or ``stop_at``); returns the final test evaluation, or
+        ``{"interrupted_at": step}`` when stopped early."""
+        from tqdm import tqdm
+
+        t = self.cfg["train"]
+        total = t["steps"]
+        bad = 0
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        window_start, window_images = time.perf_counter(), 0
+        try:
+            while self.step < total:
+                if stop_at is not None and self.step >= stop_at:
+                    self.save()
+                    return {"interrupted_at": self.step}
+                lr = self._set_lr()
+                result = self._train_step()
+                if result is None:
+                    bad += 1
+                    _log(f"step {self.step + 1}: non-finite loss or gradient, step skipped ({bad}/{t['max_bad_steps']})")
+                    self._write_metrics({"step": self.step + 1, "event": "skipped_non_finite"})
+                    if bad >= t["max_bad_steps"]:
+                        if self.lr_scale < 1e-3:
+                            raise NonFiniteTraining("training stays non-finite after repeated rollbacks; lower train.lr")
+                        self._rollback()
+                        bar.n = self.step
+                        bad = 0
+                    continue
+                bad = 0
+                self.step += 1
+                window_images += t["batch_size"]
+                bar.update(1)
+                loss, grad_norm = result
+                if self.step % t["log_every"] == 0 or self.step == total:
+                    speed = window_images / (time.perf_counter() - window_start)
+                    window_start, window_images = time.perf_counter(), 0
+                    bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
+                    self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": speed})
+                if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
+                    ev = self.evaluate(t["eval_batches"])
+                    self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"]})
+                if self.step % t["checkpoint_every"] == 0:
+                    self.save()
+                if on_step:
+                    on_step(self.step)
+        except KeyboardInterrupt:
+            self.save()
+            _log(f"interrupted at step {self.step}; checkpoint written — continue with --resume")
+            return {"interrupted_at": self.step}
+        finally:
+            bar.close()
+        self.save()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Final checkpoint artefacts: weights, test bits/dim, sample grid and loss curve."""
+        model = self.eval_model()
+        save_weights(model, self.out / WEIGHTS)
+        ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress)
+        self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"]})
+        results = {"step": self.step, "test": ev, "levels": self.levels, "dataset": self.cfg["data"]["name"]}
+        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        gen = torch.Generator().manual_seed(0)
+        save_image_grid(model.sample(64, temperature=1.0, generator=gen), self.out / "samples.png")
+        plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
+        return results
