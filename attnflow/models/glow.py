@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from ..core import Chain, Flow
 from ..nn.glow import GlowStep
+from ..nn.invattn import INVERTIBLE_ATTENTION_KINDS, build_invertible_attention
 from ..nn.multiscale import multiscale_transform
 from ..nn.preprocess import build_preprocess
 
@@ -22,18 +23,36 @@ def glow(
     preprocess: str = "logit",
     alpha: float = 0.05,
     learned_prior: bool = True,
+    attention: str = "none",
+    positions: Sequence[int] = (),
+    heads: int = 1,
+    patches: int = 4,
 ) -> Flow:
     """A multi-scale Glow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, affine
     coupling) -> factor-out] x scales``. ``mask`` is the coupling mask; ``"checkerboard"``
-    alternates the checkerboard and its inverse, ``"channel"`` alternates the channel halves."""
+    alternates the checkerboard and its inverse, ``"channel"`` alternates the channel halves.
+
+    ``attention`` in {"none", "imap", "isdp"} puts AttnFlow's invertible attention at each of the
+    step ``positions`` (1: before ActNorm, 2: after ActNorm, 3: after the 1x1 convolution, 4:
+    after the coupling); ``heads`` and ``patches`` configure iSDP."""
     if mask not in COUPLING_MASKS:
         raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
+    if attention not in INVERTIBLE_ATTENTION_KINDS:
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+    if attention == "none" and positions:
+        raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
+    if attention != "none" and not positions:
+        raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
+
+    def attention_layer(channels: int):
+        return build_invertible_attention(attention, channels, heads=heads, patches=patches)
+
     def scale_steps(channels: int, scale: int) -> list[GlowStep]:
         masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
-        return [GlowStep(channels, hidden, m) for m in masks]
+        return [GlowStep(channels, hidden, m, attention_layer, positions) for m in masks]
 
     transform = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, scales, scale_steps, learned_prior)])
     return Flow(transform, shape)

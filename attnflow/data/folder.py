@@ -1,0 +1,55 @@
+"""Image folders: ``root/<split>/<class>/*.png|jpg`` or, without classes, ``root/<split>/*.png``.
+
+Classes are the sub-directory names in sorted order. Every image must share the size and mode
+(``L`` for grey, ``RGB`` for colour) of the first one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["read_image_folder", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MODES = {"L": 1, "RGB": 3}
+
+
+def _images_in(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images uint8 ``[N, C, H, W]``, labels int64 ``[N]`` (None without classes), class names."""
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"expected an image directory {directory} holding <class>/*.png|jpg or *.png|jpg"
+        )
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    loose = _images_in(directory)
+    if classes and loose:
+        raise ValueError(
+            f"{directory}: holds both class sub-directories {classes} and loose images "
+            f"(e.g. {loose[0].name}); use one layout"
+        )
+    files = [(path, label) for label, c in enumerate(classes) for path in _images_in(directory / c)]
+    if not classes:
+        files = [(path, 0) for path in loose]
+    if not files:
+        raise FileNotFoundError(f"expected {'/'.join(IMAGE_SUFFIXES)} images in {directory}, found none")
+    first, arrays = files[0][0], []
+    for path, _ in files:
+        with Image.open(path) as img:
+            if img.mode not in _MODES:
+                raise ValueError(f"{path}: image mode {img.mode!r} is not supported; convert it to L or RGB")
+            if arrays and (img.mode, img.size) != reference:
+                raise ValueError(
+                    f"{path}: image is {img.mode} {img.size[0]}x{img.size[1]} but {first} is "
+                    f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
+                )
+            reference = (img.mode, img.size)
+            arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], -1))
+    images = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+    labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
+    return images, labels, classes

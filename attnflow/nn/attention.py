@@ -1,0 +1,287 @@
+"""Self-attention for the residual branch ``g`` of contractive flows (ACF: Mukherjee et al.,
+"Attentive Contractive Flow with Lipschitz Constrained Self-Attention",
+``papers/acf-attentive-contractive-flow.txt``).
+
+Every module maps ``x [B, C, H, W]`` to a tensor of the same shape. The tokens are the
+``N = H*W`` spatial positions, each a ``C``-vector: ``X = x.flatten(2).transpose(1, 2)`` is
+``[B, N, C]`` (a real permute, unlike the public ACF code) and the Frobenius norm of ``X`` is the
+L2 norm of the flattened sample, so every Lipschitz bound below is with respect to the L2 norm of
+the whole ``[C*H*W]`` input of one sample. Heads split the channels: head ``h`` uses columns
+``h*d .. (h+1)*d - 1`` of each projection ``W in R^{C x C}``, ``d = C / heads``; the heads'
+outputs are concatenated and multiplied by ``W^O in R^{C x C}``. No biases (a bias in a query,
+key or value projection would break the bounds of :class:`LipNormSelfAttention`).
+
+* :class:`L2MultiheadSelfAttention`: Kim et al. 2021, Lipschitz for every input, certified bound.
+* :class:`LipNormSelfAttention`: Dasoulas et al. 2021 LipschitzNorm, Lipschitz for every input,
+  certified bound derived below.
+* :class:`DotProductSelfAttention`: plain scaled dot-product attention, not Lipschitz; the ACF
+  ablation in which ``x + g(x)`` stops being invertible.
+
+With ``normalize=True`` (the ACF usage, default) the first two divide their output by their
+certified bound, so they are 1-Lipschitz and ``lipschitz_bound()`` is ``1.0``. The bounds are
+differentiable functions of the weights (exact spectral norms), so the normalisation is trained
+through. The residual branch that holds one of these modules multiplies ``lipschitz_bound()``
+into its own bound.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.special import lambertw
+from torch import Tensor, nn
+
+__all__ = ["L2MultiheadSelfAttention", "LipNormSelfAttention", "DotProductSelfAttention", "inverse_phi"]
+
+
+def inverse_phi(y: float) -> float:
+    """``phi^{-1}(y)`` for ``phi(x) = x * exp(x + 1)`` on ``x >= 0``: ``W0(y / e)`` (Lambert W)."""
+    if y < 0:
+        raise ValueError(f"inverse_phi needs y >= 0, got {y}")
+    return float(lambertw(y / math.e).real)
+
+
+def _spectral_norms(weights: Tensor) -> Tensor:
+    """Exact largest singular value of each matrix in ``[..., m, n]`` (differentiable)."""
+    return torch.linalg.matrix_norm(weights, ord=2)
+
+
+class _TokenSelfAttention(nn.Module):
+    """Shared part: argument and input checks, token reshape, head split and merge, output
+    projection ``W^O`` and the optional division by the certified Lipschitz bound.
+
+    Subclasses implement ``_attend(X [B, N, C]) -> [B, heads, N, d]`` and, when they are
+    Lipschitz, ``raw_lipschitz_bound(tokens)``.
+    """
+
+    def __init__(self, channels: int, heads: int, normalize: bool) -> None:
+        super().__init__()
+        for name, value in (("channels", channels), ("heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if channels % heads != 0:
+            raise ValueError(
+                f"heads={heads} does not divide channels={channels}: choose a number of heads that "
+                f"divides {channels} (e.g. 1 or {channels}) or change the channel count"
+            )
+        self.channels = channels
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.normalize = bool(normalize)
+        self.out_weight = self._projection()
+
+    def _projection(self) -> nn.Parameter:
+        """A ``[C, C]`` projection, orthogonally initialised (every head slice has norm 1)."""
+        return nn.Parameter(nn.init.orthogonal_(torch.empty(self.channels, self.channels)))
+
+    def _split_heads(self, tokens: Tensor) -> Tensor:
+        """``[B, N, C] -> [B, heads, N, d]``."""
+        b, n, _ = tokens.shape
+        return tokens.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def _head_weights(self, weight: Tensor) -> Tensor:
+        """``W [C, C] -> [heads, C, d]``: head ``h`` is ``W[:, h*d:(h+1)*d]``."""
+        return weight.reshape(self.channels, self.heads, self.head_dim).transpose(0, 1)
+
+    def _attend(self, tokens: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def raw_lipschitz_bound(self, tokens: int) -> Tensor:
+        """Certified upper bound of the Lipschitz constant of the un-normalised map, for inputs
+        with ``tokens = H*W`` positions (a differentiable function of the weights)."""
+        raise NotImplementedError
+
+    def lipschitz_bound(self, tokens: int | None = None) -> float:
+        """Certified upper bound of the Lipschitz constant of :meth:`forward` (L2 norm of the
+        flattened sample). ``1.0`` when normalised, for every spatial size; otherwise the raw
+        bound, which depends on the number of tokens ``N = H*W`` and so needs ``tokens``."""
+        if self.normalize:
+            return 1.0
+        if tokens is None:
+            raise ValueError(
+                f"{type(self).__name__}(normalize=False): the bound depends on the number of tokens "
+                "N = H*W; call lipschitz_bound(tokens=H*W) or construct with normalize=True"
+            )
+        return float(self.raw_lipschitz_bound(tokens).detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects input [B, C, H, W], got shape {tuple(x.shape)}: "
+                "add the missing batch/spatial dimensions"
+            )
+        b, c, h, w = x.shape
+        if c != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.channels} channels, got input with {c} "
+                f"(shape {tuple(x.shape)}): build it with channels={c} or fix the input"
+            )
+        tokens = x.flatten(2).transpose(1, 2)  # [B, N, C]
+        heads_out = self._attend(tokens)  # [B, heads, N, d]
+        out = heads_out.transpose(1, 2).reshape(b, h * w, c) @ self.out_weight
+        if self.normalize:
+            out = out / self.raw_lipschitz_bound(h * w)
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, heads={self.heads}, normalize={self.normalize}"
+
+
+class L2MultiheadSelfAttention(_TokenSelfAttention):
+    r"""L2 multi-head self-attention (Kim, Papamakarios & Mnih, "The Lipschitz Constant of
+    Self-Attention", ICML 2021; ACF eqs. 8, 9, 11, 12), Lipschitz on all of ``R^{N x C}``.
+
+    With tied query/key weights ``W^{Q,h} = W^{K,h} in R^{C x d}``, ``d = C/H``::
+
+        P^h_ij = softmax_j( -||x_i W^{Q,h} - x_j W^{Q,h}||^2 / sqrt(d) )
+        f^h(X) = P^h X A_h,            A_h = W^{Q,h} W^{Q,h}^T / sqrt(d)
+        F(X)   = [f^1(X) W^{V,1}, ..., f^H(X) W^{V,H}] W^O
+
+    The value path goes through ``A_h`` as in Kim et al. (and ACF eq. 9): the bound needs it. A
+    value map ``P^h X W^{V,h}`` without ``A_h`` is not Lipschitz when ``W^{Q,h}`` has rank
+    ``d < C`` (input components in its null space leave ``P`` alone but are multiplied by the
+    attention's derivative). It is computed as ``P^h Y_h (W^{Q,h}^T W^{V,h}) / sqrt(d)`` with
+    ``Y_h = X W^{Q,h}``.
+
+    Certified bound (with ``phi(x) = x e^{x+1}``, ``phi^{-1}(N-1) = W0((N-1)/e)``)::
+
+        Lip2(F) <= sqrt(N/d) (4 phi^{-1}(N-1) + 1) sqrt(sum_h ||W^{Q,h}||^4 ||W^{V,h}||^2) ||W^O||
+
+    Differences from the papers' statements: (1) the weight factor is ``||W^{Q,h}||^4`` inside the
+    root, not ``||W^{Q,h}||^2`` as printed in the theorem (ACF eq. 12 even has
+    ``||W^Q||`` to the first power). ``f^h`` is quadratic in ``W^{Q,h}``: replacing ``W^Q`` by
+    ``t W^Q`` gives ``f_t(X) = t f_1(t X)``, so ``Lip(f_t) = t^2 Lip(f_1)`` and a bound linear in
+    ``||W^Q||`` fails for large ``t`` (``tests/test_attention.py`` shows it). Kim et al.'s
+    single-head lemma gives ``sqrt(N/d) (4 phi^{-1}(N-1) + 1) ||W^{Q,h}||^2`` for ``f^h``; the
+    concatenation adds squares. (2) ``phi^{-1}(N-1) = W0((N-1)/e)`` exactly, where ACF writes the
+    looser ``W0(N/e)``.
+    """
+
+    def __init__(self, channels: int, heads: int = 1, normalize: bool = True) -> None:
+        super().__init__(channels, heads, normalize)
+        self.query_weight = self._projection()
+        self.value_weight = self._projection()
+
+    def _attend(self, tokens: Tensor) -> Tensor:
+        scale = math.sqrt(self.head_dim)
+        y = self._split_heads(tokens @ self.query_weight)  # [B, heads, N, d]
+        sq = y.pow(2).sum(-1)
+        dist = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (y @ y.transpose(-1, -2))
+        attn = torch.softmax(-dist / scale, dim=-1)
+        mix = self._head_weights(self.query_weight).transpose(-1, -2) @ self._head_weights(self.value_weight)
+        return attn @ (y @ (mix / scale))
+
+    def raw_lipschitz_bound(self, tokens: int) -> Tensor:
+        q = _spectral_norms(self._head_weights(self.query_weight))
+        v = _spectral_norms(self._head_weights(self.value_weight))
+        o = _spectral_norms(self.out_weight)
+        const = math.sqrt(tokens / self.head_dim) * (4.0 * inverse_phi(tokens - 1) + 1.0)
+        return const * torch.sqrt((q.pow(4) * v.pow(2)).sum()) * o
+
+
+class _DotProductFamily(_TokenSelfAttention):
+    """Dot-product attention with separate projections, per head::
+
+        Q = X W^{Q,h},  K = X W^{K,h},  V = X W^{V,h},  out_h = softmax(Q K^T / c) V
+
+    subclasses choose the score divisor ``c`` (:meth:`_score_divisor`)."""
+
+    def __init__(self, channels: int, heads: int, normalize: bool) -> None:
+        super().__init__(channels, heads, normalize)
+        self.query_weight = self._projection()
+        self.key_weight = self._projection()
+        self.value_weight = self._projection()
+
+    def _score_divisor(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor | float:
+        raise NotImplementedError
+
+    def _attend(self, tokens: Tensor) -> Tensor:
+        q, k, v = (self._split_heads(tokens @ w) for w in (self.query_weight, self.key_weight, self.value_weight))
+        scores = (q @ k.transpose(-1, -2)) / self._score_divisor(q, k, v)
+        return torch.softmax(scores, dim=-1) @ v
+
+
+class LipNormSelfAttention(_DotProductFamily):
+    r"""Dot-product self-attention with LipschitzNorm (Dasoulas, Scaman & Virmaux, "Lipschitz
+    Normalization for Self-Attention Layers with Application to Graph Neural Networks", ICML 2021;
+    ACF eq. 14), Lipschitz on all of ``R^{N x C}``.
+
+    Per head and per sample, on the activations of this forward pass::
+
+        Q = X W^{Q,h}, K = X W^{K,h}, V = X W^{V,h}
+        u = ||Q||_F,  v = max_j ||k_j||,  w = max_j ||v_j||     (v, w: ||K^T||_(inf,2), ||V^T||_(inf,2))
+        out_h = softmax( Q K^T / max{uv, uw, vw} ) V
+
+    heads concatenated, then ``W^O``. (The divisor is clamped below at the dtype's smallest normal
+    number; it is 0 only when ``Q K^T = 0``, and the clamp only shrinks the scores, which keeps the
+    bound.) ``u`` is the Frobenius norm over all tokens, not the largest token norm: the sum over
+    query rows in the bound below needs ``sum_i ||q_i||^2 / u^2 = 1``.
+
+    Certified bound. ACF (eq. 10, 15) quotes Dasoulas et al.'s theorem as
+    ``Lip <= e^{sqrt 3} sqrt(m/n) + 2 sqrt 6`` (``m = n = N`` here, about 10.55). That constant
+    contains no projection norms, so it cannot certify this module for arbitrary weights, and the
+    original statement (with its assumptions) was not available to check. We use instead the
+    following bound, derived for exactly this map.
+    The scores ``S = Q K^T / c`` are 0-homogeneous in ``X``, so the bound is global (no bounded
+    input region is needed). Write ``a_i = ||q_i|| / u`` (``sum_i a_i^2 = 1``); since ``c >= uv``,
+    ``|S_ij| <= a_i <= 1``. With ``d(PV) = dP V + P dV``:
+
+    * ``P dV``: ``P_ij <= e^{2 a_i} / N``, so each column of ``P`` sums to at most
+      ``sum_i e^{2 a_i} / N <= 1 + 2/sqrt(N) + (e^2 - 3)/N =: rho_N^2`` (using
+      ``e^{2a} <= 1 + 2a + (e^2 - 3) a^2`` on ``[0, 1]``), and ``||P||_2 <= rho_N <= e``.
+    * ``dP V``: row ``i`` is ``sum_j p_ij (v_j - vbar_i) ds_ij``, of norm ``<= w max_j |ds_ij|``.
+      ``ds_ij = (dq_i.k_j + q_i.dk_j)/c - S_ij dc/c`` and ``c >= vw, uw`` give
+      ``w |ds_ij| <= ||dq_i|| + a_i max_j ||dk_j|| + a_i Delta`` where, on each branch of the max,
+      ``Delta`` is the sum of two of ``|du|, |dv|, |dw|`` (e.g. ``c = uv`` forces ``u, v >= w``).
+      Summing over rows: ``||dP V||_F <= ||dQ||_F + ||dK||_F + Delta``.
+
+    Hence, with spectral norms ``q_h, k_h, w_h`` of the head projections::
+
+        L_h = q_h + k_h + (q_h + k_h + w_h - min(q_h, k_h, w_h)) + rho_N w_h
+        Lip2(F) <= ||W^O|| sqrt(sum_h L_h^2)
+
+    With unit-norm projections this is at most ``4 + e`` (about 6.72), below the quoted constant.
+    The public ACF code computes the divisor once at construction and omits ``vw``; here it is
+    recomputed from the activations at every call, as Dasoulas et al. define it.
+    """
+
+    def __init__(self, channels: int, heads: int = 1, normalize: bool = True) -> None:
+        super().__init__(channels, heads, normalize)
+
+    def _score_divisor(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        u = torch.linalg.vector_norm(q, dim=(-2, -1))  # [B, heads]
+        kmax = torch.linalg.vector_norm(k, dim=-1).amax(-1)
+        vmax = torch.linalg.vector_norm(v, dim=-1).amax(-1)
+        c = torch.stack((u * kmax, u * vmax, kmax * vmax)).amax(0)
+        return c.clamp_min(torch.finfo(c.dtype).tiny)[..., None, None]
+
+    def raw_lipschitz_bound(self, tokens: int) -> Tensor:
+        q = _spectral_norms(self._head_weights(self.query_weight))
+        k = _spectral_norms(self._head_weights(self.key_weight))
+        w = _spectral_norms(self._head_weights(self.value_weight))
+        rho = math.sqrt(1.0 + 2.0 / math.sqrt(tokens) + (math.e**2 - 3.0) / tokens)
+        top_two = q + k + w - torch.minimum(torch.minimum(q, k), w)
+        per_head = q + k + top_two + rho * w
+        return torch.sqrt(per_head.pow(2).sum()) * _spectral_norms(self.out_weight)
+
+
+class DotProductSelfAttention(_DotProductFamily):
+    r"""Plain multi-head scaled dot-product self-attention (Vaswani et al. 2017)::
+
+        out_h = softmax( X W^{Q,h} (X W^{K,h})^T / sqrt(d) ) X W^{V,h},   F = [out_1 .. out_H] W^O
+
+    Not Lipschitz on an unbounded domain (Kim et al. 2021, Thm 3.1: the Jacobian grows with the
+    input scale), so :meth:`lipschitz_bound` is ``math.inf`` and there is no ``normalize``
+    option. Kept for the ACF ablation: inside ``x + g(x)`` it breaks the contraction that the
+    fixed-point inverse and the log-det power series rely on.
+    """
+
+    def __init__(self, channels: int, heads: int = 1) -> None:
+        super().__init__(channels, heads, normalize=False)
+
+    def _score_divisor(self, q: Tensor, k: Tensor, v: Tensor) -> float:
+        return math.sqrt(self.head_dim)
+
+    def lipschitz_bound(self, tokens: int | None = None) -> float:
+        """``math.inf``: dot-product attention has no finite Lipschitz constant."""
+        return math.inf
