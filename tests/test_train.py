@@ -1,0 +1,130 @@
+"""Trainer: exact resume, atomic safe checkpoints, non-finite recovery."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from attnflow.config import resolve_config
+from attnflow.train import CheckpointError, Trainer, load_checkpoint, load_run, save_checkpoint
+
+TINY = ["model.steps=1", "model.hidden=8", "train.batch_size=16", "train.warmup_steps=5", "train.log_every=5"]
+
+
+def tiny_cfg(*extra):
+    return resolve_config("glow-digits", TINY + list(extra))
+
+
+def final_params(run_dir):
+    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))["model"]
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+    cfg = tiny_cfg("train.steps=24", "train.checkpoint_every=5", "train.ema_decay=0.9")
+    Trainer(cfg, tmp_path / "full", progress=False).run()
+    interrupted = Trainer(cfg, tmp_path / "cut", progress=False).run(stop_at=13)
+    assert interrupted == {"interrupted_at": 13}
+    Trainer(cfg, tmp_path / "cut", resume=True, progress=False).run()
+    full, cut = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(tmp_path / "cut/checkpoint.pt")
+    assert_same_state(full["model"], cut["model"])
+    assert_same_state(full["ema"], cut["ema"])
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "cut/metrics.jsonl") if "bpd" in l and "test" not in l]
+    assert steps == sorted(set(steps))  # no duplicated metric lines after resume
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    """A training process killed with SIGKILL mid-run, then resumed, ends where an
+    uninterrupted run ends."""
+    args = [a for s in TINY + ["train.steps=150", "train.checkpoint_every=10"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "attnflow.cli", "train", "--preset", "glow-digits", "--quiet", *args]
+    subprocess.run(cmd + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
+
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "cut/metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= 25 for l in metrics.read_text().splitlines() if l):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(tmp_path / "cut/checkpoint.pt")["step"]
+    assert 0 < killed_at < 150, "the process must be killed mid-run"
+    subprocess.run(cmd + ["--out", str(tmp_path / "cut"), "--resume"], check=True, capture_output=True)
+    assert_same_state(final_params(tmp_path / "full"), final_params(tmp_path / "cut"))
+
+
+def test_non_finite_steps_are_skipped_then_rolled_back(tmp_path):
+    cfg = tiny_cfg("train.steps=12", "train.checkpoint_every=4", "train.max_bad_steps=3")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    real_log_prob, calls = trainer.model.log_prob, {"n": 0}
+
+    def flaky(x, context=None):
+        calls["n"] += 1
+        out = real_log_prob(x, context)
+        return out * float("nan") if 6 <= calls["n"] <= 8 else out
+
+    trainer.model.log_prob = flaky
+    trainer.run()
+    events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert sum(e.get("event") == "skipped_non_finite" for e in events) == 3
+    rollback = [e for e in events if e.get("event") == "rollback"]
+    assert len(rollback) == 1 and rollback[0]["lr_scale"] == 0.5 and rollback[0]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in final_params(tmp_path).values() if v.is_floating_point())
+    assert trainer.step == 12
+
+
+def test_non_finite_checkpoint_is_never_written(tmp_path):
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.tensor([float("nan")])}, "step": 1})
+    assert not (tmp_path / "c.pt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left behind
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    cfg = tiny_cfg("train.steps=3")
+    Trainer(cfg, tmp_path, progress=False).run()
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(tmp_path)
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_run(tmp_path / "nothing")
+
+
+def test_checkpoint_loads_without_code_execution(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": {}, "step": 0, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_existing_run_needs_resume_and_same_model(tmp_path):
+    cfg = tiny_cfg("train.steps=2")
+    Trainer(cfg, tmp_path, progress=False).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="model"):
+        Trainer(tiny_cfg("train.steps=2", "model.hidden=4"), tmp_path, resume=True, progress=False)
+    # more steps on resume is allowed and continues from step 2
+    more = Trainer(tiny_cfg("train.steps=4"), tmp_path, resume=True, progress=False)
+    assert more.step == 2
+    assert more.run()["step"] == 4
+
+
+def test_shape_mismatch_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="model.shape=\\[1, 8, 8\\]"):
+        Trainer(tiny_cfg("model.shape=[1, 4, 4]"), tmp_path, progress=False)
