@@ -55,7 +55,7 @@ def plot_metrics(metrics_path: str | os.PathLike, out_path: str | os.PathLike, k
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             steps, values = zip(*pts)
-            ax.plot(steps, values, label=key.replace("_", " "), marker="o" if len(pts) < 20 else None)
+            ax.plot(steps, values, label={"bpd": "train bits/dim", "test_bpd": "test bits/dim"}.get(key, key), marker="o" if len(pts) < 20 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")
     ax.grid(alpha=0.3)
