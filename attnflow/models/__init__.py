@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core import Flow
+from .denseflow import denseflow
 from .glow import glow
 
 __all__ = ["FAMILIES", "build", "build_from_config", "presets"]
@@ -16,6 +17,7 @@ __all__ = ["FAMILIES", "build", "build_from_config", "presets"]
 # family name -> builder(**model keys) -> Flow
 FAMILIES: dict[str, Callable[..., Flow]] = {
     "glow": glow,
+    "denseflow": denseflow,
 }
 
 

@@ -1,0 +1,115 @@
+"""DenseFlow (Grcić, Grubišić & Šegvić, NeurIPS 2021): a multi-scale flow whose stages are
+densely connected through cross-unit noise augmentation, with DenseNet + Nyström coupling
+networks inside each invertible unit (intra-unit coupling).
+
+Architecture (``S = len(units)`` scales)::
+
+    preprocess -> [squeeze -> stage_s -> factor-out half (learned prior)] x (S-1)
+               -> squeeze -> stage_S -> flatten
+
+Stage ``s`` (:class:`~attnflow.nn.augment.CrossUnitStage`) holds ``units[s]`` invertible units of
+``modules[s]`` Glow-like modules (ActNorm, 1x1 convolution, affine coupling with
+:class:`~attnflow.nn.dense.DenseFlowCouplingNet`), and widens the latent by ``growth`` noise
+channels before every unit but the first. The paper's DenseFlow-74-10 has
+``units = (6, 4, 1)``, ``modules = (5, 6, 20)`` (6*5 + 4*6 + 1*20 = 74 Glow-like modules) and
+``growth = 10`` noise channels per cross-unit coupling; coupling networks of width 48 with a
+7-layer dense block of growth 64 (reference code, README and ``affine_coupling.py``).
+
+``log_prob`` is the one-sample evidence lower bound (``DenseFlowModel.log_prob_is_bound``); use
+:mod:`attnflow.evaluate.importance` for the tighter importance-weighted estimate.
+
+Deviations from the paper: uniform instead of variational dequantization (the library's data
+pipeline); Glow's sigmoid coupling scale (:class:`~attnflow.nn.glow.AffineCoupling`) instead of
+``exp(2 tanh(s/2))``; factor-out with a learned conditional prior where the reference code uses a
+standard normal; no BatchNorm in the coupling network (see :mod:`attnflow.nn.dense`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..core import Bijection, Chain, Flow
+from ..nn.augment import CrossUnitStage
+from ..nn.dense import dense_net_factory, invertible_unit
+from ..nn.multiscale import FactorOut, Flatten, Squeeze
+from ..nn.preprocess import build_preprocess
+
+__all__ = ["DenseFlowModel", "denseflow"]
+
+
+class DenseFlowModel(Flow):
+    """A :class:`~attnflow.core.Flow` with noise augmentation: ``latent_dim`` counts the noise
+    dimensions, ``encode`` is stochastic, ``decode`` drops the noise, and ``log_prob`` is a
+    one-sample lower bound of ``log p(x)`` (bits/dim are reported as an upper bound)."""
+
+    log_prob_is_bound = True
+
+
+def denseflow(
+    shape: Sequence[int] = (1, 8, 8),
+    units: Sequence[int] = (2, 2),
+    modules: Sequence[int] = (2, 2),
+    growth: int = 4,
+    hidden: int = 16,
+    depth: int = 2,
+    dense_growth: int = 8,
+    heads: int = 1,
+    landmarks: int = 4,
+    noise_depth: int = 1,
+    noise_growth: int = 8,
+    preprocess: str = "logit",
+    alpha: float = 0.05,
+    learned_prior: bool = True,
+) -> DenseFlowModel:
+    """Build a DenseFlow for images of ``shape = (C, H, W)``.
+
+    Args:
+        units: invertible units per scale (the number of scales is ``len(units)``).
+        modules: Glow-like modules per invertible unit, per scale (same length as ``units``).
+        growth: noise channels added by each cross-unit coupling (the "10" of DenseFlow-74-10).
+        hidden, depth, dense_growth: coupling network width, dense-block depth and growth rate.
+        heads, landmarks: Nyström self-attention heads (must divide ``hidden``) and landmarks.
+        noise_depth, noise_growth: the dense block computing the noise ``(mu, sigma)``.
+        preprocess, alpha: ``"shift"`` or ``"logit"`` (with ``alpha``) pre-processing.
+        learned_prior: learned conditional prior at each factor-out.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be (C, H, W) with positive sizes, got {list(shape)}")
+    units, modules = [int(u) for u in units], [int(m) for m in modules]
+    if not units or len(units) != len(modules):
+        raise ValueError(
+            f"units and modules must be non-empty lists of the same length (one entry per scale), "
+            f"got units={units} and modules={modules}"
+        )
+    if min(units) < 1 or min(modules) < 1:
+        raise ValueError(f"every scale needs >= 1 unit of >= 1 module, got units={units}, modules={modules}")
+    if any(u > 1 for u in units) and growth < 1:
+        raise ValueError(f"growth must be >= 1 when a scale has several units, got {growth}")
+    c, h, w = shape
+    factor = 2 ** len(units)
+    if h % factor or w % factor:
+        raise ValueError(
+            f"{len(units)} scales squeeze the image {len(units)} times, so H and W must be multiples of "
+            f"{factor}; got {h}x{w}: use fewer scales or pad the images"
+        )
+    if hidden % heads:
+        raise ValueError(f"heads={heads} must divide hidden={hidden}")
+    net_factory = dense_net_factory(hidden, depth, dense_growth, heads, landmarks)
+
+    def scale(chw: tuple[int, int, int], s: int) -> tuple[Bijection, int]:
+        """The transform of scale ``s`` onwards and its flat latent dimension."""
+        c, h, w = 4 * chw[0], chw[1] // 2, chw[2] // 2
+        stage = CrossUnitStage(
+            c, units[s], growth, lambda ch: invertible_unit(ch, modules[s], net_factory), noise_depth, noise_growth
+        )
+        out = stage.out_channels
+        if s == len(units) - 1:
+            return Chain([Squeeze(), stage, Flatten((out, h, w))]), out * h * w
+        keep = out // 2
+        inner, inner_dim = scale((keep, h, w), s + 1)
+        factor_out = FactorOut(inner, (out, h, w), keep, learned_prior)
+        return Chain([Squeeze(), stage, factor_out]), (out - keep) * h * w + inner_dim
+
+    body, latent_dim = scale(shape, 0)
+    transform = Chain([build_preprocess(preprocess, alpha), body])
+    return DenseFlowModel(transform, shape, latent_dim=latent_dim)

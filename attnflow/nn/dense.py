@@ -1,0 +1,136 @@
+"""DenseFlow's coupling network (Grcić, Grubišić & Šegvić 2021, "Densely connected normalizing
+flows", Sec. 3.3) and the intra-unit coupling built from it.
+
+*Dense block* (Huang et al. 2017): ``depth`` layers, layer ``l`` sees the concatenation of the
+block input and all earlier layer outputs and adds ``growth`` channels,
+
+    h_l = [h_{l-1}, ReLU(conv3x3(ReLU(conv1x1(h_{l-1}))))],   h_0 = input,
+
+followed by a gated 1x1 projection ``a + b * sigmoid(c)`` of ``h_depth`` to the output width.
+
+*Coupling network*: ``h = conv1x1(x)``; a local branch (dense block) and a global branch
+(:class:`~attnflow.nn.nystrom.NystromAttention`) run in parallel on ``h``; their outputs are
+concatenated and fused, ``f = conv1x1(ReLU([dense(h), nystrom(h)]))``, and a zero-initialised
+``conv1x1(f)`` gives the coupling's scale and shift, so every coupling starts as the identity.
+
+*Intra-unit coupling* (the slides' "second level of skip connections"): the affine couplings of
+the Glow-like modules inside each invertible unit use this network, so the transformed half of
+the latent is coupled to the conditioning half through densely connected (concatenative skip)
+paths plus global attention. The first level is the cross-unit coupling of
+:mod:`attnflow.nn.augment`, which connects the units themselves.
+
+Deviation from the reference implementation: the fusion has no BatchNorm (``BN-ReLU-conv`` in
+the paper's code). A batch-statistics layer makes a sample's transform depend on the rest of the
+batch, so per-sample inverses and log-determinants would no longer be exact.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..core import Chain
+from .glow import CouplingNetFactory, GlowStep
+from .nystrom import NystromAttention
+
+__all__ = ["GatedConv1x1", "DenseBlock", "DenseFlowCouplingNet", "dense_net_factory", "invertible_unit"]
+
+
+def _zero_(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class GatedConv1x1(nn.Module):
+    """``a + b * sigmoid(c)`` with ``[a, b, c] = conv1x1(x)`` (the dense block's output gate)."""
+
+    def __init__(self, in_channels: int, out_channels: int, zero_init: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 3 * out_channels, 1)
+        if zero_init:
+            _zero_(self.conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b, c = self.conv(x).chunk(3, dim=1)
+        return a + b * torch.sigmoid(c)
+
+
+class DenseBlock(nn.Module):
+    """Densely connected convolutions (equation in the module docstring): ``[B, in, H, W] ->
+    [B, out, H, W]``. With ``zero_init`` the output gate starts at zero."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int, growth: int, zero_init: bool = False) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, depth, growth) < 1:
+            raise ValueError(
+                f"dense block sizes must be >= 1, got in_channels={in_channels}, out_channels={out_channels}, "
+                f"depth={depth}, growth={growth}"
+            )
+        self.layers = nn.ModuleList()
+        width = in_channels
+        for _ in range(depth):
+            self.layers.append(
+                nn.Sequential(
+                    nn.Conv2d(width, width, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(width, growth, 3, padding=1),
+                    nn.ReLU(),
+                )
+            )
+            width += growth
+        self.gate = GatedConv1x1(width, out_channels, zero_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return self.gate(x)
+
+
+class DenseFlowCouplingNet(nn.Module):
+    """DenseFlow's coupling network: dense block (local correlations) fused with Nyström
+    self-attention (global context); see the module docstring. Paper sizes: ``hidden=48``,
+    ``depth=7``, ``growth=64``, one head, 4 landmarks (reference code)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 48,
+        depth: int = 7,
+        growth: int = 64,
+        heads: int = 1,
+        landmarks: int = 4,
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(in_channels, hidden, 1)
+        self.local = DenseBlock(hidden, hidden, depth, growth)
+        self.attention = NystromAttention(hidden, heads, landmarks)
+        self.fuse = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * hidden, hidden, 1))
+        self.out = _zero_(nn.Conv2d(hidden, out_channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        return self.out(self.fuse(torch.cat([self.local(h), self.attention(h)], dim=1)))
+
+
+def dense_net_factory(
+    hidden: int = 48,
+    depth: int = 7,
+    growth: int = 64,
+    heads: int = 1,
+    landmarks: int = 4,
+) -> CouplingNetFactory:
+    """``net_factory(in_channels, out_channels)`` for :class:`~attnflow.nn.glow.AffineCoupling`
+    that builds a :class:`DenseFlowCouplingNet` of the given sizes."""
+    return lambda i, o: DenseFlowCouplingNet(i, o, hidden, depth, growth, heads, landmarks)
+
+
+def invertible_unit(channels: int, modules: int, net_factory: CouplingNetFactory) -> Chain:
+    """One DenseFlow invertible unit: ``modules`` Glow-like modules (ActNorm, invertible 1x1
+    convolution, affine coupling whose network comes from ``net_factory``), the coupling masks
+    alternating between the two channel halves. With :func:`dense_net_factory` these are the
+    intra-unit couplings."""
+    if modules < 1:
+        raise ValueError(f"an invertible unit needs at least 1 module, got {modules}")
+    masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(modules)]
+    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in masks])

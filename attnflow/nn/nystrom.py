@@ -1,0 +1,115 @@
+"""Nyström self-attention (Xiong et al. 2021, "Nyströmformer") on image feature maps, the global
+branch of DenseFlow's coupling network (Grcić et al. 2021).
+
+Exact softmax attention costs ``O(N^2)`` for ``N = H*W`` tokens. Nyström attention picks ``m``
+landmarks ``Q~, K~`` (means of ``m`` consecutive segments of the queries and keys) and uses
+
+    softmax(Q K~^T / sqrt(d)) · pinv(softmax(Q~ K~^T / sqrt(d))) · softmax(Q~ K^T / sqrt(d)) · V,
+
+which costs ``O(N m)``. With ``m >= N`` every segment holds a single token, so ``Q~ = Q``,
+``K~ = K`` and with ``A = softmax(Q K^T / sqrt(d))`` the product is ``A pinv(A) A V = A V``: exact
+softmax attention (the identity ``A A^+ A = A`` holds for any matrix).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NystromAttention", "iterative_pinv", "segment_means_matrix"]
+
+PINV_METHODS = ("iterative", "exact")
+
+
+def segment_means_matrix(tokens: int, landmarks: int, like: Tensor) -> Tensor:
+    """``[m, N]`` averaging matrix: row ``j`` averages the tokens ``t`` with
+    ``floor(t * m / N) == j`` (``m = min(landmarks, N)`` contiguous, near-equal segments; the
+    Nyströmformer's segment means, which needs ``m | N``, generalised to any ``N``)."""
+    m = min(landmarks, tokens)
+    segment = torch.arange(tokens, device=like.device) * m // tokens
+    onehot = (segment.view(1, -1) == torch.arange(m, device=like.device).view(-1, 1)).to(like.dtype)
+    return onehot / onehot.sum(1, keepdim=True)
+
+
+def iterative_pinv(a: Tensor, iterations: int = 6) -> Tensor:
+    """Moore-Penrose pseudo-inverse of the square matrices ``a [..., m, m]`` by the Nyströmformer
+    iteration (Xiong et al. 2021, Eq. 16; Razavi et al. 2014):
+
+        Z_0 = a^T / (||a||_1 ||a||_inf),
+        Z_{j+1} = Z_j (13 I - a Z_j (15 I - a Z_j (7 I - a Z_j))) / 4,
+
+    which converges to ``pinv(a)`` (third order). ``||a||_1`` is the largest column sum and
+    ``||a||_inf`` the largest row sum of ``|a|``, taken per matrix."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    col = a.abs().sum(-2).amax(-1)
+    row = a.abs().sum(-1).amax(-1)
+    z = a.transpose(-1, -2) / (col * row)[..., None, None]
+    for _ in range(iterations):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+class NystromAttention(nn.Module):
+    """Multi-head Nyström self-attention on ``[B, C, H, W]`` (``N = H*W`` tokens); returns
+    ``[B, C, H, W]``.
+
+    Queries, keys and values are 1x1-convolution projections split into ``heads`` heads of
+    ``d = C / heads`` channels; each head computes the Nyström approximation in the module
+    docstring with ``landmarks`` segment-mean landmarks; heads are concatenated and mixed by an
+    output 1x1 convolution. ``landmarks >= N`` gives exact softmax attention.
+
+    ``pinv``: ``"iterative"`` (the Nyströmformer's iteration, ``pinv_iterations`` steps; cheap,
+    approximate) or ``"exact"`` (``torch.linalg.pinv`` by SVD; exact, slower).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 1,
+        landmarks: int = 8,
+        pinv: str = "iterative",
+        pinv_iterations: int = 6,
+    ) -> None:
+        super().__init__()
+        if channels < 1 or heads < 1 or channels % heads:
+            raise ValueError(
+                f"attention heads must divide the channels: got {channels} channels and {heads} heads; "
+                "choose heads among the divisors of channels"
+            )
+        if landmarks < 1:
+            raise ValueError(f"Nyström attention needs landmarks >= 1, got {landmarks}")
+        if pinv not in PINV_METHODS:
+            raise ValueError(f"unknown pinv method {pinv!r}; valid: {', '.join(PINV_METHODS)}")
+        if pinv_iterations < 1:
+            raise ValueError(f"pinv_iterations must be >= 1, got {pinv_iterations}")
+        self.channels = channels
+        self.heads = heads
+        self.landmarks = landmarks
+        self.pinv = pinv
+        self.pinv_iterations = pinv_iterations
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def _pinv(self, a: Tensor) -> Tensor:
+        if self.pinv == "exact":
+            return torch.linalg.pinv(a)
+        return iterative_pinv(a, self.pinv_iterations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected [B, {self.channels}, H, W] feature maps, got {list(x.shape)}")
+        b, c, h, w = x.shape
+        n, d = h * w, c // self.heads
+        # [B, 3C, H, W] -> three [B, heads, N, d]
+        q, k, v = self.qkv(x).view(b, 3, self.heads, d, n).transpose(-1, -2).unbind(1)
+        q = q / d**0.5
+        means = segment_means_matrix(n, self.landmarks, q)  # [m, N]
+        q_land, k_land = means @ q, means @ k  # [B, heads, m, d]
+        kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, N, m]
+        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, m, m]
+        kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # [B, heads, m, N]
+        out = kernel_1 @ (self._pinv(kernel_2) @ (kernel_3 @ v))  # [B, heads, N, d]
+        return self.out(out.transpose(-1, -2).reshape(b, c, h, w))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, heads={self.heads}, landmarks={self.landmarks}, pinv={self.pinv!r}"
