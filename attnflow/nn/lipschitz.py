@@ -1,0 +1,303 @@
+"""Lipschitz-constrained layers for contractive residual branches.
+
+* :class:`SpectralNormLinear` and :class:`SpectralNormConv2d`: weights rescaled by power
+  iteration so that the layer's operator norm stays below ``coeff`` (Miyato et al. 2018;
+  i-ResNet, Behrmann et al. 2019; Residual Flows' "induced" norm for convolutions, Chen et
+  al. 2019). Each layer has a :meth:`lipschitz_bound` that is *certified*, not estimated.
+* :class:`LipSwish` (Residual Flows) and :class:`CLipSwish` (i-DenseNet, Perugachi-Diaz et al.
+  2021): smooth activations with Lipschitz constant at most 1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "SpectralNormLinear",
+    "SpectralNormConv2d",
+    "LipSwish",
+    "CLipSwish",
+    "conv_operator_norm_bound",
+    "DENSE_NORM_LIMIT",
+]
+
+# Early-stopping tolerance (relative change of sigma) of the converging power iteration.
+_POWER_TOL = 1e-10
+
+
+def _normalize(t: Tensor) -> Tensor:
+    return t / t.norm().clamp_min(1e-30)
+
+
+class _SpectralNorm(nn.Module):
+    """Shared power-iteration machinery of the spectral-norm layers.
+
+    The layer uses ``W_used = W * min(1, coeff / sigma_hat)`` where ``sigma_hat = u^T A(W) v`` is the
+    power-iteration estimate of the operator norm of the linear map ``A(W)`` (a matrix or a
+    convolution). ``u`` and ``v`` are persistent buffers; in training mode ``n_iterations`` power
+    steps refine them at every forward pass (Miyato et al. 2018), in evaluation mode they are
+    frozen, so the layer is a fixed function. Subclasses provide the map (:meth:`_op`), its
+    adjoint (:meth:`_adjoint`) and a certified upper bound of its norm (:meth:`_norm_bound`).
+    """
+
+    weight: Tensor
+
+    def _init_spectral_norm(self, coeff: float, n_iterations: int) -> None:
+        if not 0.0 < coeff < 1.0:
+            raise ValueError(
+                f"coeff must lie in (0, 1) so that the layer is a contraction, got {coeff}; "
+                "use e.g. coeff=0.97"
+            )
+        if n_iterations < 1:
+            raise ValueError(f"n_iterations must be >= 1 power-iteration step per forward, got {n_iterations}")
+        self.coeff = float(coeff)
+        self.n_iterations = int(n_iterations)
+
+    def _op(self, v: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _norm_bound(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _power_iteration(self, max_iter: int, tol: float | None = None) -> None:
+        """Refine the buffers ``u``, ``v`` by up to ``max_iter`` steps of ``v <- A^T u, u <- A v``;
+        with ``tol``, stop once sigma changes by less than ``tol`` relative."""
+        u, v, w = self.u, self.v, self.weight
+        sigma = None
+        for _ in range(max_iter):
+            v = _normalize(self._adjoint(u, w))
+            av = self._op(v, w)
+            u = _normalize(av)
+            if tol is not None:
+                new = float(av.norm())
+                if sigma is not None and abs(new - sigma) <= tol * new:
+                    break
+                sigma = new
+        self.u.copy_(u)
+        self.v.copy_(v)
+
+    def _scale(self) -> Tensor:
+        """``min(1, coeff / sigma_hat)`` from the current buffers, differentiable in ``W``."""
+        u, v = self.u.clone(), self.v.clone()  # clones: a later in-place update must not break backward
+        sigma = (u * self._op(v, self.weight)).sum()
+        return 1.0 / torch.clamp(sigma / self.coeff, min=1.0)
+
+    def normalized_weight(self) -> Tensor:
+        """The weight as used in the forward pass: ``W * min(1, coeff / sigma_hat)``; in training
+        mode ``n_iterations`` power steps refine ``sigma_hat`` first."""
+        if self.training:
+            self._power_iteration(self.n_iterations)
+        return self.weight * self._scale()
+
+    def lipschitz_bound(self, n_iterations: int = 500) -> float:
+        """Certified upper bound of the Lipschitz constant of the layer as used.
+
+        First runs the power iteration to convergence (at most ``n_iterations`` steps; this updates
+        the ``u``, ``v`` buffers, hence the scale used by later evaluation-mode forwards), then returns
+        ``norm_bound(W) * min(1, coeff / sigma_hat)`` where ``norm_bound`` is a provable upper bound of
+        the operator norm (see the subclass). The power-iteration ``sigma_hat`` itself is only a
+        lower estimate and is never used as the bound.
+        """
+        self._power_iteration(n_iterations, tol=_POWER_TOL)
+        with torch.no_grad():
+            return float(self._norm_bound(self.weight) * self._scale())
+
+
+class SpectralNormLinear(_SpectralNorm, nn.Linear):
+    """Linear layer ``y = W_used x + b`` with ``W_used = W * min(1, coeff / sigma_hat)`` and
+    ``sigma_hat`` a power-iteration estimate of ``||W||_2`` (spectral normalisation, Miyato et al.
+    2018, as used by i-ResNet and Residual Flows). Certified bound: ``||W||_2`` computed exactly
+    (SVD, float64) times the scale in use.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        coeff: float = 0.97,
+        n_iterations: int = 1,
+        bias: bool = True,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias)
+        self._init_spectral_norm(coeff, n_iterations)
+        w = self.weight
+        self.register_buffer("u", _normalize(torch.randn(1, out_features, dtype=w.dtype)))
+        self.register_buffer("v", _normalize(torch.randn(1, in_features, dtype=w.dtype)))
+        self._power_iteration(500, tol=_POWER_TOL)
+
+    def _op(self, v: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(v, weight)
+
+    def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
+        return u @ weight
+
+    def _norm_bound(self, weight: Tensor) -> Tensor:
+        return torch.linalg.matrix_norm(weight.detach().double(), ord=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+# Largest explicit conv matrix (entries) whose norm is computed exactly by SVD.
+DENSE_NORM_LIMIT = 2**22
+
+
+def conv_operator_norm_bound(
+    weight: Tensor,
+    input_size: tuple[int, int],
+    padding: tuple[int, int],
+    dense_limit: int = DENSE_NORM_LIMIT,
+) -> Tensor:
+    """Certified upper bound of the operator norm of a stride-1, zero-padded ``conv2d`` on inputs of
+    spatial size ``input_size`` (computed in float64).
+
+    * Small operators (at most ``dense_limit`` matrix entries): the exact norm, the largest
+      singular value of the explicit ``(C_out H' W') x (C_in H W)`` matrix.
+    * Otherwise: a zero-padded convolution on an ``H x W`` grid equals ``crop o C o embed``, where
+      ``embed`` puts the input into an ``M_h x M_w`` grid of zeros (an isometry), ``C`` is the
+      *circular* convolution on that grid and ``crop`` keeps the output window (a projection),
+      provided ``M >= H + max(k - 1, 2p)`` so that no wrapped-around index reaches the input. Hence
+      ``||conv|| <= ||C||``, and the singular values of ``C`` are exactly those of the
+      ``C_out x C_in`` matrices ``K_hat(w)`` of the kernel's 2-D DFT on the ``M_h x M_w`` grid
+      (Sedghi, Gupta & Long 2019). The bound is their largest spectral norm. It is loose on tiny
+      images (about 4% at 8x8, 18% at 4x4 for 3x3 kernels) and tight from 16x16 on (< 0.5%).
+      (The DFT on the ``H x W`` grid itself would *not* be valid for zero padding.)
+    """
+    weight = weight.detach().double()
+    (h, w), (ph, pw) = input_size, padding
+    c_out, c_in, kh, kw = weight.shape
+    d_in = c_in * h * w
+    d_out = c_out * (h + 2 * ph - kh + 1) * (w + 2 * pw - kw + 1)
+    if d_in * d_out <= dense_limit:
+        basis = torch.eye(d_in, dtype=weight.dtype, device=weight.device).reshape(d_in, c_in, h, w)
+        matrix = F.conv2d(basis, weight, padding=padding).reshape(d_in, d_out)
+        return torch.linalg.matrix_norm(matrix, ord=2)
+    size = (h + max(kh - 1, 2 * ph), w + max(kw - 1, 2 * pw))
+    spectrum = torch.fft.rfft2(weight, s=size).permute(2, 3, 0, 1)  # real kernel: half spectrum suffices
+    return torch.linalg.matrix_norm(spectrum, ord=2).max()
+
+
+class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
+    """Stride-1 zero-padded convolution with its weight rescaled by ``min(1, coeff / sigma_hat)``,
+    where ``sigma_hat`` is the power-iteration estimate of the norm of the convolution as a linear
+    map on its input (``conv2d`` / ``conv_transpose2d`` on input-shaped vectors), the "induced"
+    spectral norm of Residual Flows (Chen et al. 2019) -- not the norm of the reshaped kernel.
+
+    The input spatial size is fixed by ``input_size`` or recorded at the first forward pass (the
+    power-iteration buffers have the input's shape); later inputs must have the same size.
+    Certified bound: :func:`conv_operator_norm_bound` (exact for small operators, a circulant
+    upper bound for large ones) times the scale in use.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int,
+        coeff: float = 0.97,
+        n_iterations: int = 1,
+        bias: bool = True,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        self._init_spectral_norm(coeff, n_iterations)
+        # Empty until the input size is known; then shaped like one input / one output.
+        self.register_buffer("u", torch.empty(0, dtype=self.weight.dtype))
+        self.register_buffer("v", torch.empty(0, dtype=self.weight.dtype))
+        if input_size is not None:
+            self._init_vectors(tuple(input_size))
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """Spatial size ``(H, W)`` of the inputs, or ``None`` before the first use."""
+        return tuple(self.v.shape[-2:]) if self.v.numel() else None
+
+    def _init_vectors(self, size: tuple[int, int]) -> None:
+        w = self.weight
+        v = _normalize(torch.randn(1, self.in_channels, *size, dtype=w.dtype, device=w.device))
+        with torch.no_grad():
+            u = _normalize(self._op(v, w))
+        self.u, self.v = u, v
+        self._power_iteration(500, tol=_POWER_TOL)
+
+    def _op(self, v: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(v, weight, padding=self.padding)
+
+    def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
+        return F.conv_transpose2d(u, weight, padding=self.padding)
+
+    def _norm_bound(self, weight: Tensor) -> Tensor:
+        return conv_operator_norm_bound(weight, self.input_size, self.padding)
+
+    def lipschitz_bound(self, n_iterations: int = 500) -> float:
+        if self.input_size is None:
+            raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
+        return super().lipschitz_bound(n_iterations)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in ("u", "v"):  # materialise lazily-shaped buffers before loading them
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, dtype=self.weight.dtype, device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_size is None:
+            self._init_vectors(tuple(x.shape[-2:]))
+        elif tuple(x.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"SpectralNormConv2d was set up for inputs of spatial size {self.input_size}, got "
+                f"{tuple(x.shape[-2:])}; use one layer per resolution"
+            )
+        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
+
+
+# sup_t d/dt[t sigmoid(t)] = 1.0998393... (at t ~ 2.3994), hence LipSwish's 1/1.1.
+_LIPSWISH_DIVISOR = 1.1
+# sup_t sqrt(s'(t)^2 + s'(-t)^2) / 1.1 = 1.0039650... for s(t) = t sigmoid(t), rounded up.
+_CLIPSWISH_DIVISOR = 1.004
+
+
+class LipSwish(nn.Module):
+    """``LipSwish(x) = x * sigmoid(beta x) / 1.1`` with ``beta = softplus(b)`` learnable (Residual
+    Flows, Chen et al. 2019).
+
+    The derivative is ``d(beta x) / 1.1`` with ``d(t) = sigmoid(t) + t sigmoid(t)(1 - sigmoid(t))``,
+    independent of ``beta`` apart from the argument; ``max_t d(t) = 1.09984 < 1.1``, so
+    Lip <= 1 for every ``beta > 0``.
+    """
+
+    def __init__(self, beta_init: float = 1.0) -> None:
+        super().__init__()
+        if not beta_init > 0:
+            raise ValueError(f"beta_init must be > 0 (beta = softplus(b) is positive), got {beta_init}")
+        self.b = nn.Parameter(torch.tensor(float(beta_init)).expm1().log())  # softplus^{-1}
+
+    def forward(self, x: Tensor) -> Tensor:
+        beta = F.softplus(self.b)
+        return x * torch.sigmoid(beta * x) / _LIPSWISH_DIVISOR
+
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+
+class CLipSwish(LipSwish):
+    """Concatenated LipSwish (i-DenseNet, Perugachi-Diaz et al. 2021):
+    ``CLipSwish(x) = [LipSwish(x), LipSwish(-x)] / 1.004`` along channels (doubles them).
+
+    Per element the Jacobian is the column ``(d(t), -d(-t)) / (1.1 * 1.004)`` with ``t = beta x``
+    (``d`` as in :class:`LipSwish`); its norm peaks at ``sup_t sqrt(d(t)^2 + d(-t)^2) / 1.1 =
+    1.003965`` (near ``|t| = 2.4``), independent of ``beta``. Dividing by 1.004 gives Lip <= 1.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([super().forward(x), super().forward(-x)], dim=1) / _CLIPSWISH_DIVISOR
+

@@ -1,0 +1,173 @@
+"""Spectral-norm layers and 1-Lipschitz activations (attnflow.nn.lipschitz)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnflow.nn.lipschitz import (
+    CLipSwish,
+    LipSwish,
+    SpectralNormConv2d,
+    SpectralNormLinear,
+    conv_operator_norm_bound,
+)
+from attnflow.testing import empirical_lipschitz
+
+DT = torch.float64
+
+
+def explicit_matrix(fn, in_shape: tuple[int, ...]) -> torch.Tensor:
+    """Matrix of the linear map ``fn`` on inputs of shape ``in_shape`` (no batch)."""
+    d = torch.Size(in_shape).numel()
+    basis = torch.eye(d, dtype=DT).reshape(d, *in_shape)
+    return fn(basis).reshape(d, -1).T
+
+
+def spectral_norm(m: torch.Tensor) -> float:
+    return torch.linalg.matrix_norm(m, ord=2).item()
+
+
+def conv_layer(c_in: int, c_out: int, k: int, p: int, size: tuple[int, int], scale: float = 5.0) -> SpectralNormConv2d:
+    """A float64 layer whose raw weight norm exceeds coeff, so the normalisation is active."""
+    torch.manual_seed(0)
+    layer = SpectralNormConv2d(c_in, c_out, k, p).double()
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    layer(torch.zeros(1, c_in, *size, dtype=DT))  # records the input size, converges u, v
+    return layer
+
+
+def test_linear_sigma_and_normalised_norm() -> None:
+    torch.manual_seed(0)
+    layer = SpectralNormLinear(5, 7, coeff=0.9).double()
+    with torch.no_grad():
+        layer.weight.mul_(4.0)
+    bound = layer.lipschitz_bound()
+    sigma_hat = (layer.u @ layer.weight @ layer.v.T).item()
+    exact = spectral_norm(layer.weight)
+    assert sigma_hat == pytest.approx(exact, rel=1e-8)
+    used = spectral_norm(layer.normalized_weight())
+    assert used == pytest.approx(0.9, rel=1e-8)
+    assert bound >= used * (1 - 1e-12)
+    assert bound == pytest.approx(used, rel=1e-10)
+    layer.eval()
+    assert bound >= empirical_lipschitz(layer, (5,), points=4, ascent_steps=30)
+
+
+@pytest.mark.parametrize(("k", "p", "size"), [(3, 1, (4, 4)), (3, 1, (5, 3)), (3, 0, (5, 5)), (1, 0, (3, 3)), (5, 2, (4, 6))])
+def test_conv_induced_norm_matches_explicit_matrix(k: int, p: int, size: tuple[int, int]) -> None:
+    layer = conv_layer(2, 3, k, p, size)
+    bound = layer.lipschitz_bound()  # converges the power iteration, then certifies the layer as used
+    conv = lambda x, w=layer.weight: F.conv2d(x, w, padding=p)  # noqa: E731
+    exact = spectral_norm(explicit_matrix(conv, (2, *size)))
+    sigma_hat = (layer.u * conv(layer.v)).sum().item()
+    assert sigma_hat == pytest.approx(exact, rel=1e-6)
+    assert exact > 1.0  # the raw conv is not a contraction; the normalisation must act
+    used = spectral_norm(explicit_matrix(lambda x: F.conv2d(x, layer.normalized_weight(), padding=p), (2, *size)))
+    assert used <= layer.coeff * (1 + 1e-6)
+    assert bound >= used * (1 - 1e-12)
+
+
+@pytest.mark.parametrize(("k", "p", "size"), [(3, 1, (4, 4)), (3, 0, (5, 5)), (5, 2, (4, 6)), (3, 2, (3, 3))])
+def test_circulant_bound_is_exact_circular_norm_and_upper_bounds_zero_padding(
+    k: int, p: int, size: tuple[int, int]
+) -> None:
+    torch.manual_seed(1)
+    w = torch.randn(3, 2, k, k, dtype=DT)
+    zero = spectral_norm(explicit_matrix(lambda x: F.conv2d(x, w, padding=p), (2, *size)))
+    bound = conv_operator_norm_bound(w, size, (p, p), dense_limit=0).item()
+    assert bound >= zero * (1 - 1e-12)
+    # The bound is the exact norm of the circular convolution on the enlarged grid.
+    m = (size[0] + max(k - 1, 2 * p), size[1] + max(k - 1, 2 * p))
+    circular = lambda x: F.conv2d(F.pad(x, (k // 2,) * 4, mode="circular"), w)  # noqa: E731
+    assert bound == pytest.approx(spectral_norm(explicit_matrix(circular, (2, *m))), rel=1e-10)
+    # The dense path is the exact zero-padded norm.
+    assert conv_operator_norm_bound(w, size, (p, p)).item() == pytest.approx(zero, rel=1e-10)
+
+
+def test_training_updates_buffers_eval_freezes_them_and_grads_flow() -> None:
+    layer = conv_layer(2, 2, 3, 1, (4, 4))
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))  # u, v are now stale
+    x = torch.randn(2, 2, 4, 4, dtype=DT)
+    layer.eval()
+    u0 = layer.u.clone()
+    layer(x)
+    assert torch.equal(layer.u, u0)
+    layer.train()
+    loss = layer(x).square().sum() + layer(x).sum()  # two forwards before one backward
+    assert not torch.equal(layer.u, u0)
+    loss.backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_conv_state_dict_roundtrip_materialises_buffers() -> None:
+    layer = conv_layer(2, 3, 3, 1, (4, 4)).eval()
+    x = torch.randn(2, 2, 4, 4, dtype=DT)
+    fresh = SpectralNormConv2d(2, 3, 3, 1).double().eval()
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.input_size == (4, 4)
+    torch.testing.assert_close(fresh(x), layer(x))
+
+
+def test_conv_rejects_other_input_size() -> None:
+    layer = conv_layer(2, 3, 3, 1, (4, 4))
+    with pytest.raises(ValueError, match="spatial size"):
+        layer(torch.zeros(1, 2, 5, 5, dtype=DT))
+
+
+def test_conv_bound_needs_input_size() -> None:
+    with pytest.raises(RuntimeError, match="input size"):
+        SpectralNormConv2d(2, 3, 3, 1).lipschitz_bound()
+
+
+@pytest.mark.parametrize("coeff", [1.0, 1.5, 0.0, -0.5])
+def test_bad_coeff(coeff: float) -> None:
+    with pytest.raises(ValueError, match="coeff"):
+        SpectralNormLinear(3, 3, coeff=coeff)
+    with pytest.raises(ValueError, match="coeff"):
+        SpectralNormConv2d(3, 3, 3, 1, coeff=coeff)
+
+
+def test_bad_n_iterations_and_beta() -> None:
+    with pytest.raises(ValueError, match="n_iterations"):
+        SpectralNormLinear(3, 3, n_iterations=0)
+    with pytest.raises(ValueError, match="beta_init"):
+        LipSwish(0.0)
+
+
+def _swish_slope(t: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(t)
+    return s + t * s * (1 - s)
+
+
+def test_clipswish_divisor_matches_derivation() -> None:
+    t = torch.linspace(-20, 20, 400_001, dtype=DT)
+    peak = (_swish_slope(t).square() + _swish_slope(-t).square()).sqrt().max().item() / 1.1
+    assert 1.0035 < peak <= 1.004
+
+
+@pytest.mark.parametrize("beta_init", [0.1, 1.0, 5.0])
+def test_clipswish_jacobian_norm_is_at_most_one_and_tight(beta_init: float) -> None:
+    act = CLipSwish(beta_init).double()
+    x = torch.linspace(-30, 30, 60_001, dtype=DT).reshape(-1, 1).requires_grad_(True)
+    y = act(x)  # [n, 2]: per element, the Jacobian is the column (dy0/dx, dy1/dx)
+    d0 = torch.autograd.grad(y[:, 0].sum(), x, retain_graph=True)[0]
+    d1 = torch.autograd.grad(y[:, 1].sum(), x)[0]
+    norm = (d0.square() + d1.square()).sqrt().max().item()
+    assert 0.999 < norm <= 1.0
+
+
+@pytest.mark.parametrize("cls", [LipSwish, CLipSwish])
+def test_activations_empirical_lipschitz_at_most_one(cls: type[LipSwish]) -> None:
+    act = cls(1.5).double()
+    gen = torch.Generator().manual_seed(0)
+    assert empirical_lipschitz(act, (2, 3, 3), points=4, ascent_steps=50, generator=gen) <= act.lipschitz_bound()
+
+
+def test_lipswish_slope_peak_below_divisor() -> None:
+    act = LipSwish(0.7).double()
+    x = torch.linspace(-30, 30, 60_001, dtype=DT).requires_grad_(True)
+    slope = torch.autograd.grad(act(x).sum(), x)[0].max().item()
+    assert 0.9998 < slope <= 1.0

@@ -1,0 +1,162 @@
+"""Log-det estimators of residual blocks (attnflow.nn.logdet)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnflow.nn.branches import build_branch
+from attnflow.nn.lipschitz import SpectralNormConv2d
+from attnflow.nn.logdet import (
+    LogDetConfig,
+    estimate_logdet,
+    exact_logdet,
+    hutchinson_vectors,
+    power_series_coefficients,
+    series_logdet,
+)
+from attnflow.testing import brute_force_logdet
+
+DT = torch.float64
+SHAPE = (2, 2, 2)  # C, H, W: D = 8
+
+
+def branch(seed: int = 0) -> torch.nn.Module:
+    """A tiny Residual Flow branch whose convolutions are all normalised to coeff (active)."""
+    torch.manual_seed(seed)
+    g = build_branch("residual_flow", SHAPE[0], hidden=6, input_size=SHAPE[1:], coeff=0.95).double()
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, SpectralNormConv2d):
+                m.weight.mul_(10.0)
+    g.lipschitz_bound()  # converge the power iterations
+    return g.eval()
+
+
+def graph(g: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    return g(x), x
+
+
+def basis_vectors(x: torch.Tensor) -> list[torch.Tensor]:
+    """``sqrt(D) e_i``: the Hutchinson average over them is the exact trace."""
+    d = x[0].numel()
+    eye = torch.eye(d, dtype=x.dtype) * math.sqrt(d)
+    return [eye[i].expand(x.shape[0], d).reshape(x.shape) for i in range(d)]
+
+
+def test_exact_matches_brute_force() -> None:
+    g = branch()
+    x = torch.randn(3, *SHAPE, dtype=DT)
+    gx, xg = graph(g, x)
+    torch.testing.assert_close(exact_logdet(gx, xg), brute_force_logdet(lambda v: v + g(v), x))
+
+
+def test_power_series_converges_within_the_truncation_bound() -> None:
+    g = branch()
+    lip = g.lipschitz_bound()
+    x = 2 * torch.randn(2, *SHAPE, dtype=DT)
+    gx, xg = graph(g, x)
+    exact = exact_logdet(gx, xg)
+    d = x[0].numel()
+    errors = []
+    for n in range(1, 16):
+        approx = series_logdet(gx, xg, power_series_coefficients(n), basis_vectors(xg))
+        err = (approx - exact).abs().max().item()
+        # |tr(J^k)| <= D Lip^k: the tail after n terms is at most D sum_{k>n} Lip^k / k.
+        tail = d * sum(lip**k / k for k in range(n + 1, 2000))
+        assert err <= tail
+        errors.append(err)
+    assert errors[-1] < 1e-3 * errors[0]
+    assert errors[-1] < 1e-8
+
+
+def test_russian_roulette_is_unbiased() -> None:
+    # A linear branch (J = the normalised convolution): slowly decaying terms, so the reweighting of
+    # the random tail carries much of the value.
+    torch.manual_seed(1)
+    g = SpectralNormConv2d(SHAPE[0], SHAPE[0], 3, 1, coeff=0.6).double()
+    with torch.no_grad():
+        g.weight.mul_(10.0)
+    g(torch.zeros(1, *SHAPE, dtype=DT))
+    g.eval()
+    x = torch.randn(1, *SHAPE, dtype=DT)
+    gx1, x1 = graph(g, x)
+    exact = exact_logdet(gx1, x1).item()
+    gx, xg = graph(g, x.expand(64, *SHAPE))
+    cfg = LogDetConfig("russian_roulette", n_exact=1, geom_p=0.5, n_samples=1)
+    torch.manual_seed(0)
+    draws = torch.stack([estimate_logdet(gx, xg, cfg).mean() for _ in range(1000)])
+    mean, se = draws.mean().item(), draws.std().item() / math.sqrt(len(draws))
+    assert abs(mean - exact) < 3 * se
+    # Power check: the same random number of terms without the 1 / P(N >= k) weights is biased.
+    unweighted = []
+    for _ in range(1000):
+        n = 1 + int(torch.distributions.Geometric(probs=torch.tensor(0.5)).sample())
+        v = hutchinson_vectors(xg, 1)
+        unweighted.append(series_logdet(gx, xg, power_series_coefficients(n), v).mean())
+    assert abs(torch.stack(unweighted).mean().item() - exact) > 6 * se
+
+
+@pytest.mark.parametrize("coefficients", [power_series_coefficients(6), [1.0, -1.5, 2.0, -3.0, 1.25]])
+def test_neumann_gradient_equals_series_gradient_with_exact_traces(coefficients: list[float]) -> None:
+    g = branch()
+    x = torch.randn(2, *SHAPE, dtype=DT)
+    params = [p for name, p in g.named_parameters() if not name.endswith("bias")]  # biases: no effect on J
+    grads = []
+    for neumann in (False, True):
+        gx, xg = graph(g, x)
+        value = series_logdet(gx, xg, coefficients, basis_vectors(xg), create_graph=True, neumann_grad=neumann)
+        grads.append((value.detach(), torch.autograd.grad(value.sum(), [xg, *params])))
+    (v_full, g_full), (v_neu, g_neu) = grads
+    torch.testing.assert_close(v_neu, v_full)
+    for a, b in zip(g_full, g_neu):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
+
+
+def test_neumann_gradient_with_long_series_matches_exact_logdet_gradient() -> None:
+    g = branch()
+    x = torch.randn(2, *SHAPE, dtype=DT)
+    params = [p for name, p in g.named_parameters() if not name.endswith("bias")]  # biases: no effect on J
+    gx, xg = graph(g, x)
+    target = torch.autograd.grad(exact_logdet(gx, xg, create_graph=True).sum(), [xg, *params])
+    gx, xg = graph(g, x)
+    value = series_logdet(gx, xg, power_series_coefficients(60), basis_vectors(xg), True, neumann_grad=True)
+    for a, b in zip(target, torch.autograd.grad(value.sum(), [xg, *params])):
+        torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-6)
+
+
+def test_neumann_gradient_is_unbiased_with_random_vectors() -> None:
+    g = branch()
+    x = torch.randn(1, *SHAPE, dtype=DT)
+    w = g[1].weight  # first convolution
+    gx, xg = graph(g, x)
+    target = torch.autograd.grad(exact_logdet(gx, xg, create_graph=True).sum(), w)[0]
+    cfg = LogDetConfig("russian_roulette", n_exact=2, geom_p=0.5, neumann_grad=True)
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(400):
+        gx, xg = graph(g, x)
+        draws.append(torch.autograd.grad(estimate_logdet(gx, xg, cfg, create_graph=True).sum(), w)[0].flatten())
+    draws = torch.stack(draws)
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
+    assert ((mean - target.flatten()).abs() <= 4 * se + 1e-12).float().mean() >= 0.98
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"estimator": "taylor"}, "estimator"),
+        ({"geom_p": 1.0}, "geom_p"),
+        ({"geom_p": 0.0}, "geom_p"),
+        ({"n_terms": 0}, "n_terms"),
+        ({"n_samples": 0}, "n_samples"),
+        ({"n_exact": -1}, "n_exact"),
+        ({"noise": "uniform"}, "noise"),
+        ({"estimator": "exact", "neumann_grad": True}, "neumann_grad"),
+    ],
+)
+def test_bad_config(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LogDetConfig(**kwargs)
