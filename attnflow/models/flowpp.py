@@ -1,0 +1,137 @@
+"""Flow++ (Ho et al. 2019), optionally with AttnFlow's invertible attention in its steps, and the
+helpers shared with :mod:`attnflow.models.marflow`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core import Bijection, Chain, Flow, check_images, standard_normal_log_prob
+from ..nn.invattn import INVERTIBLE_ATTENTION_KINDS, ISDP, build_invertible_attention
+from ..nn.mixture import MixtureStep, VariationalDequantizer
+from ..nn.multiscale import Flatten, Squeeze
+from ..nn.preprocess import build_preprocess
+
+__all__ = ["flowpp", "attention_factory", "VariationallyDequantizedFlow"]
+
+DEQUANTIZATIONS = ("uniform", "variational")
+
+
+def attention_factory(
+    attention: str, positions: Sequence[int], heads: int, patches: int
+) -> Callable[[int, int, int], Bijection | None]:
+    """Validate AttnFlow's attention options and return ``layer(channels, height, width)``, which
+    builds one invertible attention layer for a step at that size (``None`` for ``"none"``).
+
+    An iSDP layer is checked against its size at build time, so a ``patches`` grid that does not
+    tile the image or ``heads`` that do not divide the features per token fail before training.
+    """
+    if attention not in INVERTIBLE_ATTENTION_KINDS:
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+    if attention == "none" and positions:
+        raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
+    if attention != "none" and not positions:
+        raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
+
+    def layer(channels: int, height: int, width: int) -> Bijection | None:
+        built = build_invertible_attention(attention, channels, heads=heads, patches=patches)
+        if isinstance(built, ISDP):
+            built.feature_mask(height, width)  # raises a ValueError naming the problem
+        return built
+
+    return layer
+
+
+class VariationallyDequantizedFlow(Flow):
+    """A :class:`Flow` trained with Flow++'s variational dequantization (see
+    :class:`~attnflow.nn.mixture.VariationalDequantizer` for the ELBO).
+
+    :meth:`log_prob` takes images in [0, 1] as the rest of the library does (the trainer's
+    uniformly dequantized ``x = (k + u0) / L``), recovers the integer levels
+    ``k = floor(L x)``, draws ``u ~ q(u | k)`` and returns the single-sample bound
+    ``log p((k + u) / L) - log q(u | k)``; with the library's bits/dim formula
+    (``+ D log L``) this is the negative ELBO, an upper bound, hence ``log_prob_is_bound``.
+    The uniform noise ``u0`` is discarded. ``encode``, ``decode`` and ``sample`` act on the
+    continuous model ``p`` as usual.
+    """
+
+    log_prob_is_bound = True
+
+    def __init__(self, transform: Bijection, shape: Sequence[int], dequantizer: VariationalDequantizer) -> None:
+        super().__init__(transform, shape)
+        self.dequantizer = dequantizer
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        check_images(x, self.shape)
+        levels = self.dequantizer.levels
+        k = torch.floor(x * levels).clamp_(0, levels - 1)
+        self._check_context(context, x.shape[0])
+        u, log_q = self.dequantizer(k)
+        z, logdet = self.transform((k + u) / levels, context)
+        return standard_normal_log_prob(z) + logdet - log_q
+
+
+def flowpp(
+    shape: Sequence[int] = (1, 8, 8),
+    scales: int = 2,
+    steps: int = 4,
+    hidden: int = 32,
+    blocks: int = 1,
+    components: int = 4,
+    coupling_heads: int = 1,
+    preprocess: str = "logit",
+    alpha: float = 0.05,
+    attention: str = "none",
+    positions: Sequence[int] = (),
+    heads: int = 1,
+    patches: int = 4,
+    dequantization: str = "uniform",
+    levels: int = 256,
+    deq_steps: int = 2,
+    deq_hidden: int = 16,
+) -> Flow:
+    """Flow++: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, mixture coupling)] x scales
+    -> flatten``, without factor-out (Flow++ keeps every dimension to the end).
+
+    Scale 0 is not squeezed and alternates checkerboard masks; later scales squeeze and alternate
+    channel masks. The coupling network is :class:`~attnflow.nn.mixture.GatedAttentionNet` of
+    width ``hidden`` with ``blocks`` blocks and ``coupling_heads`` attention heads; the mixture
+    has ``components`` logistics. ``attention``/``positions``/``heads``/``patches`` add AttnFlow's
+    invertible attention as in the glow builder. ``dequantization="variational"`` returns a
+    :class:`VariationallyDequantizedFlow` for data with ``levels`` grey levels (its dequantizer
+    has ``deq_steps`` conditional couplings of width ``deq_hidden``).
+    """
+    if dequantization not in DEQUANTIZATIONS:
+        raise ValueError(f"unknown dequantization {dequantization!r}; valid: {', '.join(DEQUANTIZATIONS)}")
+    if steps < 1 or scales < 1:
+        raise ValueError(f"steps and scales must be >= 1, got steps={steps}, scales={scales}")
+    attention_layer = attention_factory(attention, positions, heads, patches)
+    c, h, w = shape
+    layers: list[Bijection] = [build_preprocess(preprocess, alpha)]
+    for scale in range(scales):
+        if scale:
+            if h % 2 or w % 2:
+                raise ValueError(f"scale {scale} cannot squeeze a {h}x{w} tensor; use fewer scales or even sizes")
+            layers.append(Squeeze())
+            c, h, w = 4 * c, h // 2, w // 2
+        base = "checkerboard" if scale == 0 else "channel"
+        for k in range(steps):
+            layers.append(
+                MixtureStep(
+                    c,
+                    hidden,
+                    base if k % 2 == 0 else f"{base}-inv",
+                    lambda ch, h=h, w=w: attention_layer(ch, h, w),
+                    positions,
+                    components=components,
+                    blocks=blocks,
+                    heads=coupling_heads,
+                )
+            )
+    layers.append(Flatten((c, h, w)))
+    transform = Chain(layers)
+    if dequantization == "uniform":
+        return Flow(transform, shape)
+    dequantizer = VariationalDequantizer(shape[0], levels, deq_steps, deq_hidden, components, coupling_heads)
+    return VariationallyDequantizedFlow(transform, shape, dequantizer)

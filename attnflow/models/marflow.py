@@ -1,0 +1,93 @@
+"""mARFlow (Bhattacharyya, Mahajan et al., "Normalizing Flows with Multi-Scale Autoregressive
+Priors", CVPR 2020): AttnFlow's image backbone (AttnFlow Sec. 5, Tables 2-3), optionally with
+iMap / iSDP invertible attention in its steps."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..core import Bijection, Chain, Flow
+from ..nn.autoregressive import AutoregressiveFactorOut, ChannelAutoregressive
+from ..nn.glow import GlowStep
+from ..nn.mixture import GatedAttentionNet, MixtureStep
+from ..nn.multiscale import FactorOut, multiscale_transform
+from ..nn.preprocess import build_preprocess
+from .flowpp import attention_factory
+
+__all__ = ["marflow"]
+
+COUPLINGS = ("mixture", "affine")
+COUPLING_MASKS = ("channel", "checkerboard")
+
+
+def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Chain:
+    """Turn a :func:`~attnflow.nn.multiscale.multiscale_transform` (built with
+    ``learned_prior=False``) into mARFlow's: every :class:`FactorOut` becomes an
+    :class:`AutoregressiveFactorOut` over the same inner transform, and the last scale gets an
+    unconditional :class:`ChannelAutoregressive` prior before its final ``Flatten``."""
+    layers = list(transform)
+    last = layers[-1]
+    if isinstance(last, FactorOut):
+        inner = _with_autoregressive_priors(last.inner, group, hidden)
+        shape = (last.keep + last.out_shape[0], *last.out_shape[1:])
+        layers[-1] = AutoregressiveFactorOut(inner, shape, last.keep, group, hidden)
+    else:
+        layers.insert(-1, ChannelAutoregressive(last.shape[0], group, hidden))
+    return Chain(layers)
+
+
+def marflow(
+    shape: Sequence[int] = (1, 8, 8),
+    scales: int = 2,
+    steps: int = 4,
+    hidden: int = 32,
+    blocks: int = 1,
+    components: int = 4,
+    coupling_heads: int = 1,
+    coupling: str = "mixture",
+    mask: str = "channel",
+    preprocess: str = "logit",
+    alpha: float = 0.05,
+    prior_group: int = 1,
+    prior_hidden: int = 16,
+    attention: str = "none",
+    positions: Sequence[int] = (),
+    heads: int = 1,
+    patches: int = 4,
+) -> Flow:
+    """mARFlow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, coupling) ->
+    autoregressive factor-out] x scales``, the last scale ending in an unconditional channel
+    autoregressive prior.
+
+    ``coupling="mixture"`` (mARFlow, Flow++'s mixture-of-logistics coupling with ``components``
+    logistics) or ``"affine"`` (Glow's affine coupling); both use Flow++'s gated convolution +
+    self-attention network (width ``hidden``, ``blocks`` blocks, ``coupling_heads`` heads).
+    ``mask`` alternates ``"channel"`` halves or checkerboards. The priors are ConvLSTMs over
+    groups of ``prior_group`` channels with ``prior_hidden`` state channels.
+    ``attention`` in {"none", "imap", "isdp"} puts AttnFlow's invertible attention at each of the
+    step ``positions`` (1: before ActNorm, 2: after ActNorm, 3: after the 1x1 convolution, 4:
+    after the coupling); ``heads`` and ``patches`` configure iSDP.
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; valid: {', '.join(COUPLINGS)}")
+    if mask not in COUPLING_MASKS:
+        raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    attention_layer = attention_factory(attention, positions, heads, patches)
+    _, height, width = shape
+
+    def scale_steps(channels: int, scale: int) -> list[Bijection]:
+        size = (height >> (scale + 1), width >> (scale + 1))
+        attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
+        masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
+        if coupling == "affine":
+            net = lambda i, o: GatedAttentionNet(i, o, hidden, blocks, coupling_heads)  # noqa: E731
+            return [GlowStep(channels, hidden, m, attend, positions, net) for m in masks]
+        return [
+            MixtureStep(channels, hidden, m, attend, positions, components=components, blocks=blocks, heads=coupling_heads)
+            for m in masks
+        ]
+
+    transform = multiscale_transform(shape, scales, scale_steps, learned_prior=False)
+    transform = _with_autoregressive_priors(transform, prior_group, prior_hidden)
+    return Flow(Chain([build_preprocess(preprocess, alpha), transform]), shape)
