@@ -94,7 +94,7 @@ def check_images(x: Tensor, shape: Sequence[int]) -> None:
         )
     if not torch.isfinite(x).all():
         raise ValueError("input contains NaN or infinite values; clean the data before the model")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"input values must lie in [0, 1] (dequantized data scaled by the number of levels); "

@@ -10,7 +10,10 @@ from typing import Any
 
 from ..core import Flow
 from .denseflow import denseflow
+from .flowpp import flowpp
 from .glow import glow
+from .marflow import marflow
+from .residual_flow import residual_flow
 
 __all__ = ["FAMILIES", "build", "build_from_config", "presets"]
 
@@ -18,6 +21,9 @@ __all__ = ["FAMILIES", "build", "build_from_config", "presets"]
 FAMILIES: dict[str, Callable[..., Flow]] = {
     "glow": glow,
     "denseflow": denseflow,
+    "flowpp": flowpp,
+    "marflow": marflow,
+    "residual": residual_flow,
 }
 
 

@@ -118,13 +118,15 @@ def multiscale_transform(
     steps: StepFactory,
     learned_prior: bool = True,
     squeeze_first: bool = True,
+    factor_out: bool = True,
 ) -> Bijection:
     """The multi-scale architecture of RealNVP/Glow, ending in a flat latent.
 
     At each scale ``i`` (0-based): squeeze (except at scale 0 when ``squeeze_first`` is False),
     the layers ``steps(channels, i)``, then — except at the last scale — factor out half of the
-    channels (:class:`FactorOut`, learned prior) and recurse on the kept half. The last scale ends
-    in :class:`Flatten`. Sizes that cannot be squeezed raise a clear error.
+    channels (:class:`FactorOut`, learned prior) and recurse on the kept half, or, when
+    ``factor_out`` is False, recurse on all channels (Residual Flows' MNIST architecture). The last
+    scale ends in :class:`Flatten`. Sizes that cannot be squeezed raise a clear error.
     """
     if scales < 1:
         raise ValueError(f"scales must be >= 1, got {scales}")
@@ -137,6 +139,8 @@ def multiscale_transform(
     layers += list(steps(c, 0))
     if scales == 1:
         layers.append(Flatten((c, h, w)))
+    elif not factor_out:
+        layers.append(multiscale_transform((c, h, w), scales - 1, lambda ch, i: steps(ch, i + 1), learned_prior, True, False))
     else:
         keep = c // 2
         if keep < 1:
