@@ -38,6 +38,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "max_bad_steps": 5,  # consecutive non-finite steps before rolling back to the checkpoint
     "rollback_lr_factor": 0.5,
     "threads": 0,  # torch threads (0 = torch's default)
+    "time_limit_s": 0.0,  # stop after this many seconds of training steps, evaluation excluded (0 = no limit)
 }
 
 SECTIONS = ("model", "data", "train")

@@ -128,3 +128,15 @@ def test_existing_run_needs_resume_and_same_model(tmp_path):
 def test_shape_mismatch_is_explained(tmp_path):
     with pytest.raises(ValueError, match="model.shape=\\[1, 8, 8\\]"):
         Trainer(tiny_cfg("model.shape=[1, 4, 4]"), tmp_path, progress=False)
+
+
+def test_time_limit_ends_training_early_and_counts_across_resume(tmp_path):
+    cfg = tiny_cfg("train.steps=100000", "train.time_limit_s=0.5", "train.checkpoint_every=10")
+    results = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert 0 < results["step"] < 100000
+    assert 0.5 <= results["train_seconds"] < 5.0
+    timed = [json.loads(l) for l in open(tmp_path / "run/metrics.jsonl") if "train_s" in l]
+    assert timed and all(a["train_s"] <= b["train_s"] for a, b in zip(timed, timed[1:]))
+    # the spent time is part of the checkpoint: resuming with the same limit trains no further
+    again = Trainer(cfg, tmp_path / "run", resume=True, progress=False).run()
+    assert again["step"] == results["step"]

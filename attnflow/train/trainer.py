@@ -116,6 +116,7 @@ class Trainer:
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.step = 0
         self.lr_scale = 1.0
+        self.train_seconds = 0.0  # time spent in training steps (evaluation and checkpoints excluded)
         self.out.mkdir(parents=True, exist_ok=True)
         if state is not None:
             self._restore(state)
@@ -130,6 +131,7 @@ class Trainer:
         return {
             "step": self.step,
             "lr_scale": self.lr_scale,
+            "train_seconds": self.train_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict_for(self.model) if self.ema else {},
@@ -149,6 +151,7 @@ class Trainer:
         self.dequant_gen.set_state(state["dequant_rng"])
         self.step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> None:
         save_checkpoint(self.out / CHECKPOINT, self.state())
@@ -217,7 +220,8 @@ class Trainer:
         return model
 
     def run(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Train to ``train.steps`` (or ``stop_at``); returns the final test evaluation, or
+        """Train to ``train.steps``, or until ``train.time_limit_s`` seconds of training steps
+        (evaluation excluded) have been spent, or to ``stop_at``; returns the final test evaluation, or
         ``{"interrupted_at": step}`` when stopped early."""
         from tqdm import tqdm
 
@@ -231,8 +235,13 @@ class Trainer:
                 if stop_at is not None and self.step >= stop_at:
                     self.save()
                     return {"interrupted_at": self.step}
+                if t["time_limit_s"] and self.train_seconds >= t["time_limit_s"]:
+                    _log(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
+                    break
                 lr = self._set_lr()
+                step_start = time.perf_counter()
                 result = self._train_step()
+                self.train_seconds += time.perf_counter() - step_start
                 if result is None:
                     bad += 1
                     _log(f"step {self.step + 1}: non-finite loss or gradient, step skipped ({bad}/{t['max_bad_steps']})")
@@ -253,10 +262,12 @@ class Trainer:
                     speed = window_images / (time.perf_counter() - window_start)
                     window_start, window_images = time.perf_counter(), 0
                     bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
-                    self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": speed})
+                    self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
+                                        "images_per_s": speed, "train_s": round(self.train_seconds, 3)})
                 if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
                     ev = self.evaluate(t["eval_batches"])
-                    self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"]})
+                    self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
+                                         "train_s": round(self.train_seconds, 3)})
                 if self.step % t["checkpoint_every"] == 0:
                     self.save()
                 if on_step:
@@ -275,8 +286,10 @@ class Trainer:
         model = self.eval_model()
         save_weights(model, self.out / WEIGHTS)
         ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress)
-        self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"]})
-        results = {"step": self.step, "test": ev, "levels": self.levels, "dataset": self.cfg["data"]["name"]}
+        self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
+                             "train_s": round(self.train_seconds, 3)})
+        results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
+                   "levels": self.levels, "dataset": self.cfg["data"]["name"]}
         (self.out / "results.json").write_text(json.dumps(results, indent=2))
         gen = torch.Generator().manual_seed(0)
         save_image_grid(model.sample(64, temperature=1.0, generator=gen), self.out / "samples.png")
