@@ -1,46 +1,20 @@
-"""Flow++ (Ho et al. 2019), optionally with AttnFlow's invertible attention in its steps, and the
-helpers shared with :mod:`attnflow.models.marflow`."""
+"""Flow++ (Ho et al. 2019), optionally with AttnFlow's invertible attention in its steps."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ..core import Bijection, Chain, Flow, check_images, standard_normal_log_prob
-from ..nn.invattn import INVERTIBLE_ATTENTION_KINDS, ISDP, build_invertible_attention
+from ..nn.invattn import invertible_attention_factory
 from ..nn.mixture import MixtureStep, VariationalDequantizer
 from ..nn.multiscale import Flatten, Squeeze
 from ..nn.preprocess import build_preprocess
 
-__all__ = ["flowpp", "attention_factory", "VariationallyDequantizedFlow"]
+__all__ = ["flowpp", "VariationallyDequantizedFlow"]
 
 DEQUANTIZATIONS = ("uniform", "variational")
-
-
-def attention_factory(
-    attention: str, positions: Sequence[int], heads: int, patches: int
-) -> Callable[[int, int, int], Bijection | None]:
-    """Validate AttnFlow's attention options and return ``layer(channels, height, width)``, which
-    builds one invertible attention layer for a step at that size (``None`` for ``"none"``).
-
-    An iSDP layer is checked against its size at build time, so a ``patches`` grid that does not
-    tile the image or ``heads`` that do not divide the features per token fail before training.
-    """
-    if attention not in INVERTIBLE_ATTENTION_KINDS:
-        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
-    if attention == "none" and positions:
-        raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
-    if attention != "none" and not positions:
-        raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
-
-    def layer(channels: int, height: int, width: int) -> Bijection | None:
-        built = build_invertible_attention(attention, channels, heads=heads, patches=patches)
-        if isinstance(built, ISDP):
-            built.feature_mask(height, width)  # raises a ValueError naming the problem
-        return built
-
-    return layer
 
 
 class VariationallyDequantizedFlow(Flow):
@@ -106,7 +80,7 @@ def flowpp(
         raise ValueError(f"unknown dequantization {dequantization!r}; valid: {', '.join(DEQUANTIZATIONS)}")
     if steps < 1 or scales < 1:
         raise ValueError(f"steps and scales must be >= 1, got steps={steps}, scales={scales}")
-    attention_layer = attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
     c, h, w = shape
     layers: list[Bijection] = [build_preprocess(preprocess, alpha)]
     for scale in range(scales):

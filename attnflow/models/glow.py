@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from ..core import Chain, Flow
 from ..nn.glow import GlowStep
-from ..nn.invattn import INVERTIBLE_ATTENTION_KINDS, build_invertible_attention
+from ..nn.invattn import invertible_attention_factory
 from ..nn.multiscale import multiscale_transform
 from ..nn.preprocess import build_preprocess
 
@@ -40,19 +40,14 @@ def glow(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
-    if attention not in INVERTIBLE_ATTENTION_KINDS:
-        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
-    if attention == "none" and positions:
-        raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
-    if attention != "none" and not positions:
-        raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
-
-    def attention_layer(channels: int):
-        return build_invertible_attention(attention, channels, heads=heads, patches=patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    _, height, width = shape
 
     def scale_steps(channels: int, scale: int) -> list[GlowStep]:
         masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
-        return [GlowStep(channels, hidden, m, attention_layer, positions) for m in masks]
+        size = (height >> (scale + 1), width >> (scale + 1))
+        attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
+        return [GlowStep(channels, hidden, m, attend, positions) for m in masks]
 
     transform = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, scales, scale_steps, learned_prior)])
     return Flow(transform, shape)

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from ..core import Bijection, Chain, Flow
 from ..nn.autoregressive import AutoregressiveFactorOut, ChannelAutoregressive
 from ..nn.glow import GlowStep
+from ..nn.invattn import invertible_attention_factory
 from ..nn.mixture import GatedAttentionNet, MixtureStep
 from ..nn.multiscale import FactorOut, multiscale_transform
 from ..nn.preprocess import build_preprocess
-from .flowpp import attention_factory
 
 __all__ = ["marflow"]
 
@@ -73,7 +73,7 @@ def marflow(
         raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    attention_layer = attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
     _, height, width = shape
 
     def scale_steps(channels: int, scale: int) -> list[Bijection]:

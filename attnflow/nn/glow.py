@@ -202,6 +202,9 @@ class GlowStep(Chain):
     ActNorm, 3 after the 1x1 convolution, 4 after the coupling.
 
     ``attention(channels) -> Bijection`` builds one attention layer per requested position.
+    ``coupling`` replaces the default :class:`AffineCoupling` (``hidden``, ``mask``,
+    ``net_factory`` and ``context_channels`` configure that default), e.g. Flow++'s mixture
+    coupling in :class:`~attnflow.nn.mixture.MixtureStep`.
     """
 
     POSITIONS = (1, 2, 3, 4)
@@ -215,6 +218,7 @@ class GlowStep(Chain):
         positions: Sequence[int] = (),
         net_factory: CouplingNetFactory | None = None,
         context_channels: int = 0,
+        coupling: Bijection | None = None,
     ) -> None:
         bad = [p for p in positions if p not in self.POSITIONS]
         if bad:
@@ -224,7 +228,7 @@ class GlowStep(Chain):
         core = [
             ActNorm(channels),
             InvertibleConv1x1(channels),
-            AffineCoupling(channels, hidden, mask, net_factory, context_channels),
+            coupling if coupling is not None else AffineCoupling(channels, hidden, mask, net_factory, context_channels),
         ]
         layers: list[Bijection] = []
         for pos in self.POSITIONS:  # position p sits before core layer p-1 (4: after the last)

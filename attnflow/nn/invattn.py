@@ -32,6 +32,7 @@ Jacobian in ``tests/test_invattn.py``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from attnflow.core import Bijection
 
-__all__ = ["IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "build_invertible_attention"]
+__all__ = ["IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "build_invertible_attention", "invertible_attention_factory"]
 
 INVERTIBLE_ATTENTION_KINDS = ("none", "imap", "isdp")
 
@@ -296,3 +297,29 @@ def build_invertible_attention(kind: str, channels: int, heads: int = 1, patches
     if kind == "isdp":
         return ISDP(channels, heads=heads, patches=patches)
     raise ValueError(f"unknown invertible attention kind {kind!r}; valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+
+
+def invertible_attention_factory(
+    attention: str, positions: Sequence[int], heads: int = 1, patches: int = 4
+) -> Callable[[int, int, int], Bijection | None]:
+    """Validate the attention options of a Glow / Flow++ / mARFlow builder and return
+    ``layer(channels, height, width)``, which builds one invertible attention layer for a step
+    at that size (``None`` for ``"none"``).
+
+    An iSDP layer is checked against its size at build time, so a ``patches`` grid that does not
+    tile the image or ``heads`` that do not divide the features per token fail before training.
+    """
+    if attention not in INVERTIBLE_ATTENTION_KINDS:
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+    if attention == "none" and positions:
+        raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
+    if attention != "none" and not positions:
+        raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
+
+    def layer(channels: int, height: int, width: int) -> Bijection | None:
+        built = build_invertible_attention(attention, channels, heads=heads, patches=patches)
+        if isinstance(built, ISDP):
+            built.feature_mask(height, width)  # raises a ValueError naming the problem
+        return built
+
+    return layer

@@ -226,9 +226,8 @@ class MixtureStep(GlowStep):
     invertible attention at ``positions`` (1 before ActNorm, 2 after ActNorm, 3 after the 1x1
     convolution, 4 after the coupling), exactly as :class:`~attnflow.nn.glow.GlowStep`.
 
-    Built as a :class:`GlowStep` (its position validation and layer order) whose affine coupling
-    is replaced by a :class:`MixtureCoupling`; the placeholder coupling gets a parameter-free
-    network. ``coupling_kwargs`` go to :class:`MixtureCoupling`.
+    A :class:`GlowStep` (its position validation and layer order) with a :class:`MixtureCoupling`
+    as its coupling; ``coupling_kwargs`` go to :class:`MixtureCoupling`.
     """
 
     def __init__(
@@ -241,11 +240,8 @@ class MixtureStep(GlowStep):
         context_channels: int = 0,
         **coupling_kwargs: object,
     ) -> None:
-        super().__init__(channels, hidden, mask, attention, positions, lambda i, o: nn.Identity(), context_channels)
-        index = next(i for i, layer in enumerate(self.layers) if isinstance(layer, AffineCoupling))
-        self.layers[index] = MixtureCoupling(
-            channels, hidden, mask, context_channels=context_channels, **coupling_kwargs  # type: ignore[arg-type]
-        )
+        coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)  # type: ignore[arg-type]
+        super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels, coupling=coupling)
 
 
 class VariationalDequantizer(nn.Module):
