@@ -16,8 +16,13 @@ def _cmd_presets(args: argparse.Namespace) -> None:
     from .config import _preset_dir, preset_names
 
     for name in preset_names():
-        first = (_preset_dir() / f"{name}.toml").read_text().splitlines()[0]
-        print(f"{name:32s} {first.lstrip('# ').strip() if first.startswith('#') else ''}")
+        lines = (_preset_dir() / f"{name}.toml").read_text().splitlines()
+        header = []  # the leading comment block is the preset's description
+        for line in lines:
+            if not line.startswith("#"):
+                break
+            header.append(line.lstrip("# ").strip())
+        print(f"{name:32s} {' '.join(header)}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
