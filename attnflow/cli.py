@@ -101,6 +101,38 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"wrote real (top) vs reconstructed (bottom) to {args.out}; max reconstruction error {err:.3g}")
 
 
+def _cmd_interpolate(args: argparse.Namespace) -> None:
+    from .data import to_float
+    from .evaluate import interpolate, save_image_grid
+    from .train import load_run
+
+    model, cfg = load_run(args.run)
+    data = _load_split(cfg, args.split)
+    if 2 * args.pairs > len(data.images):
+        raise ValueError(f"--pairs {args.pairs} needs {2 * args.pairs} images; the {args.split} split has {len(data.images)}")
+    x = to_float(data.images[: 2 * args.pairs], data.levels)
+    rows = interpolate(model, x[: args.pairs], x[args.pairs :], args.steps)
+    save_image_grid(rows.flatten(0, 1), args.out, nrow=args.steps)
+    print(f"wrote {args.pairs} interpolations of {args.steps} steps (latent space, end points are real images) to {args.out}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .evaluate import plot_runs, run_summary
+
+    rows = [run_summary(r) for r in args.runs]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'run':28s} {'family':10s} {'steps':>6s} {'train s':>8s}  test bits/dim")
+        for r in rows:
+            bpd = "-" if r["test_bpd"] is None else f"{r['test_bpd']:.4f} ± {r['test_bpd_stderr']:.4f}"
+            secs = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
+            print(f"{Path(r['run']).name:28s} {r['family']:10s} {r['steps']:6d} {secs:>8s}  {bpd}")
+    if args.out:
+        plot_runs(args.runs, args.out)
+        print(f"wrote test curves (by step and by training seconds) to {args.out}", file=sys.stderr if args.json else sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnflow", description="Normalizing flows with attention on images.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", default="test", choices=["train", "test"])
     r.add_argument("--out", default="recon.png")
     r.set_defaults(func=_cmd_reconstruct)
+
+    i = sub.add_parser("interpolate", help="latent interpolations between test images")
+    i.add_argument("run")
+    i.add_argument("--pairs", type=int, default=4)
+    i.add_argument("--steps", type=int, default=8)
+    i.add_argument("--split", default="test", choices=["train", "test"])
+    i.add_argument("--out", default="interpolations.png")
+    i.set_defaults(func=_cmd_interpolate)
+
+    c = sub.add_parser("compare", help="table and test curves of several runs")
+    c.add_argument("runs", nargs="+", help="run directories")
+    c.add_argument("--json", action="store_true", help="print one JSON list")
+    c.add_argument("--out", default="", help="PNG of the test curves by step and by training seconds")
+    c.set_defaults(func=_cmd_compare)
     return p
 
 
@@ -149,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .train import CheckpointError
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "out", None) and args.command in ("sample", "reconstruct"):
+    if getattr(args, "out", None) and args.command in ("sample", "reconstruct", "interpolate", "compare"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
         args.func(args)

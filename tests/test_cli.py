@@ -33,6 +33,14 @@ def test_train_eval_sample_reconstruct(tmp_path, capsys):
     assert err < 1e-4
     assert Image.open(tmp_path / "recon.png").size[0] > 0
 
+    run(capsys, "interpolate", str(out), "--pairs", "2", "--steps", "5", "--out", str(tmp_path / "interp.png"))
+    width, height = Image.open(tmp_path / "interp.png").size
+    assert width > 2 * height  # 2 rows of 5 images
+
+    rows = json.loads(run(capsys, "compare", str(out), str(out), "--json", "--out", str(tmp_path / "curves.png")))
+    assert [r["steps"] for r in rows] == [30, 30] and rows[0]["test_bpd"] == pytest.approx(res["bpd"])
+    assert rows[0]["train_s"] > 0 and (tmp_path / "curves.png").is_file()
+
 
 def test_presets_listed(capsys):
     text = run(capsys, "presets")
@@ -46,6 +54,7 @@ def test_presets_listed(capsys):
         (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.bogus=1"], "valid train keys"),
         (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.lr=fast"], "must be of type float"),
         (["eval", "does-not-exist"], "not a run directory"),
+        (["compare", "does-not-exist"], "no metrics.jsonl"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, monkeypatch, argv, match):

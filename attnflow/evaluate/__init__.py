@@ -1,6 +1,8 @@
-"""Evaluation: bits/dim, sample grids, reconstructions, plots."""
+"""Evaluation: bits/dim, sample grids, reconstructions, interpolations, plots, run comparisons."""
 from .images import image_grid, plot_metrics, save_image_grid
+from .latent import interpolate
 from .likelihood import bits_per_dim, evaluate_bits_per_dim, log_prob_to_bits_per_dim
+from .runs import plot_runs, run_summary
 
 __all__ = [
     "bits_per_dim",
@@ -9,4 +11,7 @@ __all__ = [
     "image_grid",
     "save_image_grid",
     "plot_metrics",
+    "interpolate",
+    "plot_runs",
+    "run_summary",
 ]
