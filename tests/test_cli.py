@@ -37,6 +37,11 @@ def test_train_eval_sample_reconstruct(tmp_path, capsys):
     width, height = Image.open(tmp_path / "interp.png").size
     assert width > 2 * height  # 2 rows of 5 images
 
+    noisy = json.loads(run(capsys, "perturb", str(out), "--n", "16", "--sigmas", "0", "0.1", "--json",
+                           "--out", str(tmp_path / "perturb.png")))
+    assert [r["sigma"] for r in noisy] == [0.0, 0.1] and all(r["inverse_converged"] for r in noisy)
+    assert noisy[0]["bpd"] < noisy[1]["bpd"] and (tmp_path / "perturb.png").is_file()
+
     rows = json.loads(run(capsys, "compare", str(out), str(out), "--json", "--out", str(tmp_path / "curves.png")))
     assert [r["steps"] for r in rows] == [30, 30] and rows[0]["test_bpd"] == pytest.approx(res["bpd"])
     assert rows[0]["train_s"] > 0 and (tmp_path / "curves.png").is_file()

@@ -2,6 +2,7 @@
 from .images import image_grid, plot_metrics, save_image_grid
 from .latent import interpolate
 from .likelihood import bits_per_dim, evaluate_bits_per_dim, log_prob_to_bits_per_dim
+from .perturbation import noise_perturbation
 from .runs import plot_runs, run_summary
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "save_image_grid",
     "plot_metrics",
     "interpolate",
+    "noise_perturbation",
     "plot_runs",
     "run_summary",
 ]
