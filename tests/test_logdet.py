@@ -6,10 +6,12 @@ import math
 import pytest
 import torch
 
-from attnflow.nn.branches import build_branch
+from attnflow.nn.branches import build_branch, linearize
 from attnflow.nn.lipschitz import SpectralNormConv2d
 from attnflow.nn.logdet import (
+    Linearization,
     LogDetConfig,
+    autograd_linearization,
     estimate_logdet,
     exact_logdet,
     hutchinson_vectors,
@@ -34,9 +36,10 @@ def branch(seed: int = 0) -> torch.nn.Module:
     return g.eval()
 
 
-def graph(g: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def graph(g: torch.nn.Module, x: torch.Tensor, explicit: bool = True) -> tuple[Linearization, torch.Tensor]:
+    """``g`` linearized at a fresh leaf ``x``: explicit per-layer products, or autograd's (reference)."""
     x = x.detach().requires_grad_(True)
-    return g(x), x
+    return (linearize(g, x) if explicit else autograd_linearization(g, x)), x
 
 
 def basis_vectors(x: torch.Tensor) -> list[torch.Tensor]:
@@ -46,23 +49,24 @@ def basis_vectors(x: torch.Tensor) -> list[torch.Tensor]:
     return [eye[i].expand(x.shape[0], d).reshape(x.shape) for i in range(d)]
 
 
-def test_exact_matches_brute_force() -> None:
+@pytest.mark.parametrize("explicit", [True, False])
+def test_exact_matches_brute_force(explicit: bool) -> None:
     g = branch()
     x = torch.randn(3, *SHAPE, dtype=DT)
-    gx, xg = graph(g, x)
-    torch.testing.assert_close(exact_logdet(gx, xg), brute_force_logdet(lambda v: v + g(v), x))
+    lin, _ = graph(g, x, explicit)
+    torch.testing.assert_close(exact_logdet(lin), brute_force_logdet(lambda v: v + g(v), x))
 
 
 def test_power_series_converges_within_the_truncation_bound() -> None:
     g = branch()
     lip = g.lipschitz_bound()
     x = 2 * torch.randn(2, *SHAPE, dtype=DT)
-    gx, xg = graph(g, x)
-    exact = exact_logdet(gx, xg)
+    lin, xg = graph(g, x)
+    exact = exact_logdet(lin)
     d = x[0].numel()
     errors = []
     for n in range(1, 16):
-        approx = series_logdet(gx, xg, power_series_coefficients(n), basis_vectors(xg))
+        approx = series_logdet(lin, power_series_coefficients(n), basis_vectors(xg))
         err = (approx - exact).abs().max().item()
         # |tr(J^k)| <= D Lip^k: the tail after n terms is at most D sum_{k>n} Lip^k / k.
         tail = d * sum(lip**k / k for k in range(n + 1, 2000))
@@ -82,12 +86,12 @@ def test_russian_roulette_is_unbiased() -> None:
     g(torch.zeros(1, *SHAPE, dtype=DT))
     g.eval()
     x = torch.randn(1, *SHAPE, dtype=DT)
-    gx1, x1 = graph(g, x)
-    exact = exact_logdet(gx1, x1).item()
-    gx, xg = graph(g, x.expand(64, *SHAPE))
+    exact = exact_logdet(graph(g, x)[0]).item()
+    lin, xg = graph(g, x.expand(64, *SHAPE))
     cfg = LogDetConfig("russian_roulette", n_exact=1, geom_p=0.5, n_samples=1)
     torch.manual_seed(0)
-    draws = torch.stack([estimate_logdet(gx, xg, cfg).mean() for _ in range(1000)])
+    with torch.no_grad():
+        draws = torch.stack([estimate_logdet(lin, cfg).mean() for _ in range(1000)])
     mean, se = draws.mean().item(), draws.std().item() / math.sqrt(len(draws))
     assert abs(mean - exact) < 3 * se
     # Power check: the same random number of terms without the 1 / P(N >= k) weights is biased.
@@ -95,19 +99,22 @@ def test_russian_roulette_is_unbiased() -> None:
     for _ in range(1000):
         n = 1 + int(torch.distributions.Geometric(probs=torch.tensor(0.5)).sample())
         v = hutchinson_vectors(xg, 1)
-        unweighted.append(series_logdet(gx, xg, power_series_coefficients(n), v).mean())
+        unweighted.append(series_logdet(lin, power_series_coefficients(n), v).detach().mean())
     assert abs(torch.stack(unweighted).mean().item() - exact) > 6 * se
 
 
 @pytest.mark.parametrize("coefficients", [power_series_coefficients(6), [1.0, -1.5, 2.0, -3.0, 1.25]])
-def test_neumann_gradient_equals_series_gradient_with_exact_traces(coefficients: list[float]) -> None:
+@pytest.mark.parametrize("explicit_full", [True, False])
+def test_neumann_gradient_equals_series_gradient_with_exact_traces(coefficients: list[float], explicit_full: bool) -> None:
+    """Neumann surrogate with explicit products vs. the gradient through every term of the series
+    (explicit differentiable products, or autograd's double backward as an independent reference)."""
     g = branch()
     x = torch.randn(2, *SHAPE, dtype=DT)
     params = [p for name, p in g.named_parameters() if not name.endswith("bias")]  # biases: no effect on J
     grads = []
-    for neumann in (False, True):
-        gx, xg = graph(g, x)
-        value = series_logdet(gx, xg, coefficients, basis_vectors(xg), create_graph=True, neumann_grad=neumann)
+    for explicit, neumann in ((explicit_full, False), (True, True)):
+        lin, xg = graph(g, x, explicit)
+        value = series_logdet(lin, coefficients, basis_vectors(xg), neumann_grad=neumann)
         grads.append((value.detach(), torch.autograd.grad(value.sum(), [xg, *params])))
     (v_full, g_full), (v_neu, g_neu) = grads
     torch.testing.assert_close(v_neu, v_full)
@@ -119,10 +126,10 @@ def test_neumann_gradient_with_long_series_matches_exact_logdet_gradient() -> No
     g = branch()
     x = torch.randn(2, *SHAPE, dtype=DT)
     params = [p for name, p in g.named_parameters() if not name.endswith("bias")]  # biases: no effect on J
-    gx, xg = graph(g, x)
-    target = torch.autograd.grad(exact_logdet(gx, xg, create_graph=True).sum(), [xg, *params])
-    gx, xg = graph(g, x)
-    value = series_logdet(gx, xg, power_series_coefficients(60), basis_vectors(xg), True, neumann_grad=True)
+    lin, xg = graph(g, x, explicit=False)
+    target = torch.autograd.grad(exact_logdet(lin).sum(), [xg, *params])
+    lin, xg = graph(g, x)
+    value = series_logdet(lin, power_series_coefficients(60), basis_vectors(xg), neumann_grad=True)
     for a, b in zip(target, torch.autograd.grad(value.sum(), [xg, *params])):
         torch.testing.assert_close(b, a, atol=1e-8, rtol=1e-6)
 
@@ -131,14 +138,13 @@ def test_neumann_gradient_is_unbiased_with_random_vectors() -> None:
     g = branch()
     x = torch.randn(1, *SHAPE, dtype=DT)
     w = g[1].weight  # first convolution
-    gx, xg = graph(g, x)
-    target = torch.autograd.grad(exact_logdet(gx, xg, create_graph=True).sum(), w)[0]
+    target = torch.autograd.grad(exact_logdet(graph(g, x, explicit=False)[0]).sum(), w)[0]
     cfg = LogDetConfig("russian_roulette", n_exact=2, geom_p=0.5, neumann_grad=True)
     torch.manual_seed(0)
     draws = []
     for _ in range(400):
-        gx, xg = graph(g, x)
-        draws.append(torch.autograd.grad(estimate_logdet(gx, xg, cfg, create_graph=True).sum(), w)[0].flatten())
+        lin, _ = graph(g, x)
+        draws.append(torch.autograd.grad(estimate_logdet(lin, cfg).sum(), w)[0].flatten())
     draws = torch.stack(draws)
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     assert ((mean - target.flatten()).abs() <= 4 * se + 1e-12).float().mean() >= 0.98

@@ -10,6 +10,11 @@ Each accepts an attention factory ``attention(channels) -> nn.Module`` (maps ``[
 itself and exposes ``lipschitz_bound()``), placed after the first hidden layer inside the
 branch as in ACF and wrapped in :class:`AttentionMix`. Every layer exposes ``lipschitz_bound()``,
 and the branch's bound is their product (``Lip(f o h) <= Lip(f) Lip(h)``).
+
+:func:`linearize` gives a branch's output together with explicit Jacobian products for the
+log-det estimators: ``J = J_n ... J_1`` layer by layer (normalised convolutions, diagonal
+activation slopes, the dense concatenation and the attention mix combine their parts), with
+autograd only inside layers that have no explicit form (the attention modules).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .lipschitz import CLipSwish, LipSwish, SpectralNormConv2d
+from .logdet import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
 
 __all__ = [
     "AttentionMix",
@@ -30,6 +36,7 @@ __all__ = [
     "conv_branch",
     "dense_branch",
     "layer_lipschitz_bound",
+    "linearize",
 ]
 
 AttentionFactory = Callable[[int], nn.Module]
@@ -60,11 +67,31 @@ def layer_lipschitz_bound(layer: nn.Module) -> float:
     return float(bound())
 
 
+def linearize(layer: nn.Module, x: Tensor) -> Linearization:
+    """``layer(x)`` with its Jacobian products: explicit for ELU and ReLU (diagonal) and for layers
+    with a ``linearize(x)`` method, by autograd (:func:`autograd_linearization`) otherwise."""
+    if isinstance(layer, nn.ELU):  # slope 1 for x > 0, alpha e^x = y + alpha otherwise
+        y = F.elu(x, layer.alpha)
+        return diagonal_linearization(y, torch.where(x > 0, 1.0, y + layer.alpha))
+    if isinstance(layer, nn.ReLU):
+        return diagonal_linearization(F.relu(x), (x > 0).to(x.dtype))
+    method = getattr(layer, "linearize", None)
+    return method(x) if callable(method) else autograd_linearization(layer, x)
+
+
 class LipschitzSequential(nn.Sequential):
     """``g = f_n o ... o f_1`` with the certified bound ``Lip(g) <= prod_i Lip(f_i)``."""
 
     def lipschitz_bound(self) -> float:
         return math.prod(layer_lipschitz_bound(layer) for layer in self)
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """``J = J_n ... J_1``, each layer linearized at its input."""
+        parts = []
+        for layer in self:
+            parts.append(linearize(layer, x))
+            x = parts[-1].output
+        return compose_linearizations(parts)
 
 
 class AttentionMix(nn.Module):
@@ -98,9 +125,24 @@ class AttentionMix(nn.Module):
         divisor = max(1.0, bound) if math.isfinite(bound) else 1.0
         return torch.sigmoid(self.gamma), bound, divisor
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _mixer(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x, f) -> (1 - a) x + (a / s) f``; linear, so it also combines Jacobian products."""
         a, _, divisor = self._mix_terms()
-        return (1 - a) * x + a * self.attention(x) / divisor
+        return lambda x, f: (1 - a) * x + (a / divisor) * f
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._mixer()(x, self.attention(x))
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """``J = (1 - a) I + (a / s) J_F``, with the attention's own products (autograd unless it
+        has a ``linearize`` method)."""
+        mix = self._mixer()
+        inner = linearize(self.attention, x)
+        return Linearization(
+            mix(x, inner.output),
+            vjp=lambda w: mix(w, inner.vjp(w)),
+            jvp=lambda v: mix(v, inner.jvp(v)),
+        )
 
     def lipschitz_bound(self) -> float:
         a, bound, divisor = self._mix_terms()
@@ -140,9 +182,25 @@ class DenseLayer(nn.Module):
         e = F.softplus(self.k) + 0.1
         return self.coeff * e / e.norm()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _concatenator(self) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
+        """``eta`` and ``(x, h) -> [eta1 x, eta2 h]``; linear, so it also combines Jacobian products."""
         eta = self.etas()
-        return torch.cat([eta[0] * x, eta[1] * self.net(x)], dim=1)
+        return eta, lambda x, h: torch.cat([eta[0] * x, eta[1] * h], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._concatenator()[1](x, self.net(x))
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """``J = [eta1 I; eta2 J_net]``: ``jvp(v) = [eta1 v, eta2 J_net v]``,
+        ``vjp([w1, w2]) = eta1 w1 + eta2 w2^T J_net``."""
+        eta, concat = self._concatenator()
+        inner = self.net.linearize(x)
+        c = x.shape[1]
+        return Linearization(
+            concat(x, inner.output),
+            vjp=lambda w: eta[0] * w[:, :c] + inner.vjp(eta[1] * w[:, c:]),
+            jvp=lambda v: concat(v, inner.jvp(v)),
+        )
 
     def lipschitz_bound(self) -> float:
         eta1, eta2 = self.etas().detach().tolist()

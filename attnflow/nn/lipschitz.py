@@ -6,6 +6,10 @@
   al. 2019). Each layer has a :meth:`lipschitz_bound` that is *certified*, not estimated.
 * :class:`LipSwish` (Residual Flows) and :class:`CLipSwish` (i-DenseNet, Perugachi-Diaz et al.
   2021): smooth activations with Lipschitz constant at most 1.
+
+Every layer also has ``linearize(x)``, its output with explicit Jacobian products
+(:class:`attnflow.nn.logdet.Linearization`) for the log-det estimators: the normalised weight and
+its transpose for the spectral-norm layers, the elementwise slopes for the activations.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .logdet import Linearization, diagonal_linearization
 
 __all__ = [
     "SpectralNormLinear",
@@ -62,6 +68,13 @@ class _SpectralNorm(nn.Module):
     def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``A(weight) x + bias``."""
+        raise NotImplementedError
+
+    def _check_input(self, x: Tensor) -> None:
+        """Validate ``x`` (and set up what depends on its shape)."""
+
     def _norm_bound(self, weight: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -109,6 +122,20 @@ class _SpectralNorm(nn.Module):
         with torch.no_grad():
             return float(self._norm_bound(self.weight) * self._scale())
 
+    def linearize(self, x: Tensor) -> Linearization:
+        """``y = A(W_used) x + b`` with ``J = A(W_used)``: ``jvp = A``, ``vjp = A^T``, using the
+        weight of this forward pass (no further power iteration)."""
+        self._check_input(x)
+        weight = self.normalized_weight()
+        return Linearization(
+            self._affine(x, weight),
+            vjp=lambda w: self._adjoint(w, weight),
+            jvp=lambda v: self._op(v, weight),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linearize(x).output
+
 
 class SpectralNormLinear(_SpectralNorm, nn.Linear):
     """Linear layer ``y = W_used x + b`` with ``W_used = W * min(1, coeff / sigma_hat)`` and
@@ -138,11 +165,11 @@ class SpectralNormLinear(_SpectralNorm, nn.Linear):
     def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
         return u @ weight
 
+    def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
+
     def _norm_bound(self, weight: Tensor) -> Tensor:
         return torch.linalg.matrix_norm(weight.detach().double(), ord=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.normalized_weight(), self.bias)
 
 
 # Largest explicit conv matrix (entries) whose norm is computed exactly by SVD.
@@ -234,6 +261,9 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
         return F.conv_transpose2d(u, weight, padding=self.padding)
 
+    def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
+
     def _norm_bound(self, weight: Tensor) -> Tensor:
         return conv_operator_norm_bound(weight, self.input_size, self.padding)
 
@@ -249,7 +279,7 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
                 setattr(self, name, torch.empty_like(saved, dtype=self.weight.dtype, device=self.weight.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         if self.input_size is None:
             self._init_vectors(tuple(x.shape[-2:]))
         elif tuple(x.shape[-2:]) != self.input_size:
@@ -257,7 +287,6 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
                 f"SpectralNormConv2d was set up for inputs of spatial size {self.input_size}, got "
                 f"{tuple(x.shape[-2:])}; use one layer per resolution"
             )
-        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
 
 
 # sup_t d/dt[t sigmoid(t)] = 1.0998393... (at t ~ 2.3994), hence LipSwish's 1/1.1.
@@ -285,6 +314,17 @@ class LipSwish(nn.Module):
         beta = F.softplus(self.b)
         return x * torch.sigmoid(beta * x) / _LIPSWISH_DIVISOR
 
+    def value_and_slope(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``LipSwish(x)`` and its elementwise derivative ``d(beta x) / 1.1``,
+        ``d(t) = s (1 + t (1 - s))`` with ``s = sigmoid(t)``."""
+        t = F.softplus(self.b) * x
+        s = torch.sigmoid(t)
+        return x * s / _LIPSWISH_DIVISOR, s * (1 + t * (1 - s)) / _LIPSWISH_DIVISOR
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """Diagonal Jacobian: ``jvp(v) = vjp(v) = d * v``."""
+        return diagonal_linearization(*self.value_and_slope(x))
+
     def lipschitz_bound(self) -> float:
         return 1.0
 
@@ -299,5 +339,18 @@ class CLipSwish(LipSwish):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([super().forward(x), super().forward(-x)], dim=1) / _CLIPSWISH_DIVISOR
+        return super().forward(torch.cat([x, -x], dim=1)) / _CLIPSWISH_DIVISOR
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """Per element the Jacobian is the column ``D = (d(t), -d(-t)) / (1.1 * 1.004)``, stored
+        as ``[B, 2C, ...]``: ``jvp(v) = D * [v, v]``, ``vjp([w1, w2]) = D1 w1 + D2 w2``."""
+        y, slope = self.value_and_slope(torch.cat([x, -x], dim=1))
+        pos, neg = slope.chunk(2, dim=1)
+        column = torch.cat([pos, -neg], dim=1) / _CLIPSWISH_DIVISOR
+
+        def vjp(w: Tensor) -> Tensor:
+            w1, w2 = (column * w).chunk(2, dim=1)
+            return w1 + w2
+
+        return Linearization(y / _CLIPSWISH_DIVISOR, vjp, jvp=lambda v: column * torch.cat([v, v], dim=1))
 

@@ -20,18 +20,30 @@ estimated without building the graph of the series by differentiating the surrog
 ``estimate.detach() + surrogate - surrogate.detach()``. With exact traces (``v`` over a basis) its
 gradient equals the gradient of the series term by term; with random ``v`` in expectation.
 
+The estimators see ``g`` only through a :class:`Linearization`: ``g(x)`` and the products
+``w^T J`` and ``J v``. The series terms are computed without recording a graph (or through every
+term when the full-series gradient is wanted), and the surrogate is ``(w * J v).sum()`` with a
+differentiable Jacobian-vector product, so training needs a first-order backward pass only.
+Residual branches provide explicit per-layer products (:func:`attnflow.nn.branches.linearize`);
+:func:`autograd_linearization` serves any other function. Gradients follow the grad mode: under
+``torch.no_grad()`` nothing is recorded.
+
 The estimators assume ``g`` acts on each sample separately (no mixing across the batch).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Linearization",
     "LogDetConfig",
+    "autograd_linearization",
+    "compose_linearizations",
+    "diagonal_linearization",
     "estimate_logdet",
     "exact_logdet",
     "series_logdet",
@@ -84,19 +96,75 @@ class LogDetConfig:
             raise ValueError("neumann_grad applies to the series estimators; use power_series or russian_roulette")
 
 
-def _vjp(gx: Tensor, x: Tensor, w: Tensor, create_graph: bool) -> Tensor:
-    """``w^T J_g`` (all samples at once)."""
-    return torch.autograd.grad(gx, x, w, retain_graph=True, create_graph=create_graph, materialize_grads=True)[0]
+@dataclass(frozen=True)
+class Linearization:
+    """A function ``g`` at a point ``x``: ``output = g(x)``, ``vjp(w) = w^T J`` and ``jvp(v) = J v``
+    with ``J = dg/dx``, for batches shaped like the output (``w``) or the input (``v``); ``J`` is
+    block diagonal over the batch. Both products are differentiable (in ``x`` and the parameters)
+    when called with grad mode enabled on a linearization built with grad mode enabled."""
+
+    output: Tensor
+    vjp: Callable[[Tensor], Tensor]
+    jvp: Callable[[Tensor], Tensor]
 
 
-def exact_logdet(gx: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
-    """``log|det(I + J_g(x))|`` per sample from the full Jacobian (one VJP per input dimension)."""
+def compose_linearizations(parts: Sequence[Linearization]) -> Linearization:
+    """``f_n o ... o f_1`` from the linearizations of ``f_1 .. f_n`` (each at the previous output):
+    ``J = J_n ... J_1``."""
+
+    def vjp(w: Tensor) -> Tensor:
+        for part in reversed(parts):
+            w = part.vjp(w)
+        return w
+
+    def jvp(v: Tensor) -> Tensor:
+        for part in parts:
+            v = part.jvp(v)
+        return v
+
+    return Linearization(parts[-1].output, vjp, jvp)
+
+
+def diagonal_linearization(output: Tensor, slope: Tensor) -> Linearization:
+    """An elementwise function with derivative ``slope`` (``J = diag(slope)``)."""
+    return Linearization(output, vjp=lambda w: w * slope, jvp=lambda v: v * slope)
+
+
+def autograd_linearization(fn: Callable[[Tensor], Tensor], x: Tensor) -> Linearization:
+    """Linearization of any ``fn`` by autograd, for layers without explicit products.
+
+    ``fn(x)`` is recorded (even under ``torch.no_grad()``, locally); ``vjp`` is a backward pass
+    through that record and ``jvp`` the double-VJP ``J v = d/du [(u^T J) v]``, so ``fn`` is not
+    re-evaluated (it may have side effects such as power-iteration updates).
+    """
+    record = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xg = x if record and x.requires_grad else x.detach().requires_grad_(True)
+        out = fn(xg)
+
+    def vjp(w: Tensor, create_graph: bool | None = None) -> Tensor:
+        create = torch.is_grad_enabled() if create_graph is None else create_graph
+        return torch.autograd.grad(out, xg, w, retain_graph=True, create_graph=create, materialize_grads=True)[0]
+
+    def jvp(v: Tensor) -> Tensor:
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            u = torch.zeros_like(out, requires_grad=True)
+            ut_j = vjp(u, create_graph=True)
+            return torch.autograd.grad(ut_j, u, v, create_graph=create, materialize_grads=True)[0]
+
+    return Linearization(out if record else out.detach(), vjp, jvp)
+
+
+def exact_logdet(lin: Linearization) -> Tensor:
+    """``log|det(I + J)|`` per sample from the full Jacobian (one VJP per input dimension)."""
+    x = lin.output
     b, d = x.shape[0], x[0].numel()
     rows = []
     for i in range(d):
         e = x.new_zeros(b, d)
         e[:, i] = 1.0
-        rows.append(_vjp(gx, x, e.view_as(x), create_graph).reshape(b, d))
+        rows.append(lin.vjp(e.view_as(x)).reshape(b, d))
     jac = torch.stack(rows, dim=1)
     return torch.linalg.slogdet(torch.eye(d, dtype=x.dtype, device=x.device) + jac)[1]
 
@@ -124,43 +192,45 @@ def russian_roulette_coefficients(n_exact: int, geom_p: float) -> list[float]:
 
 
 def series_logdet(
-    gx: Tensor,
-    x: Tensor,
+    lin: Linearization,
     coefficients: Sequence[float],
     vectors: Sequence[Tensor],
-    create_graph: bool = False,
     neumann_grad: bool = False,
 ) -> Tensor:
-    """``mean_v sum_k a_k v^T J^k v`` per sample, ``J = J_g(x)``, ``gx = g(x)`` built with grad.
+    """``mean_v sum_k a_k v^T J^k v`` per sample for the linearized ``g``.
 
-    With ``create_graph`` the estimate is differentiable: through every term, or with
-    ``neumann_grad`` through the Neumann surrogate (see the module docstring).
+    With grad mode enabled the estimate is differentiable: through every term, or with
+    ``neumann_grad`` through the Neumann surrogate ``w^T J v`` only (see the module docstring),
+    the series itself then being computed without a graph.
     """
-    total = x.new_zeros(x.shape[0])
+    total = lin.output.new_zeros(lin.output.shape[0])
     if not coefficients:
         return total
-    neumann = neumann_grad and create_graph
+    neumann = neumann_grad and torch.is_grad_enabled()
     for v in vectors:
-        w = v
+        w, value = v, 0.0
         grad_vector = coefficients[0] * v  # sum_k k a_k v^T J^{k-1}, for the Neumann surrogate
-        for k, a in enumerate(coefficients, start=1):
-            w = _vjp(gx, x, w, create_graph and not neumann)
-            total = total + a * (w * v).flatten(1).sum(1)
-            if neumann and k < len(coefficients):
-                grad_vector = grad_vector + (k + 1) * coefficients[k] * w
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not neumann):
+            for k, a in enumerate(coefficients, start=1):
+                w = lin.vjp(w)
+                value = value + a * (w * v).flatten(1).sum(1)
+                if neumann and k < len(coefficients):
+                    grad_vector = grad_vector + (k + 1) * coefficients[k] * w
+        total = total + value
         if neumann:
-            surrogate = (_vjp(gx, x, grad_vector, True) * v).flatten(1).sum(1)
+            surrogate = (grad_vector * lin.jvp(v)).flatten(1).sum(1)
             total = total + surrogate - surrogate.detach()
     return total / len(vectors)
 
 
-def estimate_logdet(gx: Tensor, x: Tensor, config: LogDetConfig, create_graph: bool = False) -> Tensor:
-    """``log|det(I + J_g(x))|`` per sample with the estimator chosen by ``config``."""
+def estimate_logdet(lin: Linearization, config: LogDetConfig) -> Tensor:
+    """``log|det(I + J_g(x))|`` per sample with the estimator chosen by ``config``;
+    differentiable when grad mode is enabled."""
     if config.estimator == "exact":
-        return exact_logdet(gx, x, create_graph)
+        return exact_logdet(lin)
     if config.estimator == "power_series":
         coefficients = power_series_coefficients(config.n_terms)
     else:
         coefficients = russian_roulette_coefficients(config.n_exact, config.geom_p)
-    vectors = hutchinson_vectors(x, config.n_samples, config.noise)
-    return series_logdet(gx, x, coefficients, vectors, create_graph, config.neumann_grad)
+    vectors = hutchinson_vectors(lin.output, config.n_samples, config.noise)
+    return series_logdet(lin, coefficients, vectors, config.neumann_grad)

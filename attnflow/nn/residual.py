@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection
+from .branches import linearize
 from .logdet import LogDetConfig, estimate_logdet
 
 __all__ = ["ResidualBlock", "InverseDidNotConverge"]
@@ -24,13 +25,16 @@ class ResidualBlock(Bijection):
     """``y = x + g(x)``, invertible when ``Lip(g) < 1``.
 
     ``log|det dy/dx| = log det(I + J_g(x))`` comes from :func:`attnflow.nn.logdet.estimate_logdet`
-    with ``train_logdet`` in training mode and ``eval_logdet`` in evaluation mode.
+    with ``train_logdet`` in training mode and ``eval_logdet`` in evaluation mode, on the
+    branch's :func:`attnflow.nn.branches.linearize` (explicit per-layer Jacobian products, autograd
+    for layers without them). Under ``torch.no_grad()`` only those layers record a (local) graph.
 
     The inverse is Banach's fixed-point iteration ``x_{k+1} = y - g(x_k)``, ``x_0 = y``, which
     converges at rate ``Lip(g)``; it stops once ``|x_{k+1} - x_k| <= atol + rtol |x_{k+1}|``
     elementwise (the error is then at most ``step / (1 - Lip(g))``) and raises
     :class:`InverseDidNotConverge` after ``max_iter`` steps. It runs without autograd and with the
-    branch in evaluation mode (spectral norms frozen at their last training-mode update).
+    branch in evaluation mode (spectral norms frozen at their last training-mode update);
+    ``last_iterations`` holds the number of steps the last inverse took.
 
     Args:
         branch: the residual branch ``g`` (shape-preserving), exposing ``lipschitz_bound()``; it
@@ -62,18 +66,12 @@ class ResidualBlock(Bijection):
         self.train_logdet = train_logdet
         self.eval_logdet = eval_logdet
         self.atol, self.rtol, self.max_iter = float(atol), float(rtol), int(max_iter)
+        self.last_iterations = 0
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        config = self.train_logdet if self.training else self.eval_logdet
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():  # the estimators need J_g even under torch.no_grad()
-            xg = x if x.requires_grad else x.detach().requires_grad_(True)
-            gx = self.branch(xg)
-            logdet = estimate_logdet(gx, xg, config, create_graph)
-            y = xg + gx
-        if not create_graph:
-            return y.detach(), logdet.detach()
-        return y, logdet
+        lin = linearize(self.branch, x)
+        logdet = estimate_logdet(lin, self.train_logdet if self.training else self.eval_logdet)
+        return x + lin.output, logdet
 
     @torch.no_grad()
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -86,7 +84,8 @@ class ResidualBlock(Bijection):
 
     def _fixed_point(self, z: Tensor) -> Tensor:
         x = z
-        for _ in range(self.max_iter):
+        for iteration in range(1, self.max_iter + 1):
+            self.last_iterations = iteration
             x_next = z - self.branch(x)
             step = (x_next - x).abs()
             x = x_next
