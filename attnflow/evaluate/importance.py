@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
-from .likelihood import log_prob_to_bits_per_dim
+from .likelihood import evaluate_bits_per_dim
 
 __all__ = ["importance_weighted_log_prob", "importance_weighted_bits_per_dim"]
 
@@ -66,27 +66,8 @@ def importance_weighted_bits_per_dim(
     Returns ``{"bpd", "bpd_stderr", "n", "k", "upper_bound"}``; ``upper_bound`` is true for
     noise-augmented flows, whose figure bounds the true bits/dim from above (tighter as ``k``
     grows)."""
-    from ..data import dequantize  # late import, as in likelihood.py
-
-    was_training = flow.training
-    flow.eval()
-    gen = torch.Generator().manual_seed(seed)
-    values = []
-    starts = range(0, len(images), batch_size)
-    if max_batches:
-        starts = starts[:max_batches]
-    param = next(flow.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the noise draws; restored on exit
-        for start in starts:
-            x = dequantize(images[start : start + batch_size], levels, generator=gen).to(device)
-            log_p = importance_weighted_log_prob(flow, x, k, chunk=chunk)
-            values.append(log_prob_to_bits_per_dim(log_p, flow.dim, levels).double())
-    flow.train(was_training)
-    bpd = torch.cat(values)
-    if not torch.isfinite(bpd).all():
-        raise RuntimeError(f"{int((~torch.isfinite(bpd)).sum())} test images got a non-finite likelihood")
-    n = bpd.numel()
-    stderr = float(bpd.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"bpd": float(bpd.mean()), "bpd_stderr": stderr, "n": n, "k": k, "upper_bound": bool(flow.log_prob_is_bound)}
+    result = evaluate_bits_per_dim(
+        flow, images, levels, batch_size, seed, max_batches,
+        log_prob=lambda x: importance_weighted_log_prob(flow, x, k, chunk=chunk),
+    )
+    return {**result, "k": k}

@@ -11,6 +11,7 @@ where ``p`` is the continuous density on [0, 1]^D and ``D = C*H*W``. For models 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,15 +43,23 @@ def evaluate_bits_per_dim(
     seed: int = 0,
     max_batches: int = 0,
     progress: bool = False,
+    log_prob: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Mean bits/dim over uint8 ``images`` with a fixed dequantization seed, and its standard
-    error over images. Returns ``{"bpd", "bpd_stderr", "n", "upper_bound"}``."""
+    """Mean bits/dim over uint8 ``images`` and its standard error over images.
+
+    Dequantization uses a generator seeded with ``seed``; the model's own random draws (noise
+    augmentation, Hutchinson vectors) come from the global generator seeded with ``seed`` inside
+    a forked RNG state, so the figure is reproducible and the caller's RNG is left untouched.
+    ``log_prob`` replaces ``flow.log_prob`` (e.g. an importance-weighted estimate). Returns
+    ``{"bpd", "bpd_stderr", "n", "upper_bound"}``."""
     from ..data import dequantize  # late import: data is optional for the math above
 
+    log_prob = log_prob or flow.log_prob
     was_training = flow.training
     flow.eval()
     gen = torch.Generator().manual_seed(seed)
-    values = []
+    param = next(flow.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     starts = range(0, len(images), batch_size)
     if max_batches:
         starts = starts[:max_batches]
@@ -58,9 +67,12 @@ def evaluate_bits_per_dim(
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="eval", unit="batch", leave=False)
-    for start in starts:
-        x = dequantize(images[start : start + batch_size], levels, generator=gen)
-        values.append(bits_per_dim(flow, x, levels).double())
+    values = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in starts:
+            x = dequantize(images[start : start + batch_size], levels, generator=gen).to(device)
+            values.append(log_prob_to_bits_per_dim(log_prob(x), flow.dim, levels).double().cpu())
     flow.train(was_training)
     bpd = torch.cat(values)
     if not torch.isfinite(bpd).all():
