@@ -10,7 +10,10 @@ from attnflow.nn.lipschitz import (
     LipSwish,
     SpectralNormConv2d,
     SpectralNormLinear,
+    _LipSwishWithSlope,
+    conv2d,
     conv_operator_norm_bound,
+    conv_transpose2d,
 )
 from attnflow.testing import empirical_lipschitz
 
@@ -115,6 +118,48 @@ def test_conv_rejects_other_input_size() -> None:
     layer = conv_layer(2, 3, 3, 1, (4, 4))
     with pytest.raises(ValueError, match="spatial size"):
         layer(torch.zeros(1, 2, 5, 5, dtype=DT))
+
+
+# (C_in, C_out, kernel, padding): 1x1, few input channels (unfold), few output channels (fold),
+# neither (F.conv2d), non-square kernels and paddings up to k - 1
+CONV_SHAPES = [(3, 5, (1, 1), (0, 0)), (6, 2, (1, 1), (0, 0)), (1, 12, (3, 3), (1, 1)), (2, 30, (3, 5), (2, 0)),
+               (12, 1, (3, 3), (1, 1)), (30, 2, (5, 3), (4, 2)), (4, 5, (3, 3), (1, 1))]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "k", "p"), CONV_SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_matches_torch_forward_transpose_and_gradients(
+    c_in: int, c_out: int, k: tuple[int, int], p: tuple[int, int], bias: bool
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 6, 5, dtype=DT, requires_grad=True)
+    w = torch.randn(c_out, c_in, *k, dtype=DT, requires_grad=True)
+    b = torch.randn(c_out, dtype=DT, requires_grad=True) if bias else None
+    out, ref = conv2d(x, w, b, p), F.conv2d(x, w, b, padding=p)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    inputs = [x, w] + ([b] if bias else [])
+    for a, r in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, r)
+    torch.testing.assert_close(conv_transpose2d(g, w, p), F.conv_transpose2d(g, w, padding=p))
+
+
+def test_conv_rejects_padding_beyond_the_kernel() -> None:
+    with pytest.raises(ValueError, match="padding"):
+        SpectralNormConv2d(2, 2, 3, 3)
+
+
+@pytest.mark.parametrize("beta_init", [0.3, 2.0])
+def test_lipswish_value_and_slope(beta_init: float) -> None:
+    """The fused value and slope equal the forward and its autograd derivative, and their
+    hand-written backward (in x and beta) passes gradcheck."""
+    act = LipSwish(beta_init).double()
+    x = (3 * torch.randn(2, 3, 4, 4, dtype=DT)).requires_grad_(True)
+    y, slope = act.value_and_slope(x)
+    torch.testing.assert_close(y, act(x))
+    torch.testing.assert_close(slope, torch.autograd.grad(act(x).sum(), x)[0])
+    beta = torch.nn.functional.softplus(act.b).detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(_LipSwishWithSlope.apply, (x, beta))
 
 
 def test_conv_bound_needs_input_size() -> None:

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from attnflow.nn.attention import L2MultiheadSelfAttention, LipNormSelfAttention
-from attnflow.nn.branches import AttentionMix, build_branch
-from attnflow.nn.lipschitz import SpectralNormConv2d
-from attnflow.nn.logdet import LogDetConfig
+from attnflow.nn.attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
+from attnflow.nn.branches import AttentionMix, DenseLayer, build_branch, linearize
+from attnflow.nn.lipschitz import CLipSwish, LipSwish, SpectralNormConv2d, SpectralNormLinear
+from attnflow.nn.logdet import Linearization, LogDetConfig, autograd_linearization
 from attnflow.nn.residual import InverseDidNotConverge, ResidualBlock
 from attnflow.testing import brute_force_logdet, check_bijection, empirical_lipschitz
 
@@ -201,3 +201,122 @@ def test_bad_inputs() -> None:
         build_branch("residual_flow", 2, hidden=4, coeff=1.0)
     with pytest.raises(ValueError, match="mix_init"):
         AttentionMix(ToyAttention(2, 1.0), mix_init=0.0)
+
+
+def _scaled(module: nn.Module, factor: float = 3.0) -> nn.Module:
+    """``module`` in float64 and evaluation mode with its weights scaled (normalisations active)."""
+    module = module.double().eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight"):
+                p.mul_(factor)
+    return module
+
+
+def _conv(c_in: int, c_out: int, k: int, p: int) -> nn.Module:
+    return _scaled(SpectralNormConv2d(c_in, c_out, k, p, input_size=(3, 3)))
+
+
+def _attention(cls: type[nn.Module], **kwargs) -> nn.Module:
+    return _scaled(cls(4, heads=2, **kwargs), 2.0)
+
+
+# name -> (module factory, input shape); every layer kind a branch can hold, in float64
+LAYERS = {
+    "conv_dense_path": (lambda: _conv(2, 3, 3, 1), (2, 2, 3, 3)),
+    "conv_unfold_path": (lambda: _conv(1, 12, 3, 1), (2, 1, 3, 3)),
+    "conv_fold_path": (lambda: _conv(12, 1, 3, 1), (2, 12, 3, 3)),
+    "conv_unpadded": (lambda: _conv(2, 20, 3, 0), (2, 2, 3, 3)),
+    "conv_1x1": (lambda: _conv(3, 4, 1, 0), (2, 3, 3, 3)),
+    "linear": (lambda: _scaled(SpectralNormLinear(3, 4)), (2, 3)),
+    "lipswish": (lambda: LipSwish(0.8).double(), (2, 3, 2, 2)),
+    "clipswish": (lambda: CLipSwish(1.3).double(), (2, 3, 2, 2)),
+    "elu": (lambda: nn.ELU(0.7), (2, 3, 2, 2)),
+    "relu": (lambda: nn.ReLU(), (2, 3, 2, 2)),
+    "dense_clipswish": (lambda: _scaled(DenseLayer(2, 4, input_size=(3, 3))), (2, 2, 3, 3)),
+    "dense_lipswish": (lambda: _scaled(DenseLayer(2, 4, "lipswish", input_size=(3, 3))), (2, 2, 3, 3)),
+    "l2": (lambda: _attention(L2MultiheadSelfAttention), (2, 4, 2, 3)),
+    "l2_raw": (lambda: _attention(L2MultiheadSelfAttention, normalize=False), (2, 4, 2, 3)),
+    "lipnorm": (lambda: _attention(LipNormSelfAttention), (2, 4, 2, 3)),
+    "dot": (lambda: _attention(DotProductSelfAttention), (2, 4, 2, 3)),
+    "mix_l2": (lambda: AttentionMix(_attention(L2MultiheadSelfAttention), 0.6).double(), (2, 4, 2, 3)),
+    "mix_toy_autograd": (lambda: AttentionMix(ToyAttention(4, 2.0), 0.6).double(), (2, 4, 2, 3)),
+    **{
+        f"{kind}_{name}": (lambda kind=kind, att=att: make_branch(kind, attention=att).eval(), (2, *SHAPE))
+        for kind in KINDS
+        for name, att in {
+            "plain": None,
+            "toy": lambda c: ToyAttention(c, 2.0),
+            "l2": lambda c: L2MultiheadSelfAttention(c, heads=2),
+            "lipnorm": lambda c: LipNormSelfAttention(c, heads=2),
+        }.items()
+    },
+}
+
+
+def _jacobians_from_products(lin: Linearization, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Jacobian ``[out, in]`` (whole batch) column by column from ``jvp`` and row by row from ``vjp``."""
+    with torch.no_grad():
+        by_jvp = torch.stack([lin.jvp(e.view_as(x)).reshape(-1) for e in torch.eye(x.numel(), dtype=x.dtype)], 1)
+        rows = torch.eye(lin.output.numel(), dtype=x.dtype)
+        by_vjp = torch.stack([lin.vjp(e.view_as(lin.output)).reshape(-1) for e in rows])
+    return by_jvp, by_vjp
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_explicit_products_equal_the_autograd_jacobian(name: str) -> None:
+    factory, shape = LAYERS[name]
+    torch.manual_seed(0)
+    layer = factory()
+    x = 2 * torch.randn(*shape, dtype=DT)
+    lin = linearize(layer, x)
+    torch.testing.assert_close(lin.output, layer(x))
+    jacobian = torch.autograd.functional.jacobian(layer, x).reshape(lin.output.numel(), x.numel())
+    by_jvp, by_vjp = _jacobians_from_products(lin, x)
+    torch.testing.assert_close(by_jvp, jacobian)
+    torch.testing.assert_close(by_vjp, jacobian)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_explicit_products_differentiate_like_autograd(name: str) -> None:
+    """Gradients of ``<w, J v>`` and ``<w^T J, v>`` in the input and the parameters (the Neumann
+    surrogate and the full-series gradient) equal those through autograd's double backward."""
+    factory, shape = LAYERS[name]
+    torch.manual_seed(1)
+    layer = factory()
+    x = 2 * torch.randn(*shape, dtype=DT)
+    params = list(layer.parameters())
+    out_shape = layer(x).shape
+    w, v = torch.randn(out_shape, dtype=DT), torch.randn(shape, dtype=DT)
+    for product in (lambda lin: (w * lin.jvp(v)).sum(), lambda lin: (lin.vjp(w) * v).sum()):
+        grads = []
+        for make in (linearize, autograd_linearization):
+            xg = x.clone().requires_grad_(True)
+            value = product(make(layer, xg))
+            inputs = [xg, *params]
+            if value.requires_grad:  # not for ReLU: a piecewise-constant Jacobian
+                grads.append(torch.autograd.grad(value, inputs, allow_unused=True, materialize_grads=True))
+            else:
+                grads.append([torch.zeros_like(t) for t in inputs])
+        for explicit, reference in zip(*grads):
+            torch.testing.assert_close(explicit, reference)
+
+
+def test_no_grad_linearization_records_nothing_for_explicit_layers() -> None:
+    g = make_branch("residual_flow").eval()
+    with torch.no_grad():
+        lin = linearize(g, torch.randn(2, *SHAPE, dtype=DT))
+        products = (lin.output, lin.vjp(torch.randn(2, *SHAPE, dtype=DT)), lin.jvp(torch.randn(2, *SHAPE, dtype=DT)))
+    assert not any(t.requires_grad for t in products)
+
+
+def test_inverse_reports_its_iterations() -> None:
+    g = make_branch("residual_flow")
+    g.lipschitz_bound()
+    blk = block(g, atol=1e-10, rtol=0.0)
+    y, _ = blk(torch.randn(2, *SHAPE, dtype=DT))
+    blk.inverse(y)
+    few = blk.last_iterations
+    blk.atol = 1e-4
+    blk.inverse(y)
+    assert 1 <= blk.last_iterations < few < blk.max_iter

@@ -22,14 +22,26 @@ certified bound, so they are 1-Lipschitz and ``lipschitz_bound()`` is ``1.0``. T
 differentiable functions of the weights (exact spectral norms), so the normalisation is trained
 through. The residual branch that holds one of these modules multiplies ``lipschitz_bound()``
 into its own bound.
+
+Each module also has ``linearize(x)`` (:class:`attnflow.nn.logdet.Linearization`): the output with
+explicit Jacobian-vector and vector-Jacobian products for the log-det estimators, first-order
+expressions in the saved attention matrix ``P = softmax(S)`` of every head (``O = P Z``)::
+
+    dO = (P * (dS - rowsum(P * dS))) Z + P dZ                      (JVP)
+    Z* = P^T O*,   S* = P * (O* Z^T - rowsum(O* * O))                (VJP; rowsum(P * (O* Z^T)) = rowsum(O* * O))
+
+with the scores ``S`` and values ``Z`` of each kind linearized in their projections.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from scipy.special import lambertw
 from torch import Tensor, nn
+
+from .logdet import Linearization
 
 __all__ = ["L2MultiheadSelfAttention", "LipNormSelfAttention", "DotProductSelfAttention", "inverse_phi"]
 
@@ -46,12 +58,27 @@ def _spectral_norms(weights: Tensor) -> Tensor:
     return torch.linalg.matrix_norm(weights, ord=2)
 
 
+def _baddbmm(bias: Tensor, a: Tensor, b: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    """``beta bias + alpha a @ b`` for ``[B, heads, ...]`` operands, in one pass over the result."""
+    lead = a.shape[:-2]
+    out = torch.baddbmm(bias.flatten(0, -3), a.flatten(0, -3), b.flatten(0, -3), beta=beta, alpha=alpha)
+    return out.view(*lead, *out.shape[-2:])
+
+
+# jvp: projection tangents -> (dS, dZ);  vjp: (S*, Z*) -> projection cotangents
+ScoreProducts = tuple[
+    Callable[[tuple[Tensor, ...]], tuple[Tensor, Tensor]],
+    Callable[[Tensor, Tensor], tuple[Tensor, ...]],
+]
+
+
 class _TokenSelfAttention(nn.Module):
     """Shared part: argument and input checks, token reshape, head split and merge, output
     projection ``W^O`` and the optional division by the certified Lipschitz bound.
 
-    Subclasses implement ``_attend(X [B, N, C]) -> [B, heads, N, d]`` and, when they are
-    Lipschitz, ``raw_lipschitz_bound(tokens)``.
+    Subclasses give the projection weights (per-head projections ``X W``), the scores ``S`` and
+    values ``Z`` of every head from the projections (``out_h = softmax(S) Z``) with their
+    linearization, and, when they are Lipschitz, ``raw_lipschitz_bound(tokens)``.
     """
 
     def __init__(self, channels: int, heads: int, normalize: bool) -> None:
@@ -83,8 +110,26 @@ class _TokenSelfAttention(nn.Module):
         """``W [C, C] -> [heads, C, d]``: head ``h`` is ``W[:, h*d:(h+1)*d]``."""
         return weight.reshape(self.channels, self.heads, self.head_dim).transpose(0, 1)
 
-    def _attend(self, tokens: Tensor) -> Tensor:
+    def _projection_weights(self) -> tuple[Tensor, ...]:
         raise NotImplementedError
+
+    def _scores_and_values(self, proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Scores ``[B, heads, N, N]`` and values ``[B, heads, N, d]`` from the projections."""
+        raise NotImplementedError
+
+    def _score_products(self, proj: tuple[Tensor, ...]) -> ScoreProducts:
+        """The linearization of :meth:`_scores_and_values` at ``proj``."""
+        raise NotImplementedError
+
+    def _project(self, tokens: Tensor) -> tuple[Tensor, ...]:
+        """Per-head projections ``[B, heads, N, d]`` of ``X [B, N, C]`` (linear in ``X``)."""
+        return tuple(self._split_heads(tokens @ w) for w in self._projection_weights())
+
+    def _project_adjoint(self, grads: tuple[Tensor, ...]) -> Tensor:
+        """Adjoint of :meth:`_project`: ``sum_k merge(G_k) W_k^T``."""
+        b, _, n, _ = grads[0].shape
+        weights = self._projection_weights()
+        return sum(g.transpose(1, 2).reshape(b, n, self.channels) @ w.T for g, w in zip(grads, weights))
 
     def raw_lipschitz_bound(self, tokens: int) -> Tensor:
         """Certified upper bound of the Lipschitz constant of the un-normalised map, for inputs
@@ -104,24 +149,65 @@ class _TokenSelfAttention(nn.Module):
             )
         return float(self.raw_lipschitz_bound(tokens).detach())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _tokens(self, x: Tensor) -> Tensor:
+        """``X = [B, N, C]`` from a checked ``[B, C, H, W]`` input."""
         if x.dim() != 4:
             raise ValueError(
                 f"{type(self).__name__} expects input [B, C, H, W], got shape {tuple(x.shape)}: "
                 "add the missing batch/spatial dimensions"
             )
-        b, c, h, w = x.shape
+        c = x.shape[1]
         if c != self.channels:
             raise ValueError(
                 f"{type(self).__name__} was built for {self.channels} channels, got input with {c} "
                 f"(shape {tuple(x.shape)}): build it with channels={c} or fix the input"
             )
-        tokens = x.flatten(2).transpose(1, 2)  # [B, N, C]
-        heads_out = self._attend(tokens)  # [B, heads, N, d]
+        return x.flatten(2).transpose(1, 2)
+
+    def _output_divisor(self, tokens: int) -> Tensor | None:
+        """The certified bound the output is divided by (``None`` without normalisation)."""
+        return self.raw_lipschitz_bound(tokens) if self.normalize else None
+
+    def _merge(self, heads_out: Tensor, divisor: Tensor | None, shape: torch.Size) -> Tensor:
+        """``[B, heads, N, d] -> [B, C, H, W]``: concatenated heads times ``W^O`` (over the divisor)."""
+        b, c, h, w = shape
         out = heads_out.transpose(1, 2).reshape(b, h * w, c) @ self.out_weight
-        if self.normalize:
-            out = out / self.raw_lipschitz_bound(h * w)
+        if divisor is not None:
+            out = out / divisor
         return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def _merge_adjoint(self, grad: Tensor, divisor: Tensor | None) -> Tensor:
+        """Adjoint of :meth:`_merge`: ``[B, C, H, W] -> [B, heads, N, d]``."""
+        g = grad.flatten(2).transpose(1, 2) @ self.out_weight.T
+        return self._split_heads(g if divisor is None else g / divisor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self._tokens(x)
+        scores, values = self._scores_and_values(self._project(tokens))
+        return self._merge(torch.softmax(scores, dim=-1) @ values, self._output_divisor(tokens.shape[1]), x.shape)
+
+    def linearize(self, x: Tensor) -> Linearization:
+        """The module at ``x`` with explicit products (module docstring); ``P`` is kept per head."""
+        tokens = self._tokens(x)
+        proj = self._project(tokens)
+        scores, values = self._scores_and_values(proj)
+        p = torch.softmax(scores, dim=-1)
+        out = p @ values
+        divisor = self._output_divisor(tokens.shape[1])
+        score_jvp, score_vjp = self._score_products(proj)
+
+        def jvp(v: Tensor) -> Tensor:
+            d_scores, d_values = score_jvp(self._project(self._tokens(v)))
+            d_p = p * (d_scores - (p * d_scores).sum(-1, keepdim=True))
+            return self._merge(d_p @ values + p @ d_values, divisor, x.shape)
+
+        def vjp(w: Tensor) -> Tensor:
+            g_out = self._merge_adjoint(w, divisor)
+            g_scores = p * (g_out @ values.transpose(-1, -2) - (g_out * out).sum(-1, keepdim=True))
+            g_tokens = self._project_adjoint(score_vjp(g_scores, p.transpose(-1, -2) @ g_out))
+            return g_tokens.transpose(1, 2).reshape(x.shape)
+
+        return Linearization(self._merge(out, divisor, x.shape), vjp, jvp)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, heads={self.heads}, normalize={self.normalize}"
@@ -162,14 +248,40 @@ class L2MultiheadSelfAttention(_TokenSelfAttention):
         self.query_weight = self._projection()
         self.value_weight = self._projection()
 
-    def _attend(self, tokens: Tensor) -> Tensor:
+    def _projection_weights(self) -> tuple[Tensor, ...]:
+        return (self.query_weight,)
+
+    def _mix(self) -> Tensor:
+        """``W^{Q,h}^T W^{V,h} / sqrt(d)`` per head, ``[heads, d, d]``."""
+        heads_q, heads_v = self._head_weights(self.query_weight), self._head_weights(self.value_weight)
+        return heads_q.transpose(-1, -2) @ heads_v / math.sqrt(self.head_dim)
+
+    def _scores_and_values(self, proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """``S_ij = (2 y_i.y_j - |y_j|^2) / sqrt(d)``: ``-||y_i - y_j||^2 / sqrt(d)`` without the
+        row constant ``-|y_i|^2 / sqrt(d)``, which the softmax ignores; ``Z = Y W^{Q,h}^T W^{V,h} /
+        sqrt(d)``."""
+        (y,) = proj
         scale = math.sqrt(self.head_dim)
-        y = self._split_heads(tokens @ self.query_weight)  # [B, heads, N, d]
-        sq = y.pow(2).sum(-1)
-        dist = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (y @ y.transpose(-1, -2))
-        attn = torch.softmax(-dist / scale, dim=-1)
-        mix = self._head_weights(self.query_weight).transpose(-1, -2) @ self._head_weights(self.value_weight)
-        return attn @ (y @ (mix / scale))
+        sq = y.pow(2).sum(-1).unsqueeze(-2)
+        return _baddbmm(sq, y, y.transpose(-1, -2), beta=-1.0 / scale, alpha=2.0 / scale), y @ self._mix()
+
+    def _score_products(self, proj: tuple[Tensor, ...]) -> ScoreProducts:
+        """``dS_ij = 2 (dy_i.y_j + (y_i - y_j).dy_j) / sqrt(d)``;
+        ``Y* = 2 (S* Y + S*^T Y - colsum(S*) Y) / sqrt(d) + Z* (W^{Q,h}^T W^{V,h})^T / sqrt(d)``."""
+        (y,) = proj
+        c, mix, y_t = 2.0 / math.sqrt(self.head_dim), self._mix(), y.transpose(-1, -2)
+
+        def jvp(d_proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+            (dy,) = d_proj
+            dot = (y * dy).sum(-1).unsqueeze(-2)  # y_j.dy_j
+            d_scores = _baddbmm(_baddbmm(dot, y, dy.transpose(-1, -2), beta=-c, alpha=c), dy, y_t, alpha=c)
+            return d_scores, dy @ mix
+
+        def vjp(g_scores: Tensor, g_values: Tensor) -> tuple[Tensor, ...]:
+            g_y = g_scores @ y + g_scores.transpose(-1, -2) @ y - g_scores.sum(-2).unsqueeze(-1) * y
+            return (c * g_y + g_values @ mix.transpose(-1, -2),)
+
+        return jvp, vjp
 
     def raw_lipschitz_bound(self, tokens: int) -> Tensor:
         q = _spectral_norms(self._head_weights(self.query_weight))
@@ -195,10 +307,48 @@ class _DotProductFamily(_TokenSelfAttention):
     def _score_divisor(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor | float:
         raise NotImplementedError
 
-    def _attend(self, tokens: Tensor) -> Tensor:
-        q, k, v = (self._split_heads(tokens @ w) for w in (self.query_weight, self.key_weight, self.value_weight))
-        scores = (q @ k.transpose(-1, -2)) / self._score_divisor(q, k, v)
-        return torch.softmax(scores, dim=-1) @ v
+    def _projection_weights(self) -> tuple[Tensor, ...]:
+        return (self.query_weight, self.key_weight, self.value_weight)
+
+    def _scores_and_values(self, proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        q, k, v = proj
+        return (q / self._score_divisor(q, k, v)) @ k.transpose(-1, -2), v
+
+    def _divisor_and_gradient(self, proj: tuple[Tensor, ...]) -> tuple[Tensor | float, tuple[Tensor, ...] | None]:
+        """The divisor ``c`` and ``dc/d(Q, K, V)`` of every sample and head (autograd on the small
+        graph of ``c``; ``None`` for a constant), differentiable when grad mode is enabled."""
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            inputs = tuple(t if t.requires_grad else t.detach().requires_grad_(True) for t in proj)
+            c = self._score_divisor(*inputs)
+            if not isinstance(c, Tensor):
+                return c, None
+            grads = torch.autograd.grad(c.sum(), inputs, create_graph=create_graph, materialize_grads=True)
+        return (c if create_graph else c.detach()), grads
+
+    def _score_products(self, proj: tuple[Tensor, ...]) -> ScoreProducts:
+        """With ``S = Q K^T / c``: ``dS = ((dQ - Q dc / c) K^T + Q dK^T) / c``, ``dZ = dV``;
+        ``Q* = S* K / c + c* dc/dQ``, ``K* = S*^T Q / c + c* dc/dK``, ``V* = Z* + c* dc/dV`` with
+        ``c* = -<Q, S* K> / c^2``."""
+        q, k, _ = proj
+
+        def jvp(d_proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+            dq, dk, dv = d_proj
+            c, grads = self._divisor_and_gradient(proj)
+            if grads is not None:
+                dc = sum((g * d).sum((-2, -1), keepdim=True) for g, d in zip(grads, d_proj))
+                dq = dq - q * (dc / c)
+            return _baddbmm((dq / c) @ k.transpose(-1, -2), q / c, dk.transpose(-1, -2)), dv
+
+        def vjp(g_scores: Tensor, g_values: Tensor) -> tuple[Tensor, ...]:
+            c, grads = self._divisor_and_gradient(proj)
+            g_q, g_k = g_scores @ (k / c), g_scores.transpose(-1, -2) @ (q / c)
+            if grads is None:
+                return g_q, g_k, g_values
+            g_c = -(q * g_q).sum((-2, -1), keepdim=True) / c
+            return g_q + g_c * grads[0], g_k + g_c * grads[1], g_values + g_c * grads[2]
+
+        return jvp, vjp
 
 
 class LipNormSelfAttention(_DotProductFamily):

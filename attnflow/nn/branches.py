@@ -13,8 +13,8 @@ and the branch's bound is their product (``Lip(f o h) <= Lip(f) Lip(h)``).
 
 :func:`linearize` gives a branch's output together with explicit Jacobian products for the
 log-det estimators: ``J = J_n ... J_1`` layer by layer (normalised convolutions, diagonal
-activation slopes, the dense concatenation and the attention mix combine their parts), with
-autograd only inside layers that have no explicit form (the attention modules).
+activation slopes, the dense concatenation and the attention mix combine their parts, the
+attention modules have their own), with autograd only inside layers without an explicit form.
 """
 from __future__ import annotations
 

@@ -142,31 +142,30 @@ def autograd_linearization(fn: Callable[[Tensor], Tensor], x: Tensor) -> Lineari
         xg = x if record and x.requires_grad else x.detach().requires_grad_(True)
         out = fn(xg)
 
-    def vjp(w: Tensor, create_graph: bool | None = None) -> Tensor:
-        create = torch.is_grad_enabled() if create_graph is None else create_graph
-        return torch.autograd.grad(out, xg, w, retain_graph=True, create_graph=create, materialize_grads=True)[0]
+    def pullback(w: Tensor, create_graph: bool) -> Tensor:
+        return torch.autograd.grad(out, xg, w, retain_graph=True, create_graph=create_graph, materialize_grads=True)[0]
 
     def jvp(v: Tensor) -> Tensor:
-        create = torch.is_grad_enabled()
+        create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             u = torch.zeros_like(out, requires_grad=True)
-            ut_j = vjp(u, create_graph=True)
-            return torch.autograd.grad(ut_j, u, v, create_graph=create, materialize_grads=True)[0]
+            return torch.autograd.grad(pullback(u, True), u, v, create_graph=create_graph, materialize_grads=True)[0]
 
-    return Linearization(out if record else out.detach(), vjp, jvp)
+    return Linearization(out if record else out.detach(), lambda w: pullback(w, torch.is_grad_enabled()), jvp)
 
 
 def exact_logdet(lin: Linearization) -> Tensor:
-    """``log|det(I + J)|`` per sample from the full Jacobian (one VJP per input dimension)."""
-    x = lin.output
-    b, d = x.shape[0], x[0].numel()
+    """``log|det(I + J)|`` per sample from the full Jacobian (one VJP per dimension; ``g`` maps
+    its input to an output of the same shape)."""
+    y = lin.output
+    b, d = y.shape[0], y[0].numel()
     rows = []
     for i in range(d):
-        e = x.new_zeros(b, d)
+        e = y.new_zeros(b, d)
         e[:, i] = 1.0
-        rows.append(lin.vjp(e.view_as(x)).reshape(b, d))
+        rows.append(lin.vjp(e.view_as(y)).reshape(b, d))
     jac = torch.stack(rows, dim=1)
-    return torch.linalg.slogdet(torch.eye(d, dtype=x.dtype, device=x.device) + jac)[1]
+    return torch.linalg.slogdet(torch.eye(d, dtype=y.dtype, device=y.device) + jac)[1]
 
 
 def hutchinson_vectors(x: Tensor, n: int, noise: str = "rademacher") -> list[Tensor]:
@@ -191,6 +190,11 @@ def russian_roulette_coefficients(n_exact: int, geom_p: float) -> list[float]:
     ]
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product."""
+    return (a * b).flatten(1).sum(1)
+
+
 def series_logdet(
     lin: Linearization,
     coefficients: Sequence[float],
@@ -201,25 +205,28 @@ def series_logdet(
 
     With grad mode enabled the estimate is differentiable: through every term, or with
     ``neumann_grad`` through the Neumann surrogate ``w^T J v`` only (see the module docstring),
-    the series itself then being computed without a graph.
+    the series itself then being computed without a graph. The surrogate needs ``J v``, which
+    also gives the last term, ``v^T J^n v = (v^T J^{n-1}) (J v)``: ``n - 1`` VJPs and one JVP.
     """
     total = lin.output.new_zeros(lin.output.shape[0])
-    if not coefficients:
+    n = len(coefficients)
+    if not n:
         return total
     neumann = neumann_grad and torch.is_grad_enabled()
     for v in vectors:
         w, value = v, 0.0
         grad_vector = coefficients[0] * v  # sum_k k a_k v^T J^{k-1}, for the Neumann surrogate
         with torch.set_grad_enabled(torch.is_grad_enabled() and not neumann):
-            for k, a in enumerate(coefficients, start=1):
+            for k in range(1, n if neumann else n + 1):  # w = v^T J^k
                 w = lin.vjp(w)
-                value = value + a * (w * v).flatten(1).sum(1)
-                if neumann and k < len(coefficients):
+                value = value + coefficients[k - 1] * _dot(w, v)
+                if neumann:
                     grad_vector = grad_vector + (k + 1) * coefficients[k] * w
-        total = total + value
         if neumann:
-            surrogate = (grad_vector * lin.jvp(v)).flatten(1).sum(1)
-            total = total + surrogate - surrogate.detach()
+            jv = lin.jvp(v)
+            surrogate = _dot(grad_vector, jv)
+            value = value + coefficients[-1] * _dot(w, jv.detach()) + surrogate - surrogate.detach()
+        total = total + value
     return total / len(vectors)
 
 
