@@ -184,6 +184,19 @@ def test_inverse_reports_non_convergence_with_the_residual() -> None:
         block(g, max_iter=2, atol=1e-12, rtol=0.0).inverse(y)
 
 
+def test_float32_inverse_of_large_values_stops_at_round_off() -> None:
+    """An atol below float32 resolution must not turn a converging inverse into an error."""
+    g = make_branch("residual_flow").float()
+    g.lipschitz_bound()
+    blk = ResidualBlock(g, train_logdet=EXACT, eval_logdet=EXACT, atol=1e-7, rtol=0.0, max_iter=300).eval()
+    x = 30 * torch.randn(64, *SHAPE)
+    with torch.no_grad():
+        y = blk(x)[0]
+        x_rec = blk.inverse(y)
+    assert float(((x_rec - x).abs() / x.abs().clamp_min(1)).max()) < 1e-5
+    assert blk.last_iterations < blk.max_iter
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(TypeError, match="lipschitz_bound"):
         ResidualBlock(nn.Identity())

@@ -30,8 +30,11 @@ class ResidualBlock(Bijection):
     for layers without them). Under ``torch.no_grad()`` only those layers record a (local) graph.
 
     The inverse is Banach's fixed-point iteration ``x_{k+1} = y - g(x_k)``, ``x_0 = y``, which
-    converges at rate ``Lip(g)``; it stops once ``|x_{k+1} - x_k| <= atol + rtol |x_{k+1}|``
-    elementwise (the error is then at most ``step / (1 - Lip(g))``) and raises
+    converges at rate ``Lip(g)``; it stops once, elementwise,
+    ``|x_{k+1} - x_k| <= atol + rtol |x_{k+1}| + 8 eps (|y| + |x_{k+1}|)`` (the error is then at
+    most ``step / (1 - Lip(g))``); the last term, with ``eps`` the dtype's machine epsilon, is the
+    round-off floor of computing ``y - g(x)``: without it a float32 inverse of large values can
+    stall just above a tight ``atol`` forever. It raises
     :class:`InverseDidNotConverge` after ``max_iter`` steps. It runs without autograd and with the
     branch in evaluation mode (spectral norms frozen at their last training-mode update);
     ``last_iterations`` holds the number of steps the last inverse took.
@@ -89,7 +92,8 @@ class ResidualBlock(Bijection):
             x_next = z - self.branch(x)
             step = (x_next - x).abs()
             x = x_next
-            if bool((step <= self.atol + self.rtol * x.abs()).all()):
+            floor = 8 * torch.finfo(x.dtype).eps * (z.abs() + x.abs())
+            if bool((step <= self.atol + self.rtol * x.abs() + floor).all()):
                 return x
             if not torch.isfinite(step).all():
                 break
