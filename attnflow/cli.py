@@ -86,14 +86,23 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} samples at temperature {args.temperature} to {args.out}")
 
 
-def _cmd_reconstruct(args: argparse.Namespace) -> None:
+def _run_and_images(args: argparse.Namespace, n: int):
+    """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1] and
+    the data's number of levels."""
     from .data import to_float
-    from .evaluate import save_image_grid
     from .train import load_run
 
     model, cfg = load_run(args.run)
     data = _load_split(cfg, args.split)
-    x = to_float(data.images[: args.n], data.levels)
+    if n > len(data.images):
+        raise ValueError(f"{n} images asked for; the {args.split} split has {len(data.images)}")
+    return model, to_float(data.images[:n], data.levels), data.levels
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .evaluate import save_image_grid
+
+    model, x, _ = _run_and_images(args, args.n)
     with torch.no_grad():
         x_rec = model.decode(model.encode(x))
     err = float((x_rec - x).abs().max())
@@ -102,29 +111,19 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> None:
-    from .data import to_float
     from .evaluate import interpolate, save_image_grid
-    from .train import load_run
 
-    model, cfg = load_run(args.run)
-    data = _load_split(cfg, args.split)
-    if 2 * args.pairs > len(data.images):
-        raise ValueError(f"--pairs {args.pairs} needs {2 * args.pairs} images; the {args.split} split has {len(data.images)}")
-    x = to_float(data.images[: 2 * args.pairs], data.levels)
+    model, x, _ = _run_and_images(args, 2 * args.pairs)
     rows = interpolate(model, x[: args.pairs], x[args.pairs :], args.steps)
     save_image_grid(rows.flatten(0, 1), args.out, nrow=args.steps)
     print(f"wrote {args.pairs} interpolations of {args.steps} steps (latent space, end points are real images) to {args.out}")
 
 
 def _cmd_perturb(args: argparse.Namespace) -> None:
-    from .data import to_float
     from .evaluate import noise_perturbation, save_image_grid
-    from .train import load_run
 
-    model, cfg = load_run(args.run)
-    data = _load_split(cfg, args.split)
-    x = to_float(data.images[: args.n], data.levels)
-    rows, images = noise_perturbation(model, x, data.levels, args.sigmas, torch.Generator().manual_seed(args.seed))
+    model, x, levels = _run_and_images(args, args.n)
+    rows, images = noise_perturbation(model, x, levels, args.sigmas, torch.Generator().manual_seed(args.seed))
     if args.out:
         shown = min(args.n, 8)
         save_image_grid(images[:, :, :shown].flatten(0, 2), args.out, nrow=shown)
@@ -191,30 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
 
-    r = sub.add_parser("reconstruct", help="real vs reconstructed test images")
-    r.add_argument("run")
-    r.add_argument("--n", type=int, default=8)
-    r.add_argument("--split", default="test", choices=["train", "test"])
-    r.add_argument("--out", default="recon.png")
-    r.set_defaults(func=_cmd_reconstruct)
+    def image_command(name: str, help: str, func, out: str, out_help: str | None = None) -> argparse.ArgumentParser:
+        """A subcommand on the images of a trained run: ``run``, ``--split`` and ``--out``."""
+        c = sub.add_parser(name, help=help)
+        c.add_argument("run")
+        c.add_argument("--split", default="test", choices=["train", "test"])
+        c.add_argument("--out", default=out, help=out_help)
+        c.set_defaults(func=func)
+        return c
 
-    i = sub.add_parser("interpolate", help="latent interpolations between test images")
-    i.add_argument("run")
+    r = image_command("reconstruct", "real vs reconstructed test images", _cmd_reconstruct, "recon.png")
+    r.add_argument("--n", type=int, default=8)
+
+    i = image_command("interpolate", "latent interpolations between test images", _cmd_interpolate, "interpolations.png")
     i.add_argument("--pairs", type=int, default=4)
     i.add_argument("--steps", type=int, default=8)
-    i.add_argument("--split", default="test", choices=["train", "test"])
-    i.add_argument("--out", default="interpolations.png")
-    i.set_defaults(func=_cmd_interpolate)
 
-    n = sub.add_parser("perturb", help="noise-perturbation analysis: bits/dim and reconstructions of noisy test images")
-    n.add_argument("run")
+    n = image_command("perturb", "noise-perturbation analysis: bits/dim and reconstructions of noisy test images",
+                      _cmd_perturb, "", "PNG grid of the perturbed inputs and their reconstructions (first 8 images)")
     n.add_argument("--sigmas", type=float, nargs="+", default=[1e-5, 1e-3, 1e-2, 1e-1, 1.0])
     n.add_argument("--n", type=int, default=64, help="test images")
-    n.add_argument("--split", default="test", choices=["train", "test"])
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--json", action="store_true")
-    n.add_argument("--out", default="", help="PNG grid of the perturbed inputs and their reconstructions (first 8 images)")
-    n.set_defaults(func=_cmd_perturb)
 
     c = sub.add_parser("compare", help="table and test curves of several runs")
     c.add_argument("runs", nargs="+", help="run directories")

@@ -7,7 +7,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["image_grid", "save_image_grid", "plot_metrics"]

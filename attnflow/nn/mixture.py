@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Bijection, Chain, standard_normal_log_prob
+from ..core import Chain, standard_normal_log_prob
 from .attention import DotProductSelfAttention
 from .glow import AffineCoupling, AttentionFactory, CouplingNetFactory, GlowStep
 from .multiscale import checkerboard_mask
