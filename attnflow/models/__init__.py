@@ -11,9 +11,11 @@ from typing import Any
 from ..core import Flow
 from .denseflow import denseflow
 from .flowpp import flowpp
+from .fullglow import fullglow
 from .glow import glow
 from .marflow import marflow
 from .residual_flow import residual_flow
+from .srflow import srflow
 
 __all__ = ["FAMILIES", "build", "build_from_config", "presets"]
 
@@ -24,6 +26,8 @@ FAMILIES: dict[str, Callable[..., Flow]] = {
     "flowpp": flowpp,
     "marflow": marflow,
     "residual": residual_flow,
+    "srflow": srflow,
+    "fullglow": fullglow,
 }
 
 

@@ -5,7 +5,9 @@ from .attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNor
 from .augment import CrossUnitCoupling, CrossUnitStage
 from .autoregressive import AutoregressiveFactorOut, ChannelAutoregressive
 from .branches import AttentionMix, build_branch
+from .conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
 from .dense import DenseFlowCouplingNet
+from .encoders import RRDBEncoder, SourceFlowEncoder
 from .glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
 from .invattn import IMap, ISDP, build_invertible_attention
 from .lipschitz import CLipSwish, LipSwish, SpectralNormConv2d, SpectralNormLinear
@@ -23,6 +25,8 @@ __all__ = [
     "AutoregressiveFactorOut",
     "CLipSwish",
     "ChannelAutoregressive",
+    "ConditionalAffineInjector",
+    "ConditionedTransform",
     "CrossUnitCoupling",
     "CrossUnitStage",
     "DenseFlowCouplingNet",
@@ -43,8 +47,11 @@ __all__ = [
     "MixtureCoupling",
     "MixtureStep",
     "NystromAttention",
+    "PickCondition",
+    "RRDBEncoder",
     "ResidualBlock",
     "Shift",
+    "SourceFlowEncoder",
     "SpectralNormConv2d",
     "SpectralNormLinear",
     "Squeeze",

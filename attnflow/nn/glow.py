@@ -205,6 +205,10 @@ class GlowStep(Chain):
     ``coupling`` replaces the default :class:`AffineCoupling` (``hidden``, ``mask``,
     ``net_factory`` and ``context_channels`` configure that default), e.g. Flow++'s mixture
     coupling in :class:`~attnflow.nn.mixture.MixtureStep`.
+
+    ``injector`` (e.g. :class:`~attnflow.nn.conditional.ConditionalAffineInjector`) is inserted
+    between the 1x1 convolution and the coupling: SRFlow's conditional step (AttnFlow, Table 1).
+    The positions then run 1..5 (4 after the injector, 5 after the coupling).
     """
 
     POSITIONS = (1, 2, 3, 4)
@@ -219,19 +223,22 @@ class GlowStep(Chain):
         net_factory: CouplingNetFactory | None = None,
         context_channels: int = 0,
         coupling: Bijection | None = None,
+        injector: Bijection | None = None,
     ) -> None:
-        bad = [p for p in positions if p not in self.POSITIONS]
+        valid = self.POSITIONS if injector is None else (*self.POSITIONS, 5)
+        bad = [p for p in positions if p not in valid]
         if bad:
-            raise ValueError(f"attention positions must be among {self.POSITIONS}, got {bad}")
+            raise ValueError(f"attention positions must be among {valid}, got {bad}")
         if positions and attention is None:
             raise ValueError("attention positions given but no attention layer factory")
         core = [
             ActNorm(channels),
             InvertibleConv1x1(channels),
+            *([injector] if injector is not None else []),
             coupling if coupling is not None else AffineCoupling(channels, hidden, mask, net_factory, context_channels),
         ]
         layers: list[Bijection] = []
-        for pos in self.POSITIONS:  # position p sits before core layer p-1 (4: after the last)
+        for pos in valid:  # position p sits before core layer p (the last one: after the last layer)
             if pos in positions:
                 layers.append(attention(channels))
             if pos <= len(core):

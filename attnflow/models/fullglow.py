@@ -1,0 +1,60 @@
+"""Full-Glow (Sorkhei et al., 2021) image-to-image translation and AttnFlow's cAttnFlow variant
+(Sukthanker et al., supplementary E): a flow on the target image ``x_b`` (a photo) conditioned,
+at every step, on the activation of the matching step of a flow on the source image ``x_a`` (a
+label map). It reports the conditional bits/dim ``-log2 p(x_b | x_a) / D``.
+
+Each target step is AttnFlow's conditional step (ActNorm, 1x1 convolution, affine injector,
+conditional coupling) with the source activation as its condition; iMap or iSDP go after each
+level's steps (position 0) or into every step (1-5), as in :func:`~attnflow.models.srflow.srflow`.
+(The AttnFlow supplement cites Full-Glow as [6], which is SRFlow; Full-Glow is its [33].)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..core import Bijection, Chain, Flow
+from ..nn.conditional import ConditionedTransform
+from ..nn.encoders import SourceFlowEncoder
+from ..nn.invattn import invertible_attention_factory
+from ..nn.multiscale import multiscale_transform
+from ..nn.preprocess import build_preprocess
+from .srflow import conditional_level, level_sizes
+
+__all__ = ["fullglow"]
+
+
+def fullglow(
+    shape: Sequence[int] = (1, 8, 8),
+    source_shape: Sequence[int] = (1, 8, 8),
+    levels: int = 2,
+    steps: int = 4,
+    hidden: int = 64,
+    source_hidden: int = 32,
+    preprocess: str = "logit",
+    alpha: float = 0.05,
+    learned_prior: bool = True,
+    attention: str = "none",
+    positions: Sequence[int] = (),
+    heads: int = 1,
+    patches: int = 4,
+) -> Flow:
+    """The translation model of ``x_b`` (``shape``) given ``x_a`` (``source_shape``, same height
+    and width, any number of channels)."""
+    if tuple(shape[1:]) != tuple(source_shape[1:]):
+        raise ValueError(
+            f"source and target images must have the same height and width, got source {list(source_shape)} "
+            f"and target {list(shape)}; resize one of them"
+        )
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sizes = level_sizes(shape, levels)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    encoder = SourceFlowEncoder(source_shape, levels, steps, source_hidden)
+
+    def level(channels: int, index: int) -> list[Bijection]:
+        first = index * steps  # step k of this level is conditioned on source activation first + k
+        ctx = encoder.step_channels[first : first + steps]
+        return conditional_level(channels, sizes[index], ctx, range(first, first + steps), hidden, attention_layer, positions)
+
+    flow = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, levels, level, learned_prior)])
+    return Flow(ConditionedTransform(encoder, flow), shape, context_shape=tuple(int(v) for v in source_shape))

@@ -1,0 +1,152 @@
+"""Conditioning encoders of the conditional flows: each maps a raw condition (a low-resolution
+image, a label map) to the list of feature tensors that the levels or steps of a conditional
+transform receive (see :class:`attnflow.nn.conditional.ConditionedTransform`).
+
+* :class:`RRDBEncoder` -- SRFlow's low-resolution encoder (Lugmayr et al. 2020, Sec. 3.3): an
+  ESRGAN Residual-in-Residual Dense Block trunk (Wang et al. 2018) on the LR image; the outputs of
+  every other block and the trunk's last features are concatenated (SRFlow's ``stackRRDB``,
+  blocks 1, 3, 5, 7 of 8) and resized to the spatial size of every flow level.
+* :class:`SourceFlowEncoder` -- Full-Glow's source flow (Sorkhei et al. 2021): a multi-scale Glow
+  on the source image whose activation after every step conditions the matching step of the
+  target flow. Being invertible, it passes all of the source's information on.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .glow import GlowStep
+from .multiscale import Squeeze
+
+__all__ = ["ResidualDenseBlock", "RRDB", "RRDBEncoder", "SourceFlowEncoder", "resize_features"]
+
+
+def resize_features(features: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``[B, F, h, w]`` features to ``size``: bilinear up-sampling, area averaging down
+    (SRFlow resizes its RRDB features to every level the same way), unchanged at equal size."""
+    h, w = features.shape[-2:]
+    if (h, w) == tuple(size):
+        return features
+    if size[0] >= h and size[1] >= w:
+        return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+    return F.adaptive_avg_pool2d(features, size)
+
+
+class ResidualDenseBlock(nn.Module):
+    """ESRGAN's residual dense block: five 3x3 convolutions, each seeing the block input and all
+    earlier outputs (growth ``growth`` channels), LeakyReLU(0.2); ``out = 0.2 * conv5 + x``."""
+
+    def __init__(self, features: int, growth: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(features + k * growth, growth if k < 4 else features, 3, padding=1) for k in range(5)
+        )
+        for conv in self.convs:  # ESRGAN's scaled initialisation keeps the residual path small
+            nn.init.kaiming_normal_(conv.weight, a=0.0, mode="fan_in")
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [x]
+        for conv in self.convs[:-1]:
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+        return 0.2 * self.convs[-1](torch.cat(feats, 1)) + x
+
+
+class RRDB(nn.Module):
+    """Residual in residual dense block: three dense blocks, ``out = 0.2 * dense(x) + x``."""
+
+    def __init__(self, features: int, growth: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(ResidualDenseBlock(features, growth) for _ in range(3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.2 * self.blocks(x) + x
+
+
+class RRDBEncoder(nn.Module):
+    """SRFlow's conditioning network on the low-resolution image.
+
+    ``fea = conv(lr)``, ``blocks`` RRDBs, ``last = fea + conv(trunk(fea))``; the features are the
+    concatenation of the outputs of blocks 1, 3, 5, ... (0-based) and ``last``:
+    ``out_channels = (blocks // 2 + 1) * features`` (320 for SRFlow's 8 blocks of 64). They are
+    resized with :func:`resize_features` to each size of ``level_sizes`` and returned as a list.
+
+    Unlike SRFlow, which pre-trains the RRDB with an L1 loss and freezes it for the first half of
+    training, the encoder here is trained jointly with the flow from the start.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        level_sizes: Sequence[tuple[int, int]],
+        features: int = 64,
+        blocks: int = 8,
+        growth: int = 32,
+    ) -> None:
+        super().__init__()
+        if features < 1 or blocks < 0 or growth < 1:
+            raise ValueError(f"RRDB encoder needs features >= 1, blocks >= 0, growth >= 1; got {features}, {blocks}, {growth}")
+        self.level_sizes = [tuple(int(v) for v in s) for s in level_sizes]
+        self.first = nn.Conv2d(in_channels, features, 3, padding=1)
+        self.trunk = nn.ModuleList(RRDB(features, growth) for _ in range(blocks))
+        self.trunk_conv = nn.Conv2d(features, features, 3, padding=1)
+        self.stacked = tuple(range(1, blocks, 2))
+        self.out_channels = (len(self.stacked) + 1) * features
+
+    def forward(self, lr: Tensor) -> list[Tensor]:
+        fea = self.first(lr)
+        stack = []
+        h = fea
+        for i, block in enumerate(self.trunk):
+            h = block(h)
+            if i in self.stacked:
+                stack.append(h)
+        features = torch.cat([*stack, fea + self.trunk_conv(h)], 1)
+        return [resize_features(features, size) for size in self.level_sizes]
+
+
+class SourceFlowEncoder(nn.Module):
+    """Full-Glow's source flow, used as the conditioning encoder of the target flow.
+
+    ``x_a - 1/2 -> [squeeze -> steps x GlowStep -> keep half of the channels] x levels``; the
+    activation after every step is returned, so step ``k`` of level ``l`` of the target flow is
+    conditioned on the source's step ``k`` of level ``l`` (same spatial size). ``step_channels``
+    lists the channels of those activations.
+
+    Full-Glow also trains the source flow as a density model of ``x_a`` (joint likelihood); here
+    it is trained through the conditional likelihood ``log p(x_b | x_a)`` only, the figure the
+    papers report. The half of the channels dropped at each level is still seen by the target
+    through the activations of that level.
+    """
+
+    def __init__(self, shape: Sequence[int], levels: int, steps: int, hidden: int = 64) -> None:
+        super().__init__()
+        c, h, w = shape
+        if h % (1 << levels) or w % (1 << levels):
+            raise ValueError(f"a {levels}-level source flow needs H and W divisible by {1 << levels}, got {h}x{w}")
+        self.squeeze = Squeeze()
+        self.levels = nn.ModuleList()
+        self.step_channels: list[int] = []
+        self.keep: list[int] = []
+        for level in range(levels):
+            c = 4 * c
+            masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(steps)]
+            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))
+            self.step_channels += [c] * steps
+            self.keep.append(c // 2)
+            c = c // 2
+
+    def forward(self, source: Tensor) -> list[Tensor]:
+        h = source - 0.5
+        activations = []
+        for steps, keep in zip(self.levels, self.keep):
+            h, _ = self.squeeze(h)
+            for step in steps:
+                h, _ = step(h)
+                activations.append(h)
+            h = h[:, :keep]
+        return activations
