@@ -72,7 +72,7 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 def test_dataset_names_and_unknown_name():
     names = dataset_names()
-    assert set(names) == {"digits", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "folder"}
+    assert set(names) == {"digits", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "folder", "folder-pairs"}
     with pytest.raises(ValueError, match="valid names: .*cifar10"):
         load_dataset("svhn")
 

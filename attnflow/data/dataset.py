@@ -16,6 +16,9 @@ class ImageDataset:
     ``images``: uint8 ``[N, C, H, W]`` with values in ``0 .. levels-1``;
     ``labels``: int64 ``[N]`` or ``None``; ``num_classes`` is inferred as ``labels.max() + 1``
     when a reader does not know it.
+    ``conditions``: for conditional models (super-resolution, translation), uint8
+    ``[N, C', H', W']`` condition images paired row by row with ``images`` (a low-resolution
+    version, a label map), with ``condition_levels`` levels; see :mod:`attnflow.data.pairs`.
     """
 
     images: Tensor
@@ -24,6 +27,8 @@ class ImageDataset:
     name: str
     split: str
     num_classes: int | None = None
+    conditions: Tensor | None = None
+    condition_levels: int | None = None
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r} split {self.split!r}"
@@ -50,6 +55,27 @@ class ImageDataset:
                 self.num_classes = int(self.labels.max()) + 1
         elif self.num_classes is not None:
             raise ValueError(f"{where}: num_classes={self.num_classes} given without labels")
+        if (self.conditions is None) != (self.condition_levels is None):
+            raise ValueError(f"{where}: conditions and condition_levels go together; give both or neither")
+        if self.conditions is not None:
+            c = self.conditions
+            if c.dtype != torch.uint8 or c.dim() != 4 or len(c) != len(self.images):
+                raise ValueError(
+                    f"{where}: conditions must be a uint8 tensor [{len(self.images)}, C, H, W] (one per image), "
+                    f"got {c.dtype} of shape {tuple(c.shape)}"
+                )
+            if c.numel() and int(c.max()) >= self.condition_levels:
+                raise ValueError(
+                    f"{where}: condition value {int(c.max())} is not below condition_levels={self.condition_levels}"
+                )
+
+    @property
+    def condition_shape(self) -> tuple[int, int, int] | None:
+        """``(C', H', W')`` of one condition image, or ``None`` for an unconditional dataset."""
+        if self.conditions is None:
+            return None
+        c, h, w = self.conditions.shape[1:]
+        return (c, h, w)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -77,5 +103,6 @@ def reduce_bits(dataset: ImageDataset, n_bits: int) -> ImageDataset:
     k = dataset.images.to(torch.int64)
     images = torch.div(k * new_levels, dataset.levels, rounding_mode="floor").to(torch.uint8)
     return ImageDataset(
-        images, dataset.labels, new_levels, dataset.name, dataset.split, dataset.num_classes
+        images, dataset.labels, new_levels, dataset.name, dataset.split, dataset.num_classes,
+        dataset.conditions, dataset.condition_levels,
     )

@@ -10,36 +10,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["read_image_folder", "IMAGE_SUFFIXES"]
+__all__ = ["read_image_folder", "read_images", "list_images", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MODES = {"L": 1, "RGB": 3}
 
 
-def _images_in(directory: Path) -> list[Path]:
+def list_images(directory: Path) -> list[Path]:
+    """The image files (by suffix) directly in ``directory``, sorted by name."""
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Images uint8 ``[N, C, H, W]``, labels int64 ``[N]`` (None without classes), class names."""
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"expected an image directory {directory} holding <class>/*.png|jpg or *.png|jpg"
-        )
-    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    loose = _images_in(directory)
-    if classes and loose:
-        raise ValueError(
-            f"{directory}: holds both class sub-directories {classes} and loose images "
-            f"(e.g. {loose[0].name}); use one layout"
-        )
-    files = [(path, label) for label, c in enumerate(classes) for path in _images_in(directory / c)]
-    if not classes:
-        files = [(path, 0) for path in loose]
-    if not files:
-        raise FileNotFoundError(f"expected {'/'.join(IMAGE_SUFFIXES)} images in {directory}, found none")
-    first, arrays = files[0][0], []
-    for path, _ in files:
+def read_images(paths: list[Path]) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` from image files that must all share the size and mode of the first."""
+    first, arrays = paths[0], []
+    for path in paths:
         with Image.open(path) as img:
             if img.mode not in _MODES:
                 raise ValueError(f"{path}: image mode {img.mode!r} is not supported; convert it to L or RGB")
@@ -50,6 +35,27 @@ def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, l
                 )
             reference = (img.mode, img.size)
             arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], -1))
-    images = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
+
+def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images uint8 ``[N, C, H, W]``, labels int64 ``[N]`` (None without classes), class names."""
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"expected an image directory {directory} holding <class>/*.png|jpg or *.png|jpg"
+        )
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    loose = list_images(directory)
+    if classes and loose:
+        raise ValueError(
+            f"{directory}: holds both class sub-directories {classes} and loose images "
+            f"(e.g. {loose[0].name}); use one layout"
+        )
+    files = [(path, label) for label, c in enumerate(classes) for path in list_images(directory / c)]
+    if not classes:
+        files = [(path, 0) for path in loose]
+    if not files:
+        raise FileNotFoundError(f"expected {'/'.join(IMAGE_SUFFIXES)} images in {directory}, found none")
+    images = read_images([path for path, _ in files])
     labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
     return images, labels, classes

@@ -10,7 +10,13 @@ name               root                                                        s
 ``imagenet32/64``  directory with ``train_data_batch_*.npz``, ``val_data.npz``;   train/test (= val)
                    or one ``.npz`` file
 ``folder``         directory with ``<split>/<class>/*.png|jpg``                  any sub-directory
+``folder-pairs``   directory with ``<split>/source/*`` and ``<split>/target/*``   any sub-directory
+                   (matched by file name; the sources are the conditions)
 =================  ==========================================================  ==================
+
+Conditional models get a condition image per image (:mod:`attnflow.data.pairs`): ``condition``
+``"lowres"`` (bicubic downscaling by ``scale``), ``"labelmap"`` or ``"paired"``; ``pad`` first
+zero-pads the images to a square size (Fashion-MNIST 28 -> 32).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from attnflow.data.dataset import ImageDataset, reduce_bits
 from attnflow.data.folder import read_image_folder
 from attnflow.data.idx import find_idx_file, read_idx
 from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, read_imagenet_npz
+from attnflow.data.pairs import attach_condition, pad_images, read_folder_pairs
 
 __all__ = ["load_dataset", "dataset_names", "FASHION_MNIST_ROOT", "DIGITS_TRAIN_SIZE"]
 
@@ -118,6 +125,12 @@ def _folder(name: str, split: str, root: Path | None) -> ImageDataset:
     )
 
 
+def _folder_pairs(name: str, split: str, root: Path | None) -> ImageDataset:
+    root = _existing_root(name, root, None, "a directory with <split>/source/*.png and <split>/target/*.png")
+    sources, targets = read_folder_pairs(root / split)
+    return ImageDataset(targets, None, 256, name, split, conditions=sources, condition_levels=256)
+
+
 _READERS: dict[str, Callable[[str, str, Path | None], ImageDataset]] = {
     "digits": _digits,
     "mnist": partial(_idx, default=None),
@@ -126,6 +139,7 @@ _READERS: dict[str, Callable[[str, str, Path | None], ImageDataset]] = {
     "imagenet32": partial(_imagenet, size=32),
     "imagenet64": partial(_imagenet, size=64),
     "folder": _folder,
+    "folder-pairs": _folder_pairs,
 }
 
 
@@ -139,10 +153,24 @@ def load_dataset(
     split: str = "train",
     root: str | os.PathLike | None = None,
     n_bits: int | None = None,
+    condition: str = "none",
+    scale: int = 2,
+    pad: int = 0,
 ) -> ImageDataset:
     """Load a dataset from local files (see the module table); ``n_bits`` requantizes to
-    ``2**n_bits`` levels with :func:`attnflow.data.dataset.reduce_bits`."""
+    ``2**n_bits`` levels with :func:`attnflow.data.dataset.reduce_bits`; ``pad`` zero-pads the
+    images to ``pad x pad``; ``condition`` attaches condition images
+    (:func:`attnflow.data.pairs.attach_condition`, ``scale`` for ``"lowres"``)."""
     if name not in _READERS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(_READERS)}")
     dataset = _READERS[name](name, split, None if root is None else Path(root))
-    return dataset if n_bits is None else reduce_bits(dataset, n_bits)
+    if n_bits is not None:
+        dataset = reduce_bits(dataset, n_bits)
+    if pad:
+        if dataset.conditions is not None:
+            raise ValueError("data.pad applies to unpaired images; pad both sides of folder-pairs beforehand")
+        dataset = ImageDataset(
+            pad_images(dataset.images, pad), dataset.labels, dataset.levels, dataset.name, dataset.split,
+            dataset.num_classes,
+        )
+    return attach_condition(dataset, condition, scale)
