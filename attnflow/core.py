@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Chain", "Flow", "check_images", "standard_normal_log_prob"]
+__all__ = ["Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "standard_normal_log_prob"]
 
 
 class Bijection(nn.Module):
@@ -77,9 +77,18 @@ def standard_normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
 
 
-def check_images(x: Tensor, shape: Sequence[int]) -> None:
+def _check_dtype(x: Tensor, dtype: torch.dtype | None, what: str) -> None:
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(
+            f"{what} are {x.dtype} but the model's weights are {dtype}; convert them with x.to({dtype}) "
+            f"or the model with model.to({x.dtype})"
+        )
+
+
+def check_images(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> None:
     """Raise a ``ValueError`` naming the problem unless ``x`` is a finite float batch of
-    ``shape`` with values in [0, 1] (the model's input convention)."""
+    ``shape`` with values in [0, 1] (the model's input convention), of ``dtype`` when given
+    (the model's weights' dtype)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor of images, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -87,6 +96,7 @@ def check_images(x: Tensor, shape: Sequence[int]) -> None:
             f"expected floating-point images in [0, 1], got dtype {x.dtype}; "
             "convert uint8 data with attnflow.data.dequantize (or x.float() / levels)"
         )
+    _check_dtype(x, dtype, "images")
     expected = tuple(shape)
     if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
         raise ValueError(
@@ -102,6 +112,21 @@ def check_images(x: Tensor, shape: Sequence[int]) -> None:
         )
 
 
+class NonFiniteSamples(RuntimeError):
+    """Some samples decoded to NaN or infinite values. ``samples`` holds all of them (clamped to
+    [0, 1] where finite), ``finite`` marks the usable ones ``[n]`` and ``count`` is the number of
+    bad ones."""
+
+    def __init__(self, samples: Tensor, finite: Tensor, temperature: float) -> None:
+        self.samples, self.finite = samples, finite
+        self.count = int((~finite).sum())
+        super().__init__(
+            f"{self.count} of {len(finite)} samples are not finite (NaN or inf) at temperature {temperature:g}: "
+            "the model's inverse overflows for those latents; lower the temperature, or train longer or "
+            "with a lower learning rate"
+        )
+
+
 class Flow(nn.Module):
     """A normalizing flow: a transform to a flat latent plus a standard-normal prior.
 
@@ -114,10 +139,12 @@ class Flow(nn.Module):
 
     ``log_prob_is_bound`` is ``True`` for models whose :meth:`log_prob` is a lower bound
     (variational dequantization or noise augmentation); evaluation reports bits/dim as an
-    upper bound for them.
+    upper bound for them. ``data_levels`` is the number of grey levels a model requires of its
+    data (a variational dequantizer is built for one), ``None`` when any will do.
     """
 
     log_prob_is_bound: bool = False
+    data_levels: int | None = None
 
     def __init__(
         self,
@@ -131,6 +158,12 @@ class Flow(nn.Module):
         self.shape = tuple(int(s) for s in shape)
         self.latent_dim = int(latent_dim) if latent_dim is not None else math.prod(self.shape)
         self.context_shape = tuple(context_shape) if context_shape is not None else None
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype of the model's weights (``None`` for a model without parameters)."""
+        p = next(self.parameters(), None)
+        return None if p is None else p.dtype
 
     @property
     def dim(self) -> int:
@@ -152,7 +185,7 @@ class Flow(nn.Module):
 
     def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Validated ``(z, logdet)`` with ``z`` flat ``[B, latent_dim]``."""
-        check_images(x, self.shape)
+        check_images(x, self.shape, self.dtype)
         self._check_context(context, x.shape[0])
         z, logdet = self.transform(x, context)
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
@@ -177,6 +210,7 @@ class Flow(nn.Module):
             raise ValueError(f"expected latents of shape [B, {self.latent_dim}], got {list(z.shape)}")
         if not torch.isfinite(z).all():
             raise ValueError("latent contains NaN or infinite values")
+        _check_dtype(z, self.dtype, "latents")
         self._check_context(context, z.shape[0])
         return self.transform.inverse(z, context)
 
@@ -187,14 +221,37 @@ class Flow(nn.Module):
         temperature: float = 1.0,
         context: Tensor | None = None,
         generator: torch.Generator | None = None,
+        batch_size: int = 256,
     ) -> Tensor:
-        """Draw ``n`` images with latents ``z ~ N(0, temperature^2 I)``."""
-        if n < 1:
-            raise ValueError(f"n must be a positive number of samples, got {n}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        """Draw ``n`` images ``[n, *shape]`` with latents ``z ~ N(0, temperature^2 I)``.
+
+        Contract: the returned images are finite and lie in [0, 1], the support of the model's
+        density. Decoded values are clamped to [0, 1]: the inverse of the logit pre-processing
+        maps R onto ``(-alpha, 1 + alpha) / (1 - 2 alpha)``, a little wider than [0, 1], so the
+        mass the model puts outside the data's support lands on its border (as for Glow).
+        A sample that decodes to NaN or inf (the inverse overflowed) raises
+        :class:`NonFiniteSamples`, which carries every sample and the mask of the finite ones.
+        Latents are decoded ``batch_size`` at a time, so the memory of the inverse is bounded by
+        the batch whatever ``n``; a ``context`` has one row per sample.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of samples, got {n!r}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         p = next(self.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         dtype = p.dtype if p is not None else torch.get_default_dtype()
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype)
-        return self.decode(z * temperature, context)
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype) * temperature
+        if context is not None and len(context) != n:
+            raise ValueError(f"context must have one row per sample: {n} rows, got {len(context)}")
+        parts = []
+        for start in range(0, n, batch_size):
+            ctx = None if context is None else context[start : start + batch_size]
+            parts.append(self.decode(z[start : start + batch_size], ctx))
+        x = torch.cat(parts).clamp_(0.0, 1.0)  # clamp keeps NaN as NaN
+        finite = torch.isfinite(x.flatten(1)).all(1)
+        if not bool(finite.all()):
+            raise NonFiniteSamples(x, finite, temperature)
+        return x

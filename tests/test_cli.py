@@ -57,7 +57,7 @@ def test_presets_listed(capsys):
     [
         (["train", "--preset", "nope", "--out", "x"], "available presets"),
         (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.bogus=1"], "valid train keys"),
-        (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.lr=fast"], "must be of type float"),
+        (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.lr=fast"], "train.lr must be a finite number"),
         (["eval", "does-not-exist"], "not a run directory"),
         (["compare", "does-not-exist"], "no metrics.jsonl"),
     ],

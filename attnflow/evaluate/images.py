@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 __all__ = ["image_grid", "save_image_grid", "plot_metrics"]
@@ -14,10 +15,19 @@ __all__ = ["image_grid", "save_image_grid", "plot_metrics"]
 
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 1, scale: int = 1) -> np.ndarray:
     """Tile ``[N, C, H, W]`` images in [0, 1] (C = 1 or 3) into one uint8 array ``[h, w(, 3)]``.
-    Values are clipped to [0, 1]; ``scale`` enlarges each pixel (nearest neighbour)."""
+    Values are clipped to [0, 1]; a NaN or infinite value is refused (it would show as a black
+    pixel); ``scale`` enlarges each pixel (nearest neighbour)."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images [N, 1 or 3, H, W], got {list(images.shape)}")
     n, c, h, w = images.shape
+    if n == 0:
+        raise ValueError("no images to put in a grid")
+    bad = int((~torch.isfinite(images.detach().flatten(1)).all(1)).sum())
+    if bad:
+        raise ValueError(
+            f"{bad} of {n} images hold NaN or infinite values; an image grid needs finite images: "
+            "leave those out (attnflow.evaluate.finite_samples does for samples)"
+        )
     nrow = nrow or math.ceil(math.sqrt(n))
     ncol = math.ceil(n / nrow)
     arr = images.detach().float().clamp(0, 1).cpu().numpy()

@@ -36,8 +36,13 @@ class VariationallyDequantizedFlow(Flow):
         super().__init__(transform, shape)
         self.dequantizer = dequantizer
 
+    @property
+    def data_levels(self) -> int:
+        """The number of grey levels of the data this model's bound is valid for."""
+        return self.dequantizer.levels
+
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        check_images(x, self.shape)
+        check_images(x, self.shape, self.dtype)
         levels = self.dequantizer.levels
         k = torch.floor(x * levels).clamp_(0, levels - 1)
         self._check_context(context, x.shape[0])

@@ -4,7 +4,14 @@ resume, JSON-lines metrics, a progress bar, and recovery from non-finite steps.
 Exact resume: the checkpoint holds the model, optimizer and EMA state, the global torch RNG
 (stochastic log-det estimators draw from it), the dequantization generator and the data sampler's
 position, so an interrupted run continued with ``resume=True`` ends with the same parameters as
-an uninterrupted one.
+an uninterrupted one. SIGINT / SIGTERM stop the loop at the next step boundary
+(:mod:`attnflow.train.signals`), so an interrupted run is exact too.
+
+Reliability: one training at a time per run directory (:mod:`attnflow.train.runlock`); a step whose
+loss, gradient or updated weights are not finite is skipped, ``max_bad_steps`` of them in a row
+roll back to the last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
+``max_rollbacks`` rollbacks training stops with :class:`NonFiniteTraining` (the last good
+checkpoint kept), so a diverging run ends instead of looping.
 """
 from __future__ import annotations
 
@@ -19,17 +26,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config import read_config
 from ..core import Flow
 from ..data import BatchSampler, dequantize, load_dataset
-from ..evaluate import evaluate_bits_per_dim, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
+from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
+from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
-from .checkpoint import CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
+                         save_weights)
+from .runlock import RunLock, remove_stale_temporaries
+from .signals import StopRequests
 
 __all__ = ["Trainer", "ExponentialMovingAverage", "NonFiniteTraining"]
 
 
 class NonFiniteTraining(RuntimeError):
-    """Training kept producing non-finite losses even after rolling back."""
+    """Training diverged: steps stayed non-finite through ``train.max_rollbacks`` rollbacks."""
 
 
 class ExponentialMovingAverage:
@@ -64,26 +76,39 @@ class Trainer:
     """Train the model described by a resolved config (see :func:`attnflow.config.resolve_config`)
     into ``out_dir``.
 
-    ``stop_at`` ends the loop after that step as an interruption would (used by tests and by
-    ``KeyboardInterrupt``): a checkpoint is written and the run can be resumed.
+    ``stop_at`` ends the loop after that step as an interruption (SIGINT, SIGTERM) would: a
+    checkpoint is written and the run can be resumed. The run directory is locked from
+    construction until :meth:`run` returns.
     """
 
     def __init__(self, cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.out = Path(out_dir)
         self.progress = progress
+        self.lock = RunLock(self.out)  # before anything is read or written: one training per directory
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
+        for path in remove_stale_temporaries(self.out):
+            _log(f"removed {path}, left by an interrupted write")
         ckpt_path = self.out / CHECKPOINT
-        state = None
+        state, changed_train = None, {}
         if resume:
             if not ckpt_path.is_file():
-                raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}")
+                raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}; train without --resume first")
             state = load_checkpoint(ckpt_path)
-            saved = json.loads((self.out / CONFIG).read_text())
+            saved = read_config(self.out / CONFIG)
             changed = [s for s in ("model", "data") if saved[s] != cfg[s]]
             if changed:
                 raise ValueError(
                     f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
                     "only train.* settings may change on resume"
                 )
+            changed_train = {f"train.{k}": [saved["train"].get(k), v] for k, v in cfg["train"].items()
+                             if saved["train"].get(k) != v}
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
         self.cfg = cfg
@@ -103,26 +128,31 @@ class Trainer:
                 f"{self.model.shape}; set model.shape={list(self.train_set.shape)}"
             )
         self.levels = self.train_set.levels
+        check_levels(self.model, self.levels)
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}.get(t["optimizer"])
-        if opt_cls is None:
-            raise ValueError(f"unknown train.optimizer {t['optimizer']!r}; valid: adam, adamax")
+        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[t["optimizer"]]
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.step = 0
         self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.last_finite: tuple[int, float] | None = None  # (step, training bits/dim) of the last good step
         self.train_seconds = 0.0  # time spent in training steps (evaluation and checkpoints excluded)
-        self.out.mkdir(parents=True, exist_ok=True)
         if state is not None:
             self._restore(state)
+            self.saved_step = self.step
             self._truncate_metrics()
+            if changed_train:  # the run's record follows the settings it now trains with
+                self._write_config()
+                self._write_metrics({"step": self.step, "event": "resume", "changed": changed_train})
+                _log(f"resumed at step {self.step} with changed settings: {changed_train}")
         else:
-            (self.out / CONFIG).write_text(json.dumps(cfg, indent=2))
+            self._write_config()
             (self.out / "metrics.jsonl").write_text("")
             self.save()  # step 0: the rollback point before any update
 
@@ -131,6 +161,7 @@ class Trainer:
         return {
             "step": self.step,
             "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
             "train_seconds": self.train_seconds,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -151,10 +182,16 @@ class Trainer:
         self.dequant_gen.set_state(state["dequant_rng"])
         self.step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
+        self.rollbacks = int(state.get("rollbacks", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> None:
         save_checkpoint(self.out / CHECKPOINT, self.state())
+        self.saved_step = self.step
+
+    def _write_config(self) -> None:
+        text = json.dumps(self.cfg, indent=2)
+        atomic_write(self.out / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
@@ -178,13 +215,15 @@ class Trainer:
         return lr
 
     def _train_step(self) -> tuple[float, float] | None:
-        """One optimizer step; ``None`` (and no update) when the loss or a gradient is not finite."""
+        """One optimizer step; ``None`` when the loss or a gradient is not finite (no update), or
+        when the update made a weight non-finite (the next steps fail until a rollback)."""
         t = self.cfg["train"]
         idx = next(self.sampler)
         x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
         self.model.train()
         bpd = log_prob_to_bits_per_dim(self.model.log_prob(x), self.model.dim, self.levels)
         loss = bpd.mean()
+        params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None
@@ -195,15 +234,30 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        if not torch.isfinite(torch.nn.utils.get_total_norm(params)):
+            return None
         if self.ema:
             self.ema.update(self.model)
         return float(loss.detach()), float(grad_norm)
 
-    def _rollback(self) -> None:
+    def _rollback(self, lr: float) -> None:
+        """Back to the last checkpoint with the learning rate scale multiplied by
+        ``rollback_lr_factor``; the scale and the rollback count survive the reload (they are not
+        taken from the checkpoint), so repeated rollbacks keep lowering the rate. After
+        ``max_rollbacks`` rollbacks, :class:`NonFiniteTraining` ends the run instead."""
         t = self.cfg["train"]
-        state = load_checkpoint(self.out / CHECKPOINT)
-        self._restore(state)
-        self.lr_scale *= t["rollback_lr_factor"]
+        if self.rollbacks >= t["max_rollbacks"]:
+            self._write_metrics({"step": self.step, "event": "diverged", "lr": lr})
+            last = ("no finite loss yet" if self.last_finite is None
+                    else f"last finite loss {self.last_finite[1]:.4g} bits/dim at step {self.last_finite[0]}")
+            raise NonFiniteTraining(
+                f"training diverged: the loss stayed non-finite after {self.rollbacks} rollbacks "
+                f"(learning rate {lr:.3g} at the last try, train.lr={t['lr']:g}); {last}; "
+                f"the checkpoint of step {self.saved_step} is kept: lower train.lr and continue with --resume"
+            )
+        lr_scale, rollbacks = self.lr_scale * t["rollback_lr_factor"], self.rollbacks + 1
+        self._restore(load_checkpoint(self.out / CHECKPOINT))
+        self.lr_scale, self.rollbacks = lr_scale, rollbacks
         _log(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
         self._write_metrics({"step": self.step, "event": "rollback", "lr_scale": self.lr_scale})
 
@@ -222,7 +276,23 @@ class Trainer:
     def run(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train to ``train.steps``, or until ``train.time_limit_s`` seconds of training steps
         (evaluation excluded) have been spent, or to ``stop_at``; returns the final test evaluation, or
-        ``{"interrupted_at": step}`` when stopped early."""
+        ``{"interrupted_at": step}`` (and ``"signal"``) when stopped early by ``stop_at`` or by
+        SIGINT / SIGTERM, after writing a checkpoint at that step boundary. Releases the run
+        directory's lock when it returns."""
+        try:
+            with StopRequests() as stop:
+                interrupted = self._loop(stop, stop_at, on_step)
+            if interrupted is not None:
+                return interrupted
+            return self.finish()
+        except KeyboardInterrupt:
+            _log(f"stopped at once; the checkpoint of step {self.saved_step} is kept — continue with --resume")
+            raise
+        finally:
+            self.lock.release()
+
+    def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
+        """The training steps; an interruption's result, or ``None`` once training is done."""
         from tqdm import tqdm
 
         t = self.cfg["train"]
@@ -232,9 +302,8 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         try:
             while self.step < total:
-                if stop_at is not None and self.step >= stop_at:
-                    self.save()
-                    return {"interrupted_at": self.step}
+                if stop.signal is not None or (stop_at is not None and self.step >= stop_at):
+                    return self._interrupt(stop)
                 if t["time_limit_s"] and self.train_seconds >= t["time_limit_s"]:
                     _log(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
                     break
@@ -244,12 +313,10 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - step_start
                 if result is None:
                     bad += 1
-                    _log(f"step {self.step + 1}: non-finite loss or gradient, step skipped ({bad}/{t['max_bad_steps']})")
+                    _log(f"step {self.step + 1}: non-finite loss, gradient or weights, step skipped ({bad}/{t['max_bad_steps']})")
                     self._write_metrics({"step": self.step + 1, "event": "skipped_non_finite"})
                     if bad >= t["max_bad_steps"]:
-                        if self.lr_scale < 1e-3:
-                            raise NonFiniteTraining("training stays non-finite after repeated rollbacks; lower train.lr")
-                        self._rollback()
+                        self._rollback(lr)
                         bar.n = self.step
                         bad = 0
                     continue
@@ -258,6 +325,7 @@ class Trainer:
                 window_images += t["batch_size"]
                 bar.update(1)
                 loss, grad_norm = result
+                self.last_finite = (self.step, loss)
                 if self.step % t["log_every"] == 0 or self.step == total:
                     speed = window_images / (time.perf_counter() - window_start)
                     window_start, window_images = time.perf_counter(), 0
@@ -272,14 +340,20 @@ class Trainer:
                     self.save()
                 if on_step:
                     on_step(self.step)
-        except KeyboardInterrupt:
-            self.save()
-            _log(f"interrupted at step {self.step}; checkpoint written — continue with --resume")
-            return {"interrupted_at": self.step}
+            if stop.signal is not None:
+                return self._interrupt(stop)
         finally:
             bar.close()
         self.save()
-        return self.finish()
+        return None
+
+    def _interrupt(self, stop: StopRequests) -> dict[str, Any]:
+        """Checkpoint at this step boundary and the result of an interrupted run."""
+        self.save()
+        if stop.signal is None:
+            return {"interrupted_at": self.step}
+        _log(f"{stop.name}: stopped at step {self.step}; checkpoint written — continue with --resume")
+        return {"interrupted_at": self.step, "signal": stop.name}
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint artefacts: weights, test bits/dim, sample grid and loss curve."""
@@ -288,10 +362,15 @@ class Trainer:
         ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress)
         self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
                              "train_s": round(self.train_seconds, 3)})
-        results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
-                   "levels": self.levels, "dataset": self.cfg["data"]["name"]}
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
         gen = torch.Generator().manual_seed(0)
-        save_image_grid(model.sample(64, temperature=1.0, generator=gen), self.out / "samples.png")
+        samples, non_finite = finite_samples(model, 64, temperature=1.0, generator=gen)
+        if non_finite:
+            _log(f"warning: {non_finite}; samples.png shows the {len(samples)} finite ones")
+        results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
+                   "levels": self.levels, "dataset": self.cfg["data"]["name"],
+                   "non_finite_samples": non_finite.count if non_finite else 0}
+        (self.out / "results.json").write_text(json.dumps(results, indent=2))
+        if len(samples):
+            save_image_grid(samples, self.out / "samples.png")
         plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
         return results

@@ -1,0 +1,74 @@
+"""One training at a time per run directory.
+
+:class:`RunLock` holds an exclusive ``fcntl.flock`` on ``<run>/.lock`` while a training writes to
+the directory; a second training refuses with an error naming the holder (its pid, host and
+start time, written into the lock file). The kernel releases the lock when the holder exits, even
+when it is killed, so a lock never goes stale; a lock file left behind holds no lock.
+
+While it holds the lock the trainer also removes the temporary files that an interrupted atomic
+write left behind (``.<name>.*.tmp``, see :func:`attnflow.train.checkpoint.atomic_write`).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+__all__ = ["RunLock", "RunLocked", "LOCK_FILE", "remove_stale_temporaries"]
+
+LOCK_FILE = ".lock"
+
+
+class RunLocked(RuntimeError):
+    """Another process is training into the run directory."""
+
+
+class RunLock:
+    """Exclusive lock of a run directory (created if needed), released by :meth:`release`, by
+    leaving a ``with`` block, or when the process ends."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(
+                f"{self.path.parent} is in use by {holder}; wait for that training to end or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"attnflow train (pid {os.getpid()} on {socket.gethostname()}, since {stamp})".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.*.tmp`` files of interrupted atomic writes in ``run_dir``; call it only while
+    holding the directory's :class:`RunLock`. Returns the removed paths."""
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
