@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..core import Flow
 
-__all__ = ["log_prob_to_bits_per_dim", "bits_per_dim", "evaluate_bits_per_dim"]
+__all__ = ["log_prob_to_bits_per_dim", "bits_per_dim", "evaluate_bits_per_dim", "check_levels"]
 
 
 def log_prob_to_bits_per_dim(log_prob: Tensor, dim: int, levels: int) -> Tensor:
@@ -29,8 +29,20 @@ def log_prob_to_bits_per_dim(log_prob: Tensor, dim: int, levels: int) -> Tensor:
     return (-log_prob + dim * math.log(levels)) / (dim * math.log(2.0))
 
 
+def check_levels(flow: Flow, levels: int) -> None:
+    """Refuse data whose number of grey levels differs from the one the model's likelihood is
+    built for (``flow.data_levels``, e.g. a variational dequantizer's): its bits/dim would not
+    bound the data's."""
+    if flow.data_levels is not None and flow.data_levels != levels:
+        raise ValueError(
+            f"the model is built for data with {flow.data_levels} grey levels (model.levels) but the data has "
+            f"{levels}; its bits/dim bound would be wrong: set model.levels={levels}"
+        )
+
+
 def bits_per_dim(flow: Flow, x: Tensor, levels: int, context: Tensor | None = None) -> Tensor:
     """Bits/dim of each image of the dequantized batch ``x`` in [0, 1], shape ``[B]``."""
+    check_levels(flow, levels)
     return log_prob_to_bits_per_dim(flow.log_prob(x, context), flow.dim, levels)
 
 
@@ -58,6 +70,9 @@ def evaluate_bits_per_dim(
     ``{"bpd", "bpd_stderr", "n", "upper_bound"}``."""
     from ..data import dequantize  # late import: data is optional for the math above
 
+    check_levels(flow, levels)
+    if batch_size < 1 or max_batches < 0:
+        raise ValueError(f"need batch_size >= 1 and max_batches >= 0 (0 = all), got {batch_size} and {max_batches}")
     log_prob = log_prob or flow.log_prob
     was_training = flow.training
     flow.eval()
