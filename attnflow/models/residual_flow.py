@@ -11,6 +11,7 @@ from ..core import Bijection, Chain, Flow
 from ..nn.attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
 from ..nn.branches import BRANCH_KINDS, build_branch
 from ..nn.glow import ActNorm
+from ..nn.lipschitz import POWER_MAX_ITER, POWER_TOL
 from ..nn.logdet import LogDetConfig
 from ..nn.multiscale import multiscale_transform
 from ..nn.preprocess import build_preprocess
@@ -44,7 +45,8 @@ def residual_flow(
     growth: int = 32,
     depth: int = 3,
     coeff: float = 0.97,
-    power_iterations: int = 1,
+    power_tol: float = POWER_TOL,
+    power_max_iter: int = POWER_MAX_ITER,
     attention: str = "none",
     heads: int = 1,
     attention_scales: Sequence[int] = (),
@@ -68,7 +70,8 @@ def residual_flow(
 
     Each scale is ``blocks`` x ``[ActNorm, ResidualBlock(g)]`` where ``g`` is the ``branch``
     (``"iresnet"``, ``"residual_flow"`` or ``"idensenet"``) with spectral-norm coefficient
-    ``coeff``; scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
+    ``coeff``, normalised by power iteration to ``power_tol`` (at most ``power_max_iter`` steps)
+    whenever the weights change; scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
     flat latent. ``attention`` in {none, l2, lipnorm, dot} puts ACF's attention inside the
     branches of the scales listed in ``attention_scales`` (empty = every scale), mixed in by the
     contractive :class:`attnflow.nn.branches.AttentionMix`; ``heads`` must divide the branch's
@@ -99,7 +102,8 @@ def residual_flow(
         for _ in range(blocks):
             if actnorm:
                 layers.append(ActNorm(channels))
-            g = build_branch(branch, channels, coeff=coeff, n_iterations=power_iterations, input_size=input_size,
+            g = build_branch(branch, channels, coeff=coeff, power_tol=power_tol, power_max_iter=power_max_iter,
+                             input_size=input_size,
                              attention=attention_factory if use_attention else None, mix_init=mix_init, **size_kwargs)
             layers.append(ResidualBlock(g, train_logdet, eval_logdet, atol=inverse_atol, rtol=0.0, max_iter=inverse_max_iter))
         return layers

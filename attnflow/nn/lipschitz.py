@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .logdet import Linearization, diagonal_linearization
+from .operator_norm import DENSE_NORM_LIMIT, conv_operator_norm_bound, power_iteration, unit_vectors
 
 __all__ = [
     "SpectralNormLinear",
@@ -30,18 +31,14 @@ __all__ = [
     "conv_operator_norm_bound",
     "conv_transpose2d",
     "DENSE_NORM_LIMIT",
+    "POWER_MAX_ITER",
+    "POWER_TOL",
 ]
 
-# Early-stopping tolerance (relative change of sigma) of the converging power iteration.
-_POWER_TOL = 1e-10
-# Power iteration at construction: a good starting scale, refined by every training-mode forward
-# and converged by lipschitz_bound() (slowly converging convolutions are within about 1% of
-# their norm after 100 steps).
-_INIT_ITERATIONS, _INIT_TOL = 100, 1e-6
-
-
-def _normalize(t: Tensor) -> Tensor:
-    return t / t.norm().clamp_min(1e-30)
+# Defaults of the power iteration behind every spectral-normalised layer: stop when one more step
+# moves the unit vectors by at most POWER_TOL (stricter than Residual Flows' atol = rtol = 1e-3,
+# see attnflow.nn.operator_norm.power_iteration), after at most POWER_MAX_ITER steps.
+POWER_TOL, POWER_MAX_ITER = 1e-3, 1000
 
 
 class _SpectralNorm(nn.Module):
@@ -49,24 +46,39 @@ class _SpectralNorm(nn.Module):
 
     The layer uses ``W_used = W * min(1, coeff / sigma_hat)`` where ``sigma_hat = u^T A(W) v`` is the
     power-iteration estimate of the operator norm of the linear map ``A(W)`` (a matrix or a
-    convolution). ``u`` and ``v`` are persistent buffers; in training mode ``n_iterations`` power
-    steps refine them at every forward pass (Miyato et al. 2018), in evaluation mode they are
-    frozen, so the layer is a fixed function. Subclasses provide the map (:meth:`_op`), its
-    adjoint (:meth:`_adjoint`) and a certified upper bound of its norm (:meth:`_norm_bound`).
+    convolution), differentiable in ``W`` with ``u``, ``v`` held fixed (Miyato et al. 2018).
+
+    The normalisation is a function of the current weights, in training and in evaluation alike:
+    whenever ``W`` has changed since ``u``, ``v`` were last computed (an optimizer step, a loaded
+    state dict or EMA average, a device move), the next use continues the power iteration from
+    the persistent buffers ``u``, ``v`` until it is converged to ``tol`` (at most ``max_iter``
+    steps; :func:`attnflow.nn.operator_norm.power_iteration`) and stores them. Changes are seen
+    through the weight's version counter, which in-place updates under ``torch.no_grad()`` (what
+    optimizers and ``load_state_dict`` do) and new storage both change; an edit through
+    ``weight.data`` is not seen: call :meth:`refresh_normalization` after one. The converged
+    state is a fixed point, so refreshing an up-to-date layer changes nothing.
+
+    Subclasses provide the map (:meth:`_op`), its adjoint (:meth:`_adjoint`) and a certified upper
+    bound of its norm (:meth:`_norm_bound`).
     """
 
     weight: Tensor
+    u: Tensor
+    v: Tensor
 
-    def _init_spectral_norm(self, coeff: float, n_iterations: int) -> None:
+    def _init_spectral_norm(self, coeff: float, tol: float, max_iter: int) -> None:
         if not 0.0 < coeff < 1.0:
             raise ValueError(
                 f"coeff must lie in (0, 1) so that the layer is a contraction, got {coeff}; "
                 "use e.g. coeff=0.97"
             )
-        if n_iterations < 1:
-            raise ValueError(f"n_iterations must be >= 1 power-iteration step per forward, got {n_iterations}")
-        self.coeff = float(coeff)
-        self.n_iterations = int(n_iterations)
+        if not 0.0 < tol < 1.0:
+            raise ValueError(f"tol is the power-iteration tolerance and must lie in (0, 1), got {tol}; use e.g. 1e-3")
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1 power-iteration step, got {max_iter}")
+        self.coeff, self.tol, self.max_iter = float(coeff), float(tol), int(max_iter)
+        self._fresh_for: tuple | None = None  # the weight state u, v were last computed for
+        self.power_steps = 0  # steps of the last refresh (diagnostics)
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         raise NotImplementedError
@@ -84,53 +96,57 @@ class _SpectralNorm(nn.Module):
     def _norm_bound(self, weight: Tensor) -> Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def _power_iteration(self, max_iter: int, tol: float | None = None) -> None:
-        """Refine the buffers ``u``, ``v`` by up to ``max_iter`` steps of ``v <- A^T u, u <- A v``;
-        with ``tol``, stop once sigma changes by less than ``tol`` relative."""
-        u, v, w = self.u, self.v, self.weight
-        sigma = None
-        for _ in range(max_iter):
-            v = _normalize(self._adjoint(u, w))
-            av = self._op(v, w)
-            u = _normalize(av)
-            if tol is not None:
-                new = float(av.norm())
-                if sigma is not None and abs(new - sigma) <= tol * new:
-                    break
-                sigma = new
-        self.u.copy_(u)
-        self.v.copy_(v)
+    def _weight_state(self) -> tuple:
+        w = self.weight
+        return (w.data_ptr(), w._version, w.device, w.dtype, self.tol, self.u.data_ptr(), self.u._version)
 
-    def _scale(self) -> Tensor:
-        """``min(1, coeff / sigma_hat)`` from the current buffers, differentiable in ``W``."""
-        u, v = self.u.clone(), self.v.clone()  # clones: a later in-place update must not break backward
+    def _vectors(self, store: bool) -> tuple[Tensor, Tensor]:
+        """``u``, ``v`` for the current weights (copies): the buffers when they are up to date,
+        else the power iteration continued from them to ``tol``, stored back when ``store``."""
+        if self._fresh_for != self._weight_state():
+            w = self.weight.detach()
+            result = power_iteration(
+                lambda v: self._op(v, w), lambda u: self._adjoint(u, w), self.u, self.v, self.tol, self.max_iter
+            )
+            if not store:
+                return result.u.clone(), result.v.clone()
+            with torch.no_grad():
+                self.u.copy_(result.u)
+                self.v.copy_(result.v)
+            self.power_steps = result.steps
+            self._fresh_for = self._weight_state()
+        return self.u.clone(), self.v.clone()  # clones: a later refresh must not break a pending backward
+
+    def refresh_normalization(self) -> None:
+        """Bring ``u``, ``v`` up to date with the weights now, even after an edit the version counter
+        does not show (``weight.data``)."""
+        self._fresh_for = None
+        self._vectors(store=True)
+
+    def _scale(self, u: Tensor, v: Tensor) -> Tensor:
+        """``min(1, coeff / sigma_hat)``, ``sigma_hat = u^T A(W) v``, differentiable in ``W``."""
         sigma = (u * self._op(v, self.weight)).sum()
         return 1.0 / torch.clamp(sigma / self.coeff, min=1.0)
 
     def normalized_weight(self) -> Tensor:
-        """The weight as used in the forward pass: ``W * min(1, coeff / sigma_hat)``; in training
-        mode ``n_iterations`` power steps refine ``sigma_hat`` first."""
-        if self.training:
-            self._power_iteration(self.n_iterations)
-        return self.weight * self._scale()
+        """The weight as used in the forward pass: ``W * min(1, coeff / sigma_hat)`` with
+        ``sigma_hat`` converged for the current weights (class docstring)."""
+        return self.weight * self._scale(*self._vectors(store=True))
 
-    def lipschitz_bound(self, n_iterations: int = 500) -> float:
-        """Certified upper bound of the Lipschitz constant of the layer as used.
-
-        First runs the power iteration to convergence (at most ``n_iterations`` steps; this updates
-        the ``u``, ``v`` buffers, hence the scale used by later evaluation-mode forwards), then returns
-        ``norm_bound(W) * min(1, coeff / sigma_hat)`` where ``norm_bound`` is a provable upper bound of
-        the operator norm (see the subclass). The power-iteration ``sigma_hat`` itself is only a
-        lower estimate and is never used as the bound.
+    def lipschitz_bound(self) -> float:
+        """Certified upper bound of the Lipschitz constant of the layer as the next forward pass
+        uses it: ``norm_bound(W) * min(1, coeff / sigma_hat)``, where ``norm_bound`` is a provable
+        upper bound of the operator norm (see the subclass) and ``sigma_hat`` the normalisation
+        the forward pass uses. Pure: it changes no buffer (a stale normalisation is recomputed
+        on copies, as the next forward pass would). The power-iteration ``sigma_hat`` itself is
+        only a lower estimate and is never used as the bound.
         """
-        self._power_iteration(n_iterations, tol=_POWER_TOL)
         with torch.no_grad():
-            return float(self._norm_bound(self.weight) * self._scale())
+            scale = self._scale(*self._vectors(store=False))
+            return float(self._norm_bound(self.weight) * scale)
 
     def linearize(self, x: Tensor) -> Linearization:
-        """``y = A(W_used) x + b`` with ``J = A(W_used)``: ``jvp = A``, ``vjp = A^T``, using the
-        weight of this forward pass (no further power iteration)."""
+        """``y = A(W_used) x + b`` with ``J = A(W_used)``: ``jvp = A``, ``vjp = A^T``."""
         self._check_input(x)
         weight = self.normalized_weight()
         return Linearization(
@@ -155,15 +171,15 @@ class SpectralNormLinear(_SpectralNorm, nn.Linear):
         in_features: int,
         out_features: int,
         coeff: float = 0.97,
-        n_iterations: int = 1,
+        tol: float = POWER_TOL,
+        max_iter: int = POWER_MAX_ITER,
         bias: bool = True,
     ) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
-        self._init_spectral_norm(coeff, n_iterations)
+        self._init_spectral_norm(coeff, tol, max_iter)
         w = self.weight
-        self.register_buffer("u", _normalize(torch.randn(1, out_features, dtype=w.dtype)))
-        self.register_buffer("v", _normalize(torch.randn(1, in_features, dtype=w.dtype)))
-        self._power_iteration(_INIT_ITERATIONS, tol=_INIT_TOL)
+        self.register_buffer("u", unit_vectors(torch.randn(1, out_features, dtype=w.dtype)))
+        self.register_buffer("v", unit_vectors(torch.randn(1, in_features, dtype=w.dtype)))
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         return F.linear(v, weight)
@@ -217,45 +233,6 @@ def conv_transpose2d(u: Tensor, weight: Tensor, padding: tuple[int, int] = (0, 0
     return conv2d(u, weight.transpose(0, 1).flip(2, 3), padding=(kh - 1 - padding[0], kw - 1 - padding[1]))
 
 
-# Largest explicit conv matrix (entries) whose norm is computed exactly by SVD.
-DENSE_NORM_LIMIT = 2**22
-
-
-def conv_operator_norm_bound(
-    weight: Tensor,
-    input_size: tuple[int, int],
-    padding: tuple[int, int],
-    dense_limit: int = DENSE_NORM_LIMIT,
-) -> Tensor:
-    """Certified upper bound of the operator norm of a stride-1, zero-padded ``conv2d`` on inputs of
-    spatial size ``input_size`` (computed in float64).
-
-    * Small operators (at most ``dense_limit`` matrix entries): the exact norm, the largest
-      singular value of the explicit ``(C_out H' W') x (C_in H W)`` matrix.
-    * Otherwise: a zero-padded convolution on an ``H x W`` grid equals ``crop o C o embed``, where
-      ``embed`` puts the input into an ``M_h x M_w`` grid of zeros (an isometry), ``C`` is the
-      *circular* convolution on that grid and ``crop`` keeps the output window (a projection),
-      provided ``M >= H + max(k - 1, 2p)`` so that no wrapped-around index reaches the input. Hence
-      ``||conv|| <= ||C||``, and the singular values of ``C`` are exactly those of the
-      ``C_out x C_in`` matrices ``K_hat(w)`` of the kernel's 2-D DFT on the ``M_h x M_w`` grid
-      (Sedghi, Gupta & Long 2019). The bound is their largest spectral norm. It is loose on tiny
-      images (about 4% at 8x8, 18% at 4x4 for 3x3 kernels) and tight from 16x16 on (< 0.5%).
-      (The DFT on the ``H x W`` grid itself would *not* be valid for zero padding.)
-    """
-    weight = weight.detach().double()
-    (h, w), (ph, pw) = input_size, padding
-    c_out, c_in, kh, kw = weight.shape
-    d_in = c_in * h * w
-    d_out = c_out * (h + 2 * ph - kh + 1) * (w + 2 * pw - kw + 1)
-    if d_in * d_out <= dense_limit:
-        basis = torch.eye(d_in, dtype=weight.dtype, device=weight.device).reshape(d_in, c_in, h, w)
-        matrix = F.conv2d(basis, weight, padding=padding).reshape(d_in, d_out)
-        return torch.linalg.matrix_norm(matrix, ord=2)
-    size = (h + max(kh - 1, 2 * ph), w + max(kw - 1, 2 * pw))
-    spectrum = torch.fft.rfft2(weight, s=size).permute(2, 3, 0, 1)  # real kernel: half spectrum suffices
-    return torch.linalg.matrix_norm(spectrum, ord=2).max()
-
-
 class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     """Stride-1 zero-padded convolution with its weight rescaled by ``min(1, coeff / sigma_hat)``,
     where ``sigma_hat`` is the power-iteration estimate of the norm of the convolution as a linear
@@ -275,14 +252,15 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         kernel_size: int,
         padding: int,
         coeff: float = 0.97,
-        n_iterations: int = 1,
+        tol: float = POWER_TOL,
+        max_iter: int = POWER_MAX_ITER,
         bias: bool = True,
         input_size: tuple[int, int] | None = None,
     ) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         if not 0 <= padding < kernel_size:
             raise ValueError(f"padding must lie in [0, kernel_size - 1] = [0, {kernel_size - 1}], got {padding}")
-        self._init_spectral_norm(coeff, n_iterations)
+        self._init_spectral_norm(coeff, tol, max_iter)
         # Empty until the input size is known; then shaped like one input / one output.
         self.register_buffer("u", torch.empty(0, dtype=self.weight.dtype))
         self.register_buffer("v", torch.empty(0, dtype=self.weight.dtype))
@@ -296,11 +274,10 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
 
     def _init_vectors(self, size: tuple[int, int]) -> None:
         w = self.weight
-        v = _normalize(torch.randn(1, self.in_channels, *size, dtype=w.dtype, device=w.device))
+        v = unit_vectors(torch.randn(1, self.in_channels, *size, dtype=w.dtype, device=w.device))
         with torch.no_grad():
-            u = _normalize(self._op(v, w))
+            u = unit_vectors(self._op(v, w))
         self.u, self.v = u, v
-        self._power_iteration(_INIT_ITERATIONS, tol=_INIT_TOL)
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         return conv2d(v, weight, padding=self.padding)
@@ -314,10 +291,10 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     def _norm_bound(self, weight: Tensor) -> Tensor:
         return conv_operator_norm_bound(weight, self.input_size, self.padding)
 
-    def lipschitz_bound(self, n_iterations: int = 500) -> float:
+    def lipschitz_bound(self) -> float:
         if self.input_size is None:
             raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
-        return super().lipschitz_bound(n_iterations)
+        return super().lipschitz_bound()
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("u", "v"):  # materialise lazily-shaped buffers before loading them

@@ -36,7 +36,8 @@ class ResidualBlock(Bijection):
     round-off floor of computing ``y - g(x)``: without it a float32 inverse of large values can
     stall just above a tight ``atol`` forever. It raises
     :class:`InverseDidNotConverge` after ``max_iter`` steps. It runs without autograd and with the
-    branch in evaluation mode (spectral norms frozen at their last training-mode update);
+    branch in evaluation mode; the branch is the same function as in the forward pass (spectral
+    normalisation depends on the weights only, see :class:`attnflow.nn.lipschitz.SpectralNormConv2d`).
     ``last_iterations`` holds the number of steps the last inverse took.
 
     Args:
@@ -79,7 +80,7 @@ class ResidualBlock(Bijection):
     @torch.no_grad()
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         was_training = self.branch.training
-        self.branch.eval()  # g must stay fixed while it is inverted (no power-iteration updates)
+        self.branch.eval()
         try:
             return self._fixed_point(z)
         finally:
