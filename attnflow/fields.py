@@ -5,7 +5,7 @@ typo such as ``model.hidden=64000`` from becoming an out-of-memory crash.
 """
 from __future__ import annotations
 
-from .schema import Field, register
+from .schema import Field, add_family, register
 
 __all__: list[str] = []
 
@@ -88,7 +88,10 @@ register(
     _model("depth", int, "i-DenseNet dense layers", ("residual",), lo=1, hi=64),
     _model("coeff", float, "spectral-norm coefficient (Lipschitz bound of each layer)", ("residual",), lo=0.0,
            hi=1.0, lo_open=True, hi_open=True),
-    _model("power_iterations", int, "power iterations per spectral-norm update", ("residual",), lo=1, hi=1000),
+    _model("power_tol", float, "power-iteration tolerance of the spectral norms", ("residual",), lo=0.0, hi=1.0,
+           lo_open=True, hi_open=True),
+    _model("power_max_iter", int, "power-iteration steps per spectral-norm update, at most", ("residual",), lo=1,
+           hi=10**5),
     _model("attention", str, "Lipschitz attention in the branches", ("residual",),
            choices=("none", "l2", "lipnorm", "dot")),
     _model("attention_scales", list, "scales with attention; empty = all", ("residual",), item=int, lo=0, hi=9,
@@ -120,3 +123,37 @@ register(
     _model("noise_depth", int, "dense-block depth of the noise network", ("denseflow",), lo=1, hi=64),
     _model("noise_growth", int, "dense-block growth of the noise network", ("denseflow",), lo=1, hi=4096),
 )
+
+
+# -- conditional flows: srflow (SRFlow / cAttnFlow), fullglow (Full-Glow / cAttnFlow) ----------
+CONDITIONAL_FAMILIES = ("srflow", "fullglow")
+
+
+def _conditions() -> tuple[str, ...]:
+    from .data.pairs import CONDITIONS
+
+    return CONDITIONS
+
+
+register(
+    Field("data", "condition", str, "condition image paired with each image: lowres (super-resolution), "
+          "labelmap (label-to-image toy), paired (folder-pairs sources); none = unconditional",
+          choices=_conditions, default="none"),
+    Field("data", "scale", int, "downscaling factor of data.condition=lowres", lo=2, hi=64, default=2),
+    Field("data", "pad", int, "zero-pad the images to pad x pad; 0 = no padding", lo=0, hi=4096, default=0),
+    _model("scale", int, "super-resolution factor: the input is H/scale x W/scale", ("srflow",), lo=2, hi=64),
+    _model("levels", int, "flow levels (a squeeze each)", CONDITIONAL_FAMILIES, lo=1, hi=10),
+    _model("attention", str, "invertible attention layer", CONDITIONAL_FAMILIES, choices=("none", "imap", "isdp")),
+    _model("positions", list, "attention places: 0 once after each level's steps (cAttnFlow), in every step 1 "
+           "before ActNorm, 2 after it, 3 after the 1x1 conv, 4 after the injector, 5 after the coupling",
+           CONDITIONAL_FAMILIES, item=int, lo=0, hi=5, unique=True),
+    _model("transition_steps", int, "ActNorm + 1x1 conv steps opening each level (SRFlow)", ("srflow",), lo=0, hi=16),
+    _model("encoder_features", int, "width of the RRDB low-resolution encoder", ("srflow",), lo=1, hi=4096),
+    _model("encoder_blocks", int, "RRDB blocks of the encoder", ("srflow",), lo=0, hi=64),
+    _model("encoder_growth", int, "dense growth of the encoder's RRDB blocks", ("srflow",), lo=1, hi=4096),
+    _model("source_shape", list, "channels, height and width of the source images", ("fullglow",), item=int,
+           length=3, lo=1, hi=4096),
+    _model("source_hidden", int, "width of the source flow's coupling networks", ("fullglow",), lo=1, hi=4096),
+)
+for _family in CONDITIONAL_FAMILIES:
+    add_family(_family, "shape", "preprocess", "alpha", "hidden", "heads", "learned_prior", "steps", "patches")

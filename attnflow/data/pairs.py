@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dataset import ImageDataset
+from .dequantize import to_float
 from .folder import list_images, read_images
 
 __all__ = [
     "CONDITIONS", "attach_condition", "bicubic_downscale", "bicubic_upscale", "coarse_label_map",
-    "lowres_images", "pad_images", "read_folder_pairs", "LABEL_CLASSES",
+    "condition_batch", "lowres_images", "pad_images", "read_folder_pairs", "LABEL_CLASSES",
 ]
 
 CONDITIONS = ("none", "lowres", "labelmap", "paired")
@@ -141,3 +142,13 @@ def attach_condition(dataset: ImageDataset, condition: str, scale: int = 2) -> I
         dataset.images, dataset.labels, dataset.levels, dataset.name, dataset.split, dataset.num_classes,
         conditions, levels,
     )
+
+
+def condition_batch(dataset: ImageDataset, index: Tensor | slice | None = None) -> Tensor | None:
+    """The conditions of rows ``index`` (all rows when ``None``) as floats in [0, 1] (bin centres
+    ``(k + 0.5) / levels``, as a user's condition image is read), or ``None`` for an
+    unconditional dataset."""
+    if dataset.conditions is None:
+        return None
+    rows = dataset.conditions if index is None else dataset.conditions[index]
+    return to_float(rows, dataset.condition_levels)

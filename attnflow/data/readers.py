@@ -21,7 +21,7 @@ zero-pads the images to a square size (Fashion-MNIST 28 -> 32).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from attnflow.data.idx import find_idx_file, read_idx
 from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, read_imagenet_npz
 from attnflow.data.pairs import attach_condition, pad_images, read_folder_pairs
 
-__all__ = ["load_dataset", "dataset_names", "FASHION_MNIST_ROOT", "DIGITS_TRAIN_SIZE"]
+__all__ = ["load_dataset", "load_configured", "dataset_names", "FASHION_MNIST_ROOT", "DIGITS_TRAIN_SIZE"]
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 DIGITS_TRAIN_SIZE = 1437  # of 1797: an 80/20 split
@@ -174,3 +174,12 @@ def load_dataset(
             dataset.num_classes,
         )
     return attach_condition(dataset, condition, scale)
+
+
+def load_configured(data: Mapping, split: str) -> ImageDataset:
+    """The ``split`` of the dataset a resolved ``[data]`` section describes (its ``name``,
+    ``root``, ``n_bits`` and, for conditional models, ``condition``, ``scale`` and ``pad``)."""
+    return load_dataset(
+        data["name"], split, root=data["root"] or None, n_bits=data["n_bits"] or None,
+        condition=data.get("condition", "none"), scale=data.get("scale", 2), pad=data.get("pad", 0),
+    )

@@ -17,18 +17,21 @@ reported as unavailable rather than approximated.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..core import Flow
-from ..data.pairs import bicubic_downscale, bicubic_upscale
+from ..data.dataset import ImageDataset
+from ..data.pairs import bicubic_downscale, bicubic_upscale, condition_batch
 
 __all__ = [
     "psnr", "ssim", "lr_psnr", "decode_at_temperature", "evaluate_conditional", "comparison_rows",
-    "UNAVAILABLE", "PSNR_CAP_DB",
+    "check_pairing", "sr_scale", "save_comparison_grid", "read_condition_image", "UNAVAILABLE", "PSNR_CAP_DB",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -161,3 +164,78 @@ def comparison_rows(context: Tensor, target: Tensor | None, outputs: Sequence[Te
     if target is not None:
         rows.append(target)
     return torch.cat([r.to(outputs[0].dtype).clamp(0, 1) for r in rows])
+
+
+def check_pairing(flow: Flow, dataset: ImageDataset) -> None:
+    """A clear error when a conditional model gets unpaired data, an unconditional one paired
+    data, or the condition images do not have the model's condition shape."""
+    want, have = flow.context_shape, dataset.condition_shape
+    if want is None and have is not None:
+        raise ValueError(
+            f"the data has condition images (data.condition) but the model family is unconditional; "
+            f"set data.condition=\"none\" or use a conditional family (srflow, fullglow)"
+        )
+    if want is not None and have is None:
+        raise ValueError(
+            "the model is conditional but the data has no condition images; set data.condition "
+            "(lowres for super-resolution, labelmap or paired for translation)"
+        )
+    if want is not None and tuple(want) != tuple(have):
+        raise ValueError(
+            f"the model expects conditions of shape {list(want)} but the data gives {list(have)}; "
+            f"match model.scale / model.source_shape to data.scale / data.condition"
+        )
+
+
+def sr_scale(data: Mapping[str, Any]) -> int | None:
+    """The super-resolution factor of a ``[data]`` section (``None`` unless its condition is a
+    bicubic low-resolution image)."""
+    return int(data["scale"]) if data.get("condition") == "lowres" else None
+
+
+def save_comparison_grid(
+    flow: Flow,
+    dataset: ImageDataset,
+    path: str | os.PathLike,
+    scale: int | None,
+    temperatures: Sequence[float] = (0.0, 0.5, 0.8),
+    n: int = 8,
+    seed: int = 0,
+) -> None:
+    """PNG grid of the first ``n`` test conditions: condition, bicubic (super-resolution only),
+    one output per temperature and the ground truth (:func:`comparison_rows`)."""
+    from ..data.dequantize import to_float
+    from .images import save_image_grid
+
+    n = min(n, len(dataset))
+    ctx = condition_batch(dataset, slice(0, n))
+    gen = torch.Generator().manual_seed(seed)
+    outputs = [decode_at_temperature(flow, ctx, t, gen) for t in temperatures]
+    rows = comparison_rows(ctx, to_float(dataset.images[:n], dataset.levels), outputs, scale)
+    save_image_grid(rows, path, nrow=n)
+
+
+def read_condition_image(path: str | os.PathLike, shape: Sequence[int]) -> Tensor:
+    """A user's condition image (PNG / JPEG, 8-bit) as a ``[1, C, H, W]`` float batch of bin
+    centres ``(k + 0.5) / 256``; grey or colour is converted to the ``C`` of ``shape``, and a size
+    other than ``shape``'s is an error naming both."""
+    from PIL import Image
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+            array = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}; pass --input with an existing PNG or JPEG file") from None
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable image ({exc}); pass a PNG or JPEG file") from None
+    if c not in (1, 3):
+        raise ValueError(f"the model's condition has {c} channels; only grey (1) or RGB (3) images can be read")
+    array = array.reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+    if tuple(array.shape[1:]) != (h, w):
+        raise ValueError(
+            f"{path} is {array.shape[2]}x{array.shape[1]} but the model super-resolves {w}x{h} inputs; "
+            f"resize or crop it to {w}x{h}"
+        )
+    return (array.double() + 0.5).div(256).float().unsqueeze(0)

@@ -28,8 +28,10 @@ from torch import Tensor
 
 from ..config import read_config
 from ..core import Flow
-from ..data import BatchSampler, dequantize, load_dataset
+from ..data import BatchSampler, dequantize, load_configured
+from ..data.pairs import condition_batch
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
+from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
@@ -67,9 +69,12 @@ class ExponentialMovingAverage:
 
 
 def _log(message: str) -> None:
+    """A line on stderr (with the progress bar), not mixed into the command's results on stdout."""
+    import sys
+
     from tqdm import tqdm
 
-    tqdm.write(message)
+    tqdm.write(message, file=sys.stderr)
 
 
 class Trainer:
@@ -118,15 +123,15 @@ class Trainer:
         torch.manual_seed(t["seed"])
 
         data = cfg["data"]
-        kwargs = {"root": data["root"] or None, "n_bits": data["n_bits"] or None}
-        self.train_set = load_dataset(data["name"], "train", **kwargs)
-        self.test_set = load_dataset(data["name"], "test", **kwargs)
+        self.train_set = load_configured(data, "train")
+        self.test_set = load_configured(data, "test")
         self.model: Flow = build_from_config(cfg["model"])
         if tuple(self.train_set.shape) != self.model.shape:
             raise ValueError(
                 f"dataset {data['name']!r} has images of shape {self.train_set.shape} but the model expects "
                 f"{self.model.shape}; set model.shape={list(self.train_set.shape)}"
             )
+        check_pairing(self.model, self.train_set)
         self.levels = self.train_set.levels
         check_levels(self.model, self.levels)
         if t["batch_size"] > len(self.train_set):
@@ -221,7 +226,8 @@ class Trainer:
         idx = next(self.sampler)
         x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
         self.model.train()
-        bpd = log_prob_to_bits_per_dim(self.model.log_prob(x), self.model.dim, self.levels)
+        context = condition_batch(self.train_set, idx)  # None for unconditional data
+        bpd = log_prob_to_bits_per_dim(self.model.log_prob(x, context), self.model.dim, self.levels)
         loss = bpd.mean()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
@@ -264,7 +270,8 @@ class Trainer:
     def evaluate(self, max_batches: int = 0) -> dict[str, Any]:
         """Test bits/dim (EMA weights when kept)."""
         model = self.eval_model()
-        return evaluate_bits_per_dim(model, self.test_set.images, self.levels, max_batches=max_batches)
+        return evaluate_bits_per_dim(model, self.test_set.images, self.levels, max_batches=max_batches,
+                                     contexts=condition_batch(self.test_set))
 
     def eval_model(self) -> Flow:
         if not self.ema:
@@ -359,18 +366,22 @@ class Trainer:
         """Final checkpoint artefacts: weights, test bits/dim, sample grid and loss curve."""
         model = self.eval_model()
         save_weights(model, self.out / WEIGHTS)
-        ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress)
+        ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress,
+                                   contexts=condition_batch(self.test_set))
         self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
                              "train_s": round(self.train_seconds, 3)})
         gen = torch.Generator().manual_seed(0)
-        samples, non_finite = finite_samples(model, 64, temperature=1.0, generator=gen)
+        conditional = model.context_shape is not None
+        samples, non_finite = (None, None) if conditional else finite_samples(model, 64, temperature=1.0, generator=gen)
         if non_finite:
             _log(f"warning: {non_finite}; samples.png shows the {len(samples)} finite ones")
         results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
                    "levels": self.levels, "dataset": self.cfg["data"]["name"],
                    "non_finite_samples": non_finite.count if non_finite else 0}
         (self.out / "results.json").write_text(json.dumps(results, indent=2))
-        if len(samples):
+        if conditional:  # condition, outputs at temperatures 0, 0.5 and 0.8, ground truth
+            save_comparison_grid(model, self.test_set, self.out / "samples.png", sr_scale(self.cfg["data"]))
+        elif len(samples):
             save_image_grid(samples, self.out / "samples.png")
         plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
         return results
