@@ -1,4 +1,10 @@
-"""The ``attnflow`` command: presets, train, eval, sample, reconstruct."""
+"""The ``attnflow`` command: presets, train, eval, sample, reconstruct, interpolate, perturb,
+compare.
+
+Every error a user can cause is one line on stderr naming the problem and the fix, with exit
+status 2 (:data:`USER_ERRORS`); numeric options are checked by the configuration schema's
+:class:`~attnflow.schema.Field` (:data:`OPTIONS`), like configuration values.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +15,38 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main"]
+from .schema import Field
+
+__all__ = ["main", "OPTIONS", "USER_ERRORS"]
+
+
+def _option(key: str, kind: type, help: str, **kw: object) -> Field:
+    return Field("cli", key, kind, help, **kw)
+
+
+# The CLI's numeric options, validated as configuration values are.
+OPTIONS = {
+    "n": _option("n", int, "number of images", lo=1, hi=10**6),
+    "pairs": _option("pairs", int, "number of image pairs", lo=1, hi=10**5),
+    "steps": _option("steps", int, "images per interpolation, end points included", lo=2, hi=1000),
+    "temperature": _option("temperature", float, "scale of the latent noise", lo=0.0, lo_open=True, hi=100.0),
+    "batch_size": _option("batch_size", int, "images per batch", lo=1, hi=2**16),
+    "max_batches": _option("max_batches", int, "batches to evaluate; 0 = the whole split", lo=0, hi=10**9),
+    "importance_samples": _option("importance_samples", int, "noise draws; 0 = off", lo=0, hi=10**4),
+    "seed": _option("seed", int, "random seed", lo=0, hi=2**63 - 1),
+    "sigma": _option("sigma", float, "noise standard deviation", lo=0.0, hi=100.0),
+    "tolerance": _option("tolerance", float, "largest per-pixel reconstruction error accepted", lo=0.0,
+                         lo_open=True, hi=1.0),
+    "temperatures": _option("temperatures", float, "latent temperatures; 0 = the mean output", lo=0.0, hi=100.0),
+    "samples": _option("samples", int, "outputs per condition", lo=1, hi=1000),
+    "sr_images": _option("sr_images", int, "test images for the super-resolution / translation metrics", lo=1,
+                         hi=10**6),
+}
+
+
+class CommandFailed(RuntimeError):
+    """The command ran but its result cannot be trusted (non-finite samples, a wrong inverse);
+    exit status 1."""
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
@@ -33,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()
     if "interrupted_at" in result:
-        sys.exit(130)
+        sys.exit(143 if result.get("signal") == "SIGTERM" else 130)
     test = result["test"]
     kind = "upper bound on " if test["upper_bound"] else ""
     print(
@@ -41,26 +78,57 @@ def _cmd_train(args: argparse.Namespace) -> None:
         f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
     )
     print(f"wrote {args.out}/samples.png, {args.out}/loss.png, {args.out}/results.json")
+    if result["non_finite_samples"]:
+        print(f"warning: {result['non_finite_samples']} of the 64 samples were not finite and are left out of "
+              f"samples.png", file=sys.stderr)
 
 
 def _load_split(cfg: dict, split: str):
-    from .data import load_dataset
+    from .data import load_configured
 
-    data = cfg["data"]
-    return load_dataset(data["name"], split, root=data["root"] or None, n_bits=data["n_bits"] or None)
+    return load_configured(cfg["data"], split)
+
+
+def _print_conditional(res: dict) -> None:
+    """The super-resolution / translation metrics of ``attnflow eval`` as a table."""
+    rows = [(f"T={t}", m) for t, m in res["temperatures"].items()] + [("bicubic", res["bicubic"])] * ("bicubic" in res)
+    keys = [k for k in ("psnr", "ssim", "lr_psnr", "diversity") if any(k in m for _, m in rows)]
+    print(f"outputs vs ground truth over {res['n']} images, {res['samples']} per condition "
+          f"(PSNR and LR-PSNR in dB, LR-PSNR capped at 100):")
+    print(f"{'':10s}" + "".join(f"{k:>11s}" for k in keys))
+    for name, m in rows:
+        print(f"{name:10s}" + "".join(f"{m[k]:11.4f}" if k in m else f"{'-':>11s}" for k in keys))
+    for metric, why in res["unavailable"].items():
+        print(f"{metric.upper()}: {why}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_bits_per_dim
+    from .data import to_float
+    from .data.pairs import condition_batch
+    from .evaluate.certificates import certificate_summary, certify, uncertified_message
     from .evaluate.importance import importance_weighted_bits_per_dim
+    from .evaluate.superres import evaluate_conditional, sr_scale
     from .train import load_run
 
     torch.manual_seed(args.seed)
     model, cfg = load_run(args.run)
     data = _load_split(cfg, args.split)
+    contexts = condition_batch(data)
     res = evaluate_bits_per_dim(model, data.images, data.levels, batch_size=args.batch_size,
-                                seed=args.seed, max_batches=args.max_batches, progress=not args.json)
+                                seed=args.seed, max_batches=args.max_batches, progress=not args.json,
+                                contexts=contexts)
+    if contexts is not None:  # conditional bits/dim -log2 p(x | c) / D, then the output metrics
+        k = min(args.sr_images, len(data))
+        res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
+                                                  args.temperatures, args.samples, sr_scale(cfg["data"]),
+                                                  seed=args.seed)
     res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels})
+    report = certify(model)
+    if report["blocks"]:  # contractive flows: are the trained blocks certified?
+        res["certificates"] = certificate_summary(report)
+        if message := uncertified_message(report):
+            print(f"attnflow eval: {message}", file=sys.stderr)
     if res["upper_bound"] and args.importance_samples > 0:
         iw = importance_weighted_bits_per_dim(model, data.images, data.levels, args.importance_samples,
                                               batch_size=args.batch_size, seed=args.seed, max_batches=args.max_batches)
@@ -69,21 +137,37 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(json.dumps(res))
         return
     kind = " (upper bound: negative ELBO)" if res["upper_bound"] else ""
+    kind = " (conditional, -log2 p(x | condition) / D)" if contexts is not None else kind
     print(f"{args.split} bits/dim{kind}: {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} over {res['n']} images")
+    if contexts is not None:
+        _print_conditional(res["conditional"])
     if "importance_weighted" in res:
         iw = res["importance_weighted"]
         print(f"{args.split} bits/dim, importance-weighted with k={iw['k']}: {iw['bpd']:.4f} ± {iw['bpd_stderr']:.4f}")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from .evaluate import save_image_grid
+    from .evaluate import finite_samples, save_image_grid
     from .train import load_run
 
-    model, _ = load_run(args.run)
+    model, cfg = load_run(args.run)
+    if model.context_shape is not None:  # conditional: several outputs for each of the first test conditions
+        from .evaluate.superres import save_comparison_grid, sr_scale
+
+        data = _load_split(cfg, "test")
+        save_comparison_grid(model, data, args.out, sr_scale(cfg["data"]), [args.temperature] * 4,
+                             n=min(args.n, 16), seed=args.seed)
+        print(f"wrote condition, 4 outputs at temperature {args.temperature} and ground truth (rows) for "
+              f"{min(args.n, 16)} test images to {args.out}")
+        return
     gen = torch.Generator().manual_seed(args.seed)
-    x = model.sample(args.n, temperature=args.temperature, generator=gen)
-    save_image_grid(x, args.out)
-    print(f"wrote {args.n} samples at temperature {args.temperature} to {args.out}")
+    x, non_finite = finite_samples(model, args.n, args.temperature, generator=gen)
+    if len(x):
+        save_image_grid(x, args.out)
+        print(f"wrote {len(x)} samples at temperature {args.temperature} to {args.out}")
+    if non_finite:
+        shown = f"{args.out} holds the {len(x)} finite ones" if len(x) else "no grid written"
+        raise CommandFailed(f"{non_finite} ({shown})")
 
 
 def _run_and_images(args: argparse.Namespace, n: int):
@@ -99,43 +183,118 @@ def _run_and_images(args: argparse.Namespace, n: int):
     return model, to_float(data.images[:n], data.levels), data.levels
 
 
+def _report_wrong(what: str, errors: torch.Tensor, tolerance: float) -> None:
+    """Print each item whose reconstruction error exceeds ``tolerance`` and raise an error
+    counting them."""
+    wrong = [(i, float(e)) for i, e in enumerate(errors) if e > tolerance]
+    for i, e in wrong:
+        print(f"{what} {i}: max reconstruction error {e:.3g} > tolerance {tolerance:g}")
+    if wrong:
+        raise CommandFailed(
+            f"{len(wrong)} of {len(errors)} {what}s are not reconstructed within {tolerance:g} (max error "
+            f"{max(e for _, e in wrong):.3g}): the inverse returned another preimage, so the model is not "
+            "invertible there (e.g. the dot-product ablation); see the list above"
+        )
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
-    from .evaluate import save_image_grid
+    from .evaluate import reconstruct, save_image_grid
 
     model, x, _ = _run_and_images(args, args.n)
-    with torch.no_grad():
-        x_rec = model.decode(model.encode(x))
-    err = float((x_rec - x).abs().max())
-    save_image_grid(torch.cat([x, x_rec]), args.out, nrow=args.n)
-    print(f"wrote real (top) vs reconstructed (bottom) to {args.out}; max reconstruction error {err:.3g}")
+    rec = reconstruct(model, x)
+    if not rec.converged:
+        raise CommandFailed(f"the inverse did not converge: {rec.failure}")
+    width = min(args.n, 8)  # rows of up to 8 images: real, then reconstructed
+    pad = (-args.n) % width
+    real, back = (torch.cat([t, torch.ones(pad, *t.shape[1:])]) for t in (x, rec.images))
+    rows = torch.stack([real.view(-1, width, *x.shape[1:]), back.view(-1, width, *x.shape[1:])], dim=1)
+    save_image_grid(rows.flatten(0, 2), args.out, nrow=width)
+    print(f"wrote real and reconstructed images (alternate rows) to {args.out}; "
+          f"max reconstruction error {float(rec.errors.max()):.3g}")
+    _report_wrong("image", rec.errors, args.tolerance)
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> None:
     from .evaluate import interpolate, save_image_grid
+    from .evaluate.reconstruction import max_error_per_image
 
     model, x, _ = _run_and_images(args, 2 * args.pairs)
-    rows = interpolate(model, x[: args.pairs], x[args.pairs :], args.steps)
+    x_a, x_b = x[: args.pairs], x[args.pairs :]
+    rows = interpolate(model, x_a, x_b, args.steps)
     save_image_grid(rows.flatten(0, 1), args.out, nrow=args.steps)
     print(f"wrote {args.pairs} interpolations of {args.steps} steps (latent space, end points are real images) to {args.out}")
+    errors = torch.maximum(max_error_per_image(rows[:, 0], x_a), max_error_per_image(rows[:, -1], x_b))
+    _report_wrong("pair", errors, args.tolerance)
 
 
 def _cmd_perturb(args: argparse.Namespace) -> None:
     from .evaluate import noise_perturbation, save_image_grid
 
     model, x, levels = _run_and_images(args, args.n)
-    rows, images = noise_perturbation(model, x, levels, args.sigmas, torch.Generator().manual_seed(args.seed))
+    rows, images = noise_perturbation(model, x, levels, args.sigmas, torch.Generator().manual_seed(args.seed),
+                                      tolerance=args.tolerance)
     if args.out:
         shown = min(args.n, 8)
         save_image_grid(images[:, :, :shown].flatten(0, 2), args.out, nrow=shown)
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'sigma':>8s}  {'bits/dim':>16s}  max reconstruction error")
+    print(f"{'sigma':>8s}  {'bits/dim':>16s}  inverse (max reconstruction error)")
     for r in rows:
-        err = f"{r['max_reconstruction_error']:.3g}" if r["inverse_converged"] else "inverse did not converge"
-        print(f"{r['sigma']:8.0e}  {r['bpd']:8.4f} ± {r['bpd_stderr']:.4f}  {err}")
+        if r["inverse"] == "did not converge":
+            inverse = "did not converge"
+        elif r["inverse"] == "inverse wrong":
+            inverse = f"inverse wrong for {r['wrong_images']} of {args.n} images ({r['max_reconstruction_error']:.3g})"
+        else:
+            inverse = f"ok ({r['max_reconstruction_error']:.3g})"
+        print(f"{r['sigma']:8.0e}  {r['bpd']:8.4f} ± {r['bpd_stderr']:.4f}  {inverse}")
     if args.out:
         print(f"wrote perturbed inputs and reconstructions (row pairs, one per sigma) to {args.out}")
+
+
+def _cmd_sr(args: argparse.Namespace) -> None:
+    from .data.pairs import bicubic_upscale
+    from .evaluate import save_image_grid
+    from .evaluate.superres import decode_at_temperature, lr_psnr, read_condition_image, sr_scale
+    from .train import load_run
+
+    model, cfg = load_run(args.run)
+    scale = sr_scale(cfg["data"])
+    if scale is None:
+        raise ValueError(f"{args.run} is not a super-resolution run (data.condition is "
+                         f"{cfg['data'].get('condition', 'none')!r}, not 'lowres'); train an srflow preset")
+    lr = read_condition_image(args.input, model.context_shape)
+    gen = torch.Generator().manual_seed(args.seed)
+    outs = torch.cat([decode_at_temperature(model, lr, args.temperature, gen) for _ in range(args.n)])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_image_grid(bicubic_upscale(lr, scale), out / "bicubic.png", nrow=1)
+    for i, (img, db) in enumerate(zip(outs, lr_psnr(outs, lr.expand(args.n, -1, -1, -1), scale))):
+        save_image_grid(img[None], out / f"sr-{i}.png", nrow=1)
+        print(f"wrote {out / f'sr-{i}.png'} ({scale}x, temperature {args.temperature}, LR-PSNR {float(db):.2f} dB)")
+    print(f"wrote {out / 'bicubic.png'} (the bicubic baseline)")
+
+
+def _cmd_certify(args: argparse.Namespace) -> None:
+    from .evaluate.certificates import certify, uncertified_message
+    from .train import load_run
+
+    model, _ = load_run(args.run)
+    report = certify(model)
+    if args.json:
+        print(json.dumps(report))
+    elif not report["blocks"]:
+        print(f"{args.run} has no contractive residual blocks: nothing to certify")
+    else:
+        print(f"{'block':40s} certified Lip(g)")
+        for b in report["blocks"]:
+            print(f"{b['name']:40s} {b['bound']:.6f}")
+        print(f"largest certified block bound: {report['max_block_bound']:.6f}")
+        print(f"largest operator norm of a normalised layer as used: {report['max_layer_norm']:.6f} "
+              f"({report['max_layer_norm_over_coeff']:.6f} x its coeff; {len(report['layers'])} layers)")
+    if message := uncertified_message(report):
+        print(f"attnflow certify: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -155,9 +314,23 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"wrote test curves (by step and by training seconds) to {args.out}", file=sys.stderr if args.json else sys.stdout)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): the problem, then where to read more."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnflow", description="Normalizing flows with attention on images.")
+    p = _Parser(prog="attnflow", description="Normalizing flows with attention on images.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None,
+               **kw: object) -> None:
+        """An option checked by ``OPTIONS[option]``; its help gives the valid values."""
+        field = OPTIONS[option]
+        text = f"{help or field.help}: {field.describe()} (default {default})"
+        parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, **kw)
 
     sub.add_parser("presets", help="list the named configurations").set_defaults(func=_cmd_presets)
 
@@ -174,44 +347,65 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run directory")
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
-    e.add_argument("--seed", type=int, default=0, help="dequantization seed")
-    e.add_argument("--importance-samples", type=int, default=16, metavar="K",
-                   help="for models whose likelihood is a bound (DenseFlow): also report the "
-                        "importance-weighted estimate with K noise draws (0 = off)")
+    number(e, "--batch-size", "batch_size", 256)
+    number(e, "--max-batches", "max_batches", 0)
+    number(e, "--seed", "seed", 0, "dequantization seed")
+    number(e, "--importance-samples", "importance_samples", 16,
+           "for models whose likelihood is a bound (DenseFlow): also report the importance-weighted estimate "
+           "with K noise draws", metavar="K")
+    number(e, "--temperatures", "temperatures", [0.0, 0.5, 0.8], "conditional models: temperatures of the "
+           "output metrics", nargs="+")
+    number(e, "--samples", "samples", 3, "conditional models: outputs per condition")
+    number(e, "--sr-images", "sr_images", 500, "conditional models: test images for PSNR, SSIM, LR-PSNR")
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("sample", help="write a grid of samples")
     s.add_argument("run")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    number(s, "--n", "n", 64)
+    number(s, "--temperature", "temperature", 1.0)
+    number(s, "--seed", "seed", 0)
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
 
     def image_command(name: str, help: str, func, out: str, out_help: str | None = None) -> argparse.ArgumentParser:
-        """A subcommand on the images of a trained run: ``run``, ``--split`` and ``--out``."""
+        """A subcommand on the images of a trained run: ``run``, ``--split``, ``--out`` and the
+        ``--tolerance`` its inverse is judged by."""
         c = sub.add_parser(name, help=help)
         c.add_argument("run")
         c.add_argument("--split", default="test", choices=["train", "test"])
         c.add_argument("--out", default=out, help=out_help)
+        number(c, "--tolerance", "tolerance", 1e-3)
         c.set_defaults(func=func)
         return c
 
     r = image_command("reconstruct", "real vs reconstructed test images", _cmd_reconstruct, "recon.png")
-    r.add_argument("--n", type=int, default=8)
+    number(r, "--n", "n", 8)
 
     i = image_command("interpolate", "latent interpolations between test images", _cmd_interpolate, "interpolations.png")
-    i.add_argument("--pairs", type=int, default=4)
-    i.add_argument("--steps", type=int, default=8)
+    number(i, "--pairs", "pairs", 4)
+    number(i, "--steps", "steps", 8)
 
     n = image_command("perturb", "noise-perturbation analysis: bits/dim and reconstructions of noisy test images",
                       _cmd_perturb, "", "PNG grid of the perturbed inputs and their reconstructions (first 8 images)")
-    n.add_argument("--sigmas", type=float, nargs="+", default=[1e-5, 1e-3, 1e-2, 1e-1, 1.0])
-    n.add_argument("--n", type=int, default=64, help="test images")
-    n.add_argument("--seed", type=int, default=0)
+    number(n, "--sigmas", "sigma", [1e-5, 1e-3, 1e-2, 1e-1, 1.0], "noise standard deviations", nargs="+")
+    number(n, "--n", "n", 64, "test images")
+    number(n, "--seed", "seed", 0)
     n.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("sr", help="super-resolve a low-resolution image with a trained srflow run")
+    v.add_argument("run")
+    v.add_argument("--input", required=True, help="low-resolution PNG/JPEG of the run's input size")
+    number(v, "--temperature", "temperatures", 0.8)
+    number(v, "--n", "n", 4, "super-resolutions")
+    number(v, "--seed", "seed", 0)
+    v.add_argument("--out", default="sr", help="output folder")
+    v.set_defaults(func=_cmd_sr)
+
+    cert = sub.add_parser("certify", help="certified Lipschitz bounds of a contractive run's blocks and layers "
+                                          "(exit status 1 when a block is not certified)")
+    cert.add_argument("run", help="run directory")
+    cert.add_argument("--json", action="store_true", help="print one JSON object with every block and layer")
+    cert.set_defaults(func=_cmd_certify)
 
     c = sub.add_parser("compare", help="table and test curves of several runs")
     c.add_argument("runs", nargs="+", help="run directories")
@@ -221,17 +415,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from .train import CheckpointError
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .nn.residual import InverseDidNotConverge
+    from .train import CheckpointError, NonFiniteTraining
+    from .train.runlock import RunLocked
 
+    return (ValueError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteTraining, RunLocked,
+            InverseDidNotConverge, NotADirectoryError, PermissionError, IsADirectoryError)
+
+
+USER_ERRORS = _user_errors()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", None) and args.command in ("sample", "reconstruct", "interpolate", "compare", "perturb"):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
-        print(f"attnflow {args.command}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except CommandFailed as exc:
+        _fail(args.command, exc, 1)
+    except USER_ERRORS as exc:
+        _fail(args.command, exc, 2)
+    except KeyboardInterrupt:
+        _fail(args.command, "interrupted", 130)
+
+
+def _fail(command: str, exc: BaseException | str, status: int) -> None:
+    message = " ".join(str(exc).split()) or type(exc).__name__  # always one line
+    print(f"attnflow {command}: error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

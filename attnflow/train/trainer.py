@@ -31,6 +31,7 @@ from ..core import Flow
 from ..data import BatchSampler, dequantize, load_configured
 from ..data.pairs import condition_batch
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
+from ..evaluate.certificates import certificate_summary, certify, uncertified_message
 from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
@@ -378,6 +379,11 @@ class Trainer:
         results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
                    "levels": self.levels, "dataset": self.cfg["data"]["name"],
                    "non_finite_samples": non_finite.count if non_finite else 0}
+        report = certify(model)
+        if report["blocks"]:  # contractive flows: the certificates of the trained (evaluation) weights
+            results["certificates"] = certificate_summary(report)
+            if message := uncertified_message(report):
+                _log(message)
         (self.out / "results.json").write_text(json.dumps(results, indent=2))
         if conditional:  # condition, outputs at temperatures 0, 0.5 and 0.8, ground truth
             save_comparison_grid(model, self.test_set, self.out / "samples.png", sr_scale(self.cfg["data"]))
