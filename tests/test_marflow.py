@@ -115,7 +115,7 @@ def test_marflow_structure_and_sampling():
         (dict(coupling="additive"), "unknown coupling"),
         (dict(attention="isdp"), "needs positions"),
         (dict(positions=(5,), attention="imap"), "positions must be among"),
-        (dict(shape=(1, 6, 6)), "cannot squeeze"),
+        (dict(shape=(1, 6, 6)), "must be multiples of 4: use scales <= 1"),
     ],
 )
 def test_marflow_bad_arguments(kwargs, match):

@@ -5,6 +5,7 @@ Classes are the sub-directory names in sorted order. Every image must share the 
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +26,28 @@ def read_images(paths: list[Path]) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` from image files that must all share the size and mode of the first."""
     first, arrays = paths[0], []
     for path in paths:
-        with Image.open(path) as img:
-            if img.mode not in _MODES:
-                raise ValueError(f"{path}: image mode {img.mode!r} is not supported; convert it to L or RGB")
-            if arrays and (img.mode, img.size) != reference:
-                raise ValueError(
-                    f"{path}: image is {img.mode} {img.size[0]}x{img.size[1]} but {first} is "
-                    f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
-                )
-            reference = (img.mode, img.size)
-            arrays.append(np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], -1))
+        mode, size, array = _read_image(path)
+        if mode not in _MODES:
+            raise ValueError(f"{path}: image mode {mode!r} is not supported; convert it to L or RGB")
+        if arrays and (mode, size) != reference:
+            raise ValueError(
+                f"{path}: image is {mode} {size[0]}x{size[1]} but {first} is "
+                f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
+            )
+        reference = (mode, size)
+        arrays.append(array.reshape(size[1], size[0], -1))
     return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+
+
+def _read_image(path: Path) -> tuple[str, tuple[int, int], np.ndarray]:
+    """Mode, size and pixels of one image file; a corrupt or truncated file is a ``ValueError``
+    naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.mode, img.size, np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, EOFError, zlib.error) as exc:  # PIL's errors for broken files
+        raise ValueError(f"{path}: cannot read the image ({exc}); replace or remove the file") from None
 
 
 def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:

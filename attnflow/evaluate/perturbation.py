@@ -4,8 +4,10 @@ perturbed by additive white Gaussian noise.
 For each ``sigma``: ``x_sigma = clip(x + sigma * eps, 0, 1)``, ``eps ~ N(0, I)``; report the
 bits/dim of ``x_sigma`` under the model, and the reconstruction ``decode(encode(x_sigma))`` with
 its largest error against ``x_sigma``. A model that is not invertible (ACF's plain dot-product
-attention) shows it here: its reconstruction error is large, or its fixed-point inverse does not
-converge (reported as ``inverse_converged: false``), and its bits/dim can behave erratically.
+attention) shows it here, in two ways reported apart: its fixed-point inverse does not converge
+(``inverse: "did not converge"``), or it converges to another preimage, so that images come back
+off by more than ``tolerance`` (``inverse: "inverse wrong"``, ``wrong_images`` counts them); its
+bits/dim can behave erratically too.
 """
 from __future__ import annotations
 
@@ -16,19 +18,25 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
-from ..nn.residual import InverseDidNotConverge
 from .likelihood import bits_per_dim
+from .reconstruction import DEFAULT_TOLERANCE, reconstruct
 
 __all__ = ["noise_perturbation"]
 
 
 @torch.no_grad()
 def noise_perturbation(
-    flow: Flow, x: Tensor, levels: int, sigmas: Sequence[float], generator: torch.Generator | None = None
+    flow: Flow,
+    x: Tensor,
+    levels: int,
+    sigmas: Sequence[float],
+    generator: torch.Generator | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[list[dict[str, Any]], Tensor]:
     """Returns one row per ``sigma`` (``sigma``, ``bpd``, ``bpd_stderr``, ``max_reconstruction_error``,
-    ``inverse_converged``) and the images ``[len(sigmas), 2, B, C, H, W]`` (perturbed inputs and
-    their reconstructions; a reconstruction that failed to converge is shown as zeros)."""
+    ``inverse`` in {"ok", "inverse wrong", "did not converge"}, ``inverse_converged``,
+    ``wrong_images``) and the images ``[len(sigmas), 2, B, C, H, W]`` (perturbed inputs and their
+    reconstructions; a reconstruction that failed to converge is shown as zeros)."""
     if any(s < 0 for s in sigmas):
         raise ValueError(f"noise levels must be >= 0, got {list(sigmas)}")
     rows, images = [], []
@@ -36,17 +44,15 @@ def noise_perturbation(
     for sigma in sigmas:
         x_sigma = (x + sigma * eps).clamp(0, 1)
         bpd = bits_per_dim(flow, x_sigma, levels)
-        try:
-            x_rec = flow.decode(flow.encode(x_sigma))
-            error, converged = float((x_rec - x_sigma).abs().max()), True
-        except InverseDidNotConverge:
-            x_rec, error, converged = torch.zeros_like(x_sigma), float("inf"), False
+        rec = reconstruct(flow, x_sigma)
         rows.append({
             "sigma": float(sigma),
             "bpd": float(bpd.mean()),
             "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else 0.0,
-            "max_reconstruction_error": error,
-            "inverse_converged": converged,
+            "max_reconstruction_error": float(rec.errors.max()),
+            "inverse": rec.status(tolerance),
+            "inverse_converged": rec.converged,
+            "wrong_images": len(rec.wrong(tolerance)),
         })
-        images.append(torch.stack([x_sigma, x_rec.clamp(0, 1)]))
+        images.append(torch.stack([x_sigma, rec.images.clamp(0, 1)]))
     return rows, torch.stack(images)

@@ -131,9 +131,15 @@ def multiscale_transform(
     if scales < 1:
         raise ValueError(f"scales must be >= 1, got {scales}")
     c, h, w = shape
+    squeezes = scales - 1 + int(squeeze_first)
+    if h % 2**squeezes or w % 2**squeezes:
+        halvings = min((h & -h).bit_length(), (w & -w).bit_length()) - 1  # times both sides can be halved
+        fix = f"use scales <= {halvings + 1 - int(squeeze_first)}" if halvings >= int(squeeze_first) else "use even image sizes"
+        raise ValueError(
+            f"{scales} scales squeeze the {h}x{w} input {squeezes} times, so its height and width must be "
+            f"multiples of {2**squeezes}: {fix}"
+        )
     if squeeze_first:
-        if h % 2 or w % 2:
-            raise ValueError(f"cannot squeeze a {h}x{w} image; use squeeze_first=False or even sizes")
         c, h, w = 4 * c, h // 2, w // 2
     layers: list[Bijection] = [Squeeze()] if squeeze_first else []
     layers += list(steps(c, 0))

@@ -6,7 +6,6 @@ optimizer, EMA, RNG states and data position; read with ``torch.load(weights_onl
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -63,10 +62,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
+        # torch's own message suggests weights_only=False, which would run a hostile file's code:
+        # name only the kind of failure.
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not an attnflow checkpoint ({type(exc).__name__}: {exc}); "
-            "delete it and train again, or point to another run"
-        ) from exc
+            f"checkpoint {path} is corrupt, truncated or not an attnflow checkpoint (it does not load as plain "
+            f"tensors: {type(exc).__name__}); delete it and train again, or point to another run"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"checkpoint {path} is not an attnflow checkpoint (missing model/step entries)")
     return state
@@ -85,17 +86,22 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True) -> tuple[Flow, di
     and its configuration."""
     from ..models import build_from_config
 
+    from ..config import read_config
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG}); train with `attnflow train --out {run_dir}`")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_config(cfg_path)
     state = load_checkpoint(run_dir / CHECKPOINT)
     model = build_from_config(cfg["model"])
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {run_dir / CHECKPOINT} does not match its config.json: {exc}") from exc
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {run_dir / CHECKPOINT} does not match {cfg_path} ({first}); restore the run's own config.json"
+        ) from None
     model.eval()
     return model, cfg
