@@ -18,7 +18,7 @@ from typing import Any
 
 from .schema import SECTIONS, ConfigError, section_defaults, validate_config
 
-__all__ = ["preset_names", "load_preset", "resolve_config", "parse_override", "read_config"]
+__all__ = ["preset_names", "load_preset", "check_config", "resolve_config", "parse_override", "read_config"]
 
 
 def _preset_dir() -> Any:
@@ -68,21 +68,28 @@ def _families(families: dict[str, Callable[..., Any]] | None) -> dict[str, Calla
     return families
 
 
+def check_config(cfg: Any, families: dict[str, Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """A complete, validated copy of a configuration: ``[data]`` and ``[train]`` keys it lacks
+    (for instance keys added to the schema since a run was written) take their defaults, and every
+    value is checked against the schema."""
+    if isinstance(cfg, dict):
+        cfg = dict(cfg)
+        for section in ("data", "train"):
+            if isinstance(cfg.get(section), dict):
+                cfg[section] = {**section_defaults(section), **cfg[section]}
+    return validate_config(cfg, _families(families))
+
+
 def resolve_config(
     preset: str, overrides: Iterable[str] = (), families: dict[str, Callable[..., Any]] | None = None
 ) -> dict[str, dict[str, Any]]:
     """The full configuration of ``preset`` with ``[data]``/``[train]`` defaults filled in and
     ``overrides`` applied; the preset and the result are validated against the schema (an
     unknown key lists the valid ones, a bad value names its valid range)."""
-    families = _families(families)
     raw = load_preset(preset)
-    cfg = {
-        "model": copy.deepcopy(raw.get("model", {})),
-        "data": {**section_defaults("data"), **raw.get("data", {})},
-        "train": {**section_defaults("train"), **raw.get("train", {})},
-    }
+    cfg = {"model": copy.deepcopy(raw.get("model", {})), "data": raw.get("data", {}), "train": raw.get("train", {})}
     try:
-        validate_config(cfg, families)
+        cfg = check_config(cfg, families)
     except ConfigError as exc:
         raise ConfigError(f"preset {preset!r}: {exc}") from None
     for text in overrides:
@@ -90,12 +97,12 @@ def resolve_config(
         if section not in SECTIONS:
             raise ConfigError(f"unknown section {section!r} in {text!r}; valid sections: {', '.join(SECTIONS)}")
         cfg[section][key] = value
-    return validate_config(cfg, families)
+    return check_config(cfg, families)
 
 
 def read_config(path: str | os.PathLike, families: dict[str, Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """A run's saved ``config.json``, validated like a preset; a missing, unreadable or invalid
-    file is a :class:`~attnflow.schema.ConfigError` naming the file."""
+    """A run's saved ``config.json``, completed and validated by :func:`check_config`; a missing,
+    unreadable or invalid file is a :class:`~attnflow.schema.ConfigError` naming the file."""
     path = Path(path)
     try:
         cfg = json.loads(path.read_text())
@@ -105,11 +112,7 @@ def read_config(path: str | os.PathLike, families: dict[str, Callable[..., Any]]
         raise ConfigError(
             f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
         ) from None
-    if isinstance(cfg, dict):  # keys added to the schema since the run was written take their defaults
-        for section in ("data", "train"):
-            if isinstance(cfg.get(section), dict):
-                cfg[section] = {**section_defaults(section), **cfg[section]}
     try:
-        return validate_config(cfg, _families(families))
+        return check_config(cfg, families)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

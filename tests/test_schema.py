@@ -60,7 +60,7 @@ def test_messages_name_key_range_and_value():
         ("model.hidden=-4", r"model.hidden must be an integer in 1\.\.4,096"),
         ("model.hidden=0", r"model.hidden must be an integer in 1\.\.4,096"),
         # more of the same kind
-        ("train.lr=nan", r"train.lr must be a finite number > 0"),
+        ("train.lr=nan", r"train.lr must be a finite number in \(0, 1e\+06\]"),
         ("train.ema_decay=1.0", r"train.ema_decay must be a finite number in \[0, 1\)"),
         ("train.optimizer=sgd", r"train.optimizer must be one of: adam, adamax"),
         ("model.positions=[4, 4]", r"model.positions must be a list of distinct integers in 1\.\.4"),

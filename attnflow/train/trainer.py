@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import read_config
+from ..config import check_config, read_config
 from ..core import Flow
 from ..data import BatchSampler, dequantize, load_configured
 from ..data.pairs import condition_batch
@@ -100,6 +100,7 @@ class Trainer:
     def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
         for path in remove_stale_temporaries(self.out):
             _log(f"removed {path}, left by an interrupted write")
+        cfg = check_config(cfg)  # a configuration built by hand is held to the same schema
         ckpt_path = self.out / CHECKPOINT
         state, changed_train = None, {}
         if resume:
