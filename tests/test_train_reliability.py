@@ -15,6 +15,7 @@ from attnflow.config import resolve_config
 from attnflow.schema import ConfigError
 from attnflow.train import NonFiniteTraining, Trainer, load_checkpoint
 from attnflow.train.runlock import RunLocked
+from attnflow.train.signals import StopRequests
 
 TINY = ["model.steps=1", "model.hidden=8", "train.batch_size=16", "train.warmup_steps=5", "train.log_every=5",
         "train.threads=1"]
@@ -117,7 +118,11 @@ def test_sigint_in_the_middle_of_a_step_resumes_exactly(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     trainer.optimizer.step = interrupted_step
-    assert trainer.run() == {"interrupted_at": 7, "signal": "SIGINT"}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under CI
+    try:
+        assert trainer.run() == {"interrupted_at": 7, "signal": "SIGINT"}
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert load_checkpoint(tmp_path / "cut/checkpoint.pt")["step"] == 7
     Trainer(cfg, tmp_path / "cut", resume=True, progress=False).run()
     full, cut = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(tmp_path / "cut/checkpoint.pt")
@@ -130,7 +135,8 @@ def test_sigint_at_a_random_time_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(CLI + args + ["--out", str(tmp_path / "full")], check=True, capture_output=True, env=ENV)
     delay = random.Random().uniform(0.0, 0.5)
     proc = subprocess.Popen(CLI + args + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     metrics, deadline = tmp_path / "cut/metrics.jsonl", time.time() + 120
     while time.time() < deadline and not (metrics.exists() and '"bpd"' in metrics.read_text()):
         time.sleep(0.01)
@@ -143,6 +149,18 @@ def test_sigint_at_a_random_time_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(CLI + args + ["--out", str(tmp_path / "cut"), "--resume"], check=True, capture_output=True, env=ENV)
     full = load_checkpoint(tmp_path / "full/checkpoint.pt")["model"]
     assert_same_params(full, load_checkpoint(tmp_path / "cut/checkpoint.pt")["model"])
+
+
+def test_stop_requests_leave_an_ignored_signal_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job a script started in the background
+    try:
+        with StopRequests() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.name == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- one training per run directory; stale files; resumed settings -------------------------

@@ -5,7 +5,8 @@ the training loop checks it between steps, writes a checkpoint of a whole step a
 resumed run ends exactly where an uninterrupted one does. A second signal raises
 :class:`KeyboardInterrupt` at once (for a step that never ends); the checkpoint on disk is then the
 last one written, never the state of a half-done step. Outside the main thread (where Python
-cannot install handlers) nothing is installed.
+cannot install handlers) nothing is installed, and a signal the process ignores (SIGINT of a
+job started in the background by a script) stays ignored.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class StopRequests:
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             for signum in _SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job stays ignored
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
