@@ -92,12 +92,12 @@ def _load_split(cfg: dict, split: str):
 def _print_conditional(res: dict) -> None:
     """The super-resolution / translation metrics of ``attnflow eval`` as a table."""
     rows = [(f"T={t}", m) for t, m in res["temperatures"].items()] + [("bicubic", res["bicubic"])] * ("bicubic" in res)
-    keys = [k for k in ("psnr", "ssim", "lr_psnr", "diversity") if any(k in m for _, m in rows)]
+    keys = [k for k in ("psnr", "ssim", "lr_psnr", "diversity", "non_finite") if any(k in m for _, m in rows)]
     print(f"outputs vs ground truth over {res['n']} images, {res['samples']} per condition "
-          f"(PSNR and LR-PSNR in dB, LR-PSNR capped at 100):")
+          f"(PSNR and LR-PSNR in dB, LR-PSNR capped at 100; non-finite outputs counted, not averaged):")
     print(f"{'':10s}" + "".join(f"{k:>11s}" for k in keys))
     for name, m in rows:
-        print(f"{name:10s}" + "".join(f"{m[k]:11.4f}" if k in m else f"{'-':>11s}" for k in keys))
+        print(f"{name:10s}" + "".join(f"{m[k]:11.4g}" if k in m else f"{'-':>11s}" for k in keys))
     for metric, why in res["unavailable"].items():
         print(f"{metric.upper()}: {why}")
 
@@ -270,6 +270,9 @@ def _cmd_sr(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_image_grid(bicubic_upscale(lr, scale), out / "bicubic.png", nrow=1)
     for i, (img, db) in enumerate(zip(outs, lr_psnr(outs, lr.expand(args.n, -1, -1, -1), scale))):
+        if not torch.isfinite(img).all():
+            print(f"sr-{i}: the inverse overflowed at temperature {args.temperature}; not written (try a lower one)")
+            continue
         save_image_grid(img[None], out / f"sr-{i}.png", nrow=1)
         print(f"wrote {out / f'sr-{i}.png'} ({scale}x, temperature {args.temperature}, LR-PSNR {float(db):.2f} dB)")
     print(f"wrote {out / 'bicubic.png'} (the bicubic baseline)")

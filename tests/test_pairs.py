@@ -108,3 +108,22 @@ def test_evaluate_conditional_on_a_tiny_model():
     assert set(res["bicubic"]) == {"psnr", "ssim", "lr_psnr"} and "lpips" in res["unavailable"]
     rows = comparison_rows(lr[:2], hr[:2], [hr[:2]], 2)
     assert rows.shape == (8, 1, 8, 8)  # LR, bicubic, one output row, HR
+
+
+def test_evaluate_conditional_counts_non_finite_outputs(monkeypatch):
+    torch.manual_seed(0)
+    flow = srflow(shape=(1, 8, 8), scale=2, levels=2, hidden=4, steps=1, encoder_features=4, encoder_blocks=1,
+                  encoder_growth=2, transition_steps=0)
+    real = flow.decode
+
+    def overflowing(z, context):  # the first condition's outputs blow up
+        x = real(z, context).clone()
+        x[0] = float("inf")
+        return x
+
+    monkeypatch.setattr(flow, "decode", overflowing)
+    hr = torch.rand(4, 1, 8, 8)
+    res = evaluate_conditional(flow, hr, bicubic_downscale(hr, 2), temperatures=(0.5,), samples=2, scale=2)
+    m = res["temperatures"]["0.5"]
+    assert m["non_finite"] == 2  # counted, one per sample
+    assert all(np.isfinite([m["psnr"], m["ssim"], m["lr_psnr"], m["diversity"]]))

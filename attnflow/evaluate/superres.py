@@ -71,13 +71,15 @@ def lr_psnr(sr: Tensor, lr: Tensor, scale: int) -> Tensor:
 def decode_at_temperature(
     flow: Flow, context: Tensor, temperature: float, generator: torch.Generator | None = None
 ) -> Tensor:
-    """One output per condition with latents ``z ~ N(0, temperature^2 I)``, clipped to [0, 1];
-    ``temperature=0`` decodes ``z = 0``."""
+    """One output per condition with latents ``z ~ N(0, temperature^2 I)``, clipped to [0, 1]
+    (non-finite values, from an inverse that overflowed, become NaN rather than being clipped into
+    range); ``temperature=0`` decodes ``z = 0``."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     z = torch.randn(context.shape[0], flow.latent_dim, generator=generator, dtype=context.dtype) * temperature
     with torch.no_grad():
-        return flow.decode(z.to(context.device), context).clamp(0, 1)
+        x = flow.decode(z.to(context.device), context)
+    return torch.where(torch.isfinite(x), x.clamp(0, 1), torch.full_like(x, float("nan")))
 
 
 def _mean_db(values: Tensor) -> float:
@@ -99,8 +101,10 @@ def evaluate_conditional(
     and diversity of ``samples`` outputs per condition at each temperature, averaged over the
     ``targets`` (float images in [0, 1]) and their ``contexts``; plus the bicubic baseline.
 
-    Returns ``{"temperatures": {T: {"psnr", "ssim", "lr_psnr", "diversity"}}, "bicubic": {...},
-    "n", "samples", "unavailable"}``; PSNR and SSIM average over all samples."""
+    Returns ``{"temperatures": {T: {"psnr", "ssim", "lr_psnr", "diversity", "non_finite"}},
+    "bicubic": {...}, "n", "samples", "unavailable"}``; PSNR and SSIM average over all finite
+    outputs, diversity over the conditions whose outputs are all finite, and ``non_finite`` counts
+    the outputs that overflowed (an inverse that explodes far from the training data)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if len(targets) != len(contexts):
@@ -114,13 +118,20 @@ def evaluate_conditional(
         hr, ctx = targets[start : start + batch_size], contexts[start : start + batch_size]
         for t in temperatures:
             outs = torch.stack([decode_at_temperature(flow, ctx, float(t), gen) for _ in range(samples)])
+            flat = outs.flatten(0, 1)  # sample-major: row s * B + b is sample s of condition b
+            ok = torch.isfinite(flat.flatten(1)).all(1)
             rows = sums[float(t)]
-            rows.setdefault("psnr", []).append(psnr(outs.flatten(0, 1), hr.repeat(samples, 1, 1, 1)))
-            rows.setdefault("ssim", []).append(ssim(outs.flatten(0, 1), hr.repeat(samples, 1, 1, 1)))
-            rows.setdefault("diversity", []).append(outs.double().std(0, unbiased=False).flatten(1).mean(1)
-                                                    if samples > 1 else torch.zeros(len(hr), dtype=torch.float64))
+            rows.setdefault("non_finite", []).append((~ok).sum().reshape(1))
+            ok_cond = ok.view(samples, -1).all(0)
+            rows.setdefault("diversity", []).append(outs[:, ok_cond].double().std(0, unbiased=False).flatten(1).mean(1)
+                                                    if samples > 1 else torch.zeros(int(ok_cond.sum()), dtype=torch.float64))
+            if not ok.any():
+                continue
+            truth = hr.repeat(samples, 1, 1, 1)[ok]
+            rows.setdefault("psnr", []).append(psnr(flat[ok], truth))
+            rows.setdefault("ssim", []).append(ssim(flat[ok], truth))
             if scale:
-                rows.setdefault("lr_psnr", []).append(lr_psnr(outs.flatten(0, 1), ctx.repeat(samples, 1, 1, 1), scale))
+                rows.setdefault("lr_psnr", []).append(lr_psnr(flat[ok], ctx.repeat(samples, 1, 1, 1)[ok], scale))
         if scale:
             up = bicubic_upscale(ctx, scale)
             base.setdefault("psnr", []).append(psnr(up, hr))
@@ -132,7 +143,7 @@ def evaluate_conditional(
         out = {}
         for key, parts in rows.items():
             v = torch.cat(parts)
-            out[key] = _mean_db(v) if "psnr" in key else float(v.mean())
+            out[key] = int(v.sum()) if key == "non_finite" else _mean_db(v) if "psnr" in key else float(v.mean())
         return out
 
     result: dict[str, Any] = {
@@ -203,14 +214,15 @@ def save_comparison_grid(
     seed: int = 0,
 ) -> None:
     """PNG grid of the first ``n`` test conditions: condition, bicubic (super-resolution only),
-    one output per temperature and the ground truth (:func:`comparison_rows`)."""
+    one output per temperature and the ground truth (:func:`comparison_rows`); an output that
+    overflowed is shown black."""
     from ..data.dequantize import to_float
     from .images import save_image_grid
 
     n = min(n, len(dataset))
     ctx = condition_batch(dataset, slice(0, n))
     gen = torch.Generator().manual_seed(seed)
-    outputs = [decode_at_temperature(flow, ctx, t, gen) for t in temperatures]
+    outputs = [decode_at_temperature(flow, ctx, t, gen).nan_to_num(0.0) for t in temperatures]
     rows = comparison_rows(ctx, to_float(dataset.images[:n], dataset.levels), outputs, scale)
     save_image_grid(rows, path, nrow=n)
 
