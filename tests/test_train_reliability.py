@@ -165,6 +165,7 @@ def test_stop_requests_leave_an_ignored_signal_ignored():
 
 # -- one training per run directory; stale files; resumed settings -------------------------
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # the refused lock cleans up
 def test_a_second_training_into_a_locked_run_directory_refuses_naming_the_holder(tmp_path):
     cfg = tiny_cfg("train.steps=4")
     first = Trainer(cfg, tmp_path, progress=False)

@@ -30,6 +30,7 @@ class RunLock:
     leaving a ``with`` block, or when the process ends."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
+        self._fd: int | None = None
         self.path = Path(run_dir) / LOCK_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -44,7 +45,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         os.pwrite(fd, f"attnflow train (pid {os.getpid()} on {socket.gethostname()}, since {stamp})".encode(), 0)
-        self._fd: int | None = fd
+        self._fd = fd
 
     def release(self) -> None:
         """Give the lock up (idempotent)."""
