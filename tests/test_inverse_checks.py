@@ -100,7 +100,7 @@ def test_dot_product_ablation_is_caught_after_training(tmp_path, capsys):
     preimages of noisy images (the catalogue's `perturb` said "converged" for them)."""
     run = tmp_path / "dot"
     main(["train", "--preset", "acf-resflow-dot-digits", "--out", str(run), "--quiet",
-          "--set", "train.steps=500", "--set", "train.threads=2"])
+          "--set", "train.steps=500", "--set", "train.threads=1"])
     capsys.readouterr()
     main(["perturb", str(run), "--json"])
     rows = json.loads(capsys.readouterr().out)
