@@ -26,8 +26,8 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """Exclusive lock of a run directory (created if needed), released by :meth:`release`, by
-    leaving a ``with`` block, or when the process ends."""
+    """Exclusive lock of a run directory (created if needed), released by :meth:`release`, when
+    the object is collected, or when the process ends."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self._fd: int | None = None
@@ -55,12 +55,6 @@ class RunLock:
             self._fd = None
 
     def __del__(self) -> None:
-        self.release()
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
