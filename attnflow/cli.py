@@ -78,9 +78,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
         f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
     )
     print(f"wrote {args.out}/samples.png, {args.out}/loss.png, {args.out}/results.json")
-    if result["non_finite_samples"]:
-        print(f"warning: {result['non_finite_samples']} of the 64 samples were not finite and are left out of "
-              f"samples.png", file=sys.stderr)
 
 
 def _load_split(cfg: dict, split: str):
