@@ -8,6 +8,16 @@ batch 64, Russian-roulette log-det with 2 exact terms and the Neumann gradient (
 evaluation). ``--attention-scales`` lists the scales whose branches hold the attention (0 = 28x28,
 1 = 14x14, 2 = 7x7; ``all`` = every scale).
 
+Certification effort per training step (the same for every kind, and at least the reference's:
+Residual Flows iterates its power method to atol = rtol = 1e-3 at every training forward): every
+spectral-normalised convolution is normalised for the weights of that step, by the certified
+Gram-iteration bound of its explicit matrix when one side has at most 256 dimensions (the 1x1
+convolutions here), otherwise by power iteration warm-started from the previous step and continued
+until one more step moves the unit vectors by at most 1e-3 (``model.power_tol``; a stricter rule
+than the reference's per-element one). The attention's projection norms are certified Gram bounds
+recomputed at every forward pass (no SVD). The ``power_steps`` field gives the power-iteration
+steps of every convolution at the last timed step.
+
 The training steps of all kinds are timed in this process, interleaved (one step of each kind in
 turn, after ``--warmup`` rounds), so that machine load affects them alike: images/s and step
 seconds are medians over ``--steps`` rounds, and the attention overhead is relative to ``none``.
@@ -32,6 +42,7 @@ import torch
 
 from attnflow.config import resolve_config
 from attnflow.models import build_from_config
+from attnflow.nn.lipschitz import SpectralNormConv2d
 from attnflow.nn.residual import ResidualBlock
 
 PRESET = "acf-resflow-l2-mnist"
@@ -60,8 +71,11 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return time.perf_counter() - t0
 
 
-def step_times(kinds: list[str], scales: str, batch_size: int, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of ``steps`` training steps per kind, interleaved across kinds after ``warmup`` rounds."""
+def step_times(
+    kinds: list[str], scales: str, batch_size: int, steps: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds of ``steps`` training steps per kind, interleaved across kinds after ``warmup`` rounds,
+    and the power-iteration steps of every spectral-normalised convolution at the last step."""
     models = {kind: build(kind, scales).train() for kind in kinds}
     opts = {kind: torch.optim.Adam(m.parameters(), lr=1e-4) for kind, m in models.items()}
     x = torch.rand(batch_size, *models[kinds[0]].shape) * 0.98 + 0.01
@@ -71,7 +85,9 @@ def step_times(kinds: list[str], scales: str, batch_size: int, steps: int, warmu
             seconds = train_step(models[kind], opts[kind], x)
             if i >= warmup:
                 times[kind].append(seconds)
-    return times
+    power = {kind: [m.power_steps for m in model.modules() if isinstance(m, SpectralNormConv2d)]
+             for kind, model in models.items()}
+    return times, power
 
 
 def memory_and_inverse(kind: str, scales: str, batch_size: int, train_steps: int) -> dict:
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, __file__, "--worker", kind, "--attention-scales", a.attention_scales,
                    "--batch-size", str(a.batch_size), "--warmup", str(a.warmup), "--threads", str(a.threads)]
         per_kind[kind] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    times = step_times(kinds, a.attention_scales, a.batch_size, a.steps, a.warmup)
+    times, power = step_times(kinds, a.attention_scales, a.batch_size, a.steps, a.warmup)
     medians = {kind: statistics.median(t) for kind, t in times.items()}
     for kind in kinds:
         base = medians.get("none")
@@ -136,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             "train_step_s": round(medians[kind], 4),
             "train_step_s_all": [round(t, 4) for t in times[kind]],
             "attention_overhead_pct": None if base is None else round(100 * (medians[kind] / base - 1), 1),
+            "power_steps": power[kind],
             **per_kind[kind],
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

@@ -153,3 +153,24 @@ def test_power_iteration_path_after_training() -> None:
     run_forward(averaged, train=False)
     ratios = [exact_used_norm(m) / m.coeff for m in averaged.modules() if isinstance(m, SpectralNormConv2d)]
     assert max(ratios) <= 1 + layers[0].tol, f"EMA: used operator norms up to {max(ratios):.5f} x coeff"
+
+
+def test_uncertified_blocks_are_named_after_training_in_eval_and_certify(tmp_path, capsys) -> None:
+    """The dot-product ablation has no finite bound: training, `attnflow eval` and `attnflow
+    certify` (exit status 1) name its blocks."""
+    import json
+
+    from attnflow.cli import main
+
+    out = tmp_path / "dot"
+    main(["train", "--preset", "acf-resflow-dot-digits", "--out", str(out), "--quiet", "--set", "train.steps=2",
+          "--set", "train.eval_every=0", "--set", "model.blocks=1"])
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["certificates"]["uncertified"]) == 2
+    assert "not certified contractive" in capsys.readouterr().err
+    main(["eval", str(out), "--max-batches", "1"])
+    assert "2 of 2 residual blocks are not certified" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["certify", str(out)])
+    assert exit_info.value.code == 1
+    assert "plain dot-product attention" in capsys.readouterr().err

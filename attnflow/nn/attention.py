@@ -80,6 +80,12 @@ def _baddbmm(bias: Tensor, a: Tensor, b: Tensor, beta: float = 1.0, alpha: float
     return out.view(*lead, *out.shape[-2:])
 
 
+def _append_ones(t: Tensor) -> Tensor:
+    """``[t, 1]`` along the last dimension: ``A @ [t, 1]`` gives ``A t`` and the row sums of ``A``
+    in one product."""
+    return torch.cat([t, t.new_ones(*t.shape[:-1], 1)], dim=-1)
+
+
 # jvp: projection tangents -> (dS, dZ);  vjp: (S*, Z*) -> projection cotangents
 ScoreProducts = tuple[
     Callable[[tuple[Tensor, ...]], tuple[Tensor, Tensor]],
@@ -183,8 +189,17 @@ class _TokenSelfAttention(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
     def _output_divisor(self, tokens: int) -> Tensor | None:
-        """The certified bound the output is divided by (``None`` without normalisation)."""
-        return self.raw_lipschitz_bound(tokens) if self.normalize else None
+        """The certified bound the output is divided by (``None`` without normalisation); without
+        autograd it is reused while the weights are unchanged (e.g. across the iterations of a
+        fixed-point inverse)."""
+        if not self.normalize:
+            return None
+        if torch.is_grad_enabled():
+            return self.raw_lipschitz_bound(tokens)
+        key = (tokens, *((p.data_ptr(), p._version) for p in self.parameters()))
+        if getattr(self, "_divisor_cache", (None,))[0] != key:
+            self._divisor_cache = (key, self.raw_lipschitz_bound(tokens))
+        return self._divisor_cache[1]
 
     def _merge(self, heads_out: Tensor, divisor: Tensor | None, shape: torch.Size) -> Tensor:
         """``[B, heads, N, d] -> [B, C, H, W]``: concatenated heads times ``W^O`` (over the divisor)."""
@@ -213,15 +228,21 @@ class _TokenSelfAttention(nn.Module):
         out = p @ values
         divisor = self._output_divisor(tokens.shape[1])
         score_jvp, score_vjp = self._score_products(proj)
+        values_and_ones = _append_ones(values)
 
         def jvp(v: Tensor) -> Tensor:
+            # d(P Z) = (P * (dS - rowsum(P * dS))) Z + P dZ = [(P * dS) Z - rowsum(P * dS) out] + P dZ,
+            # the row sums taken by the same product against [Z, 1]
             d_scores, d_values = score_jvp(self._project(self._tokens(v)))
-            d_p = p * (d_scores - (p * d_scores).sum(-1, keepdim=True))
-            return self._merge(d_p @ values + p @ d_values, divisor, x.shape)
+            mixed = (p * d_scores) @ values_and_ones
+            d_out = _baddbmm(torch.addcmul(mixed[..., :-1], mixed[..., -1:], out, value=-1.0), p, d_values)
+            return self._merge(d_out, divisor, x.shape)
 
         def vjp(w: Tensor) -> Tensor:
             g_out = self._merge_adjoint(w, divisor)
-            g_scores = p * (g_out @ values.transpose(-1, -2) - (g_out * out).sum(-1, keepdim=True))
+            row = (g_out * out).sum(-1, keepdim=True)
+            g_scores = _baddbmm(row, g_out, values.transpose(-1, -2), beta=-1.0)  # G Z^T - rowsum(G * out)
+            g_scores = g_scores * p if torch.is_grad_enabled() else g_scores.mul_(p)
             g_tokens = self._project_adjoint(score_vjp(g_scores, p.transpose(-1, -2) @ g_out))
             return g_tokens.transpose(1, 2).reshape(x.shape)
 
@@ -287,16 +308,18 @@ class L2MultiheadSelfAttention(_TokenSelfAttention):
         """``dS_ij = 2 (dy_i.y_j + (y_i - y_j).dy_j) / sqrt(d)``;
         ``Y* = 2 (S* Y + S*^T Y - colsum(S*) Y) / sqrt(d) + Z* (W^{Q,h}^T W^{V,h})^T / sqrt(d)``."""
         (y,) = proj
-        c, mix, y_t = 2.0 / math.sqrt(self.head_dim), self._mix(), y.transpose(-1, -2)
+        c, mix, y_and_ones = 2.0 / math.sqrt(self.head_dim), self._mix(), _append_ones(y)
 
         def jvp(d_proj: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             (dy,) = d_proj
             dot = (y * dy).sum(-1).unsqueeze(-2)  # y_j.dy_j
-            d_scores = _baddbmm(_baddbmm(dot, y, dy.transpose(-1, -2), beta=-c, alpha=c), dy, y_t, alpha=c)
-            return d_scores, dy @ mix
+            # c (dy_i.y_j + y_i.dy_j - y_j.dy_j): one product of inner dimension 2d
+            pairs = torch.cat([dy, y], dim=-1), torch.cat([y, dy], dim=-1).transpose(-1, -2)
+            return _baddbmm(dot, *pairs, beta=-c, alpha=c), dy @ mix
 
         def vjp(g_scores: Tensor, g_values: Tensor) -> tuple[Tensor, ...]:
-            g_y = g_scores @ y + g_scores.transpose(-1, -2) @ y - g_scores.sum(-2).unsqueeze(-1) * y
+            transposed = g_scores.transpose(-1, -2) @ y_and_ones  # [S*^T Y, colsum(S*)]
+            g_y = torch.addcmul(_baddbmm(transposed[..., :-1], g_scores, y), transposed[..., -1:], y, value=-1.0)
             return (c * g_y + g_values @ mix.transpose(-1, -2),)
 
         return jvp, vjp
