@@ -243,7 +243,11 @@ class Flow(nn.Module):
         p = next(self.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         dtype = p.dtype if p is not None else torch.get_default_dtype()
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device, dtype=dtype) * temperature
+        # drawn on the generator's device (a seeded CPU generator gives the same latents whatever
+        # the model's device), then moved to the model's
+        draw_device = generator.device if generator is not None else device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=draw_device, dtype=dtype).to(device)
+        z = z * temperature
         if context is not None and len(context) != n:
             raise ValueError(f"context must have one row per sample: {n} rows, got {len(context)}")
         parts = []

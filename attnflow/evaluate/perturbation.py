@@ -40,7 +40,8 @@ def noise_perturbation(
     if any(s < 0 for s in sigmas):
         raise ValueError(f"noise levels must be >= 0, got {list(sigmas)}")
     rows, images = [], []
-    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    draw_device = generator.device if generator is not None else x.device
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device).to(x.device)
     for sigma in sigmas:
         x_sigma = (x + sigma * eps).clamp(0, 1)
         bpd = bits_per_dim(flow, x_sigma, levels)

@@ -76,7 +76,9 @@ def decode_at_temperature(
     range); ``temperature=0`` decodes ``z = 0``."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    z = torch.randn(context.shape[0], flow.latent_dim, generator=generator, dtype=context.dtype) * temperature
+    draw_device = generator.device if generator is not None else context.device
+    z = torch.randn(context.shape[0], flow.latent_dim, generator=generator, dtype=context.dtype, device=draw_device)
+    z = z * temperature
     with torch.no_grad():
         x = flow.decode(z.to(context.device), context)
     return torch.where(torch.isfinite(x), x.clamp(0, 1), torch.full_like(x, float("nan")))

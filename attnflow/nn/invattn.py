@@ -66,12 +66,19 @@ class _MaskedSplit(Bijection):
 
     def _pattern(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
         """Boolean mask of ``shape`` (True = masked half): a seeded permutation of the
-        ``n = prod(shape)`` positions, whose first ``ceil(n / 2)`` entries are masked."""
+        ``n = prod(shape)`` positions, whose first ``ceil(n / 2)`` entries are masked.
+
+        The permutation is drawn on the CPU with a CPU generator (explicit ``device="cpu"``, so a
+        default device such as ``torch.set_default_device("cuda")`` cannot pair a CPU generator
+        with a CUDA tensor) and then moved to ``device``: a seed gives the same mask on every
+        device."""
         key = (shape, torch.device(device))
         if key not in self._masks:
             n = math.prod(shape)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.mask_seed)))
-            flat = torch.zeros(n, dtype=torch.bool)
+            cpu = torch.device("cpu")
+            generator = torch.Generator(device=cpu).manual_seed(int(self.mask_seed))
+            perm = torch.randperm(n, generator=generator, device=cpu)
+            flat = torch.zeros(n, dtype=torch.bool, device=cpu)
             flat[perm[: (n + 1) // 2]] = True
             self._masks[key] = flat.view(shape).to(device)
         return self._masks[key]
