@@ -9,7 +9,7 @@ from attnflow.nn.attention import DotProductSelfAttention, L2MultiheadSelfAttent
 from attnflow.nn.branches import AttentionMix, DenseLayer, build_branch, linearize
 from attnflow.nn.lipschitz import CLipSwish, LipSwish, SpectralNormConv2d, SpectralNormLinear
 from attnflow.nn.logdet import Linearization, LogDetConfig, autograd_linearization
-from attnflow.nn.residual import InverseDidNotConverge, ResidualBlock
+from attnflow.nn.residual import InverseDidNotConverge, ResidualBlock, full_float32
 from attnflow.testing import brute_force_logdet, check_bijection, empirical_lipschitz
 
 DT = torch.float64
@@ -333,3 +333,69 @@ def test_inverse_reports_its_iterations() -> None:
     blk.atol = 1e-4
     blk.inverse(y)
     assert 1 <= blk.last_iterations < few < blk.max_iter
+
+
+class _FlagRecorder(nn.Module):
+    """``g(x) = x / 2`` that records the TF32 flags it runs under (and can be told to fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, bool]] = []
+        self.fail = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        if self.fail:
+            raise ValueError("branch failed")
+        return x / 2
+
+    def lipschitz_bound(self) -> float:
+        return 0.5
+
+
+@pytest.fixture
+def tf32_on():
+    """Both TF32 flags on for the test (as a CUDA user may set them), restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_branch_runs_without_tf32_and_flags_are_restored(tf32_on) -> None:
+    branch = _FlagRecorder()
+    block = ResidualBlock(branch, eval_logdet=LogDetConfig("exact"))
+    block.eval()
+    x = torch.randn(2, 3)
+    y, _ = block(x)
+    torch.testing.assert_close(block.inverse(y), x)
+    assert branch.seen and all(flags == (False, False) for flags in branch.seen)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    branch.fail = True
+    with pytest.raises(ValueError, match="branch failed"):
+        block.inverse(y)
+    with pytest.raises(ValueError, match="branch failed"):
+        block(x)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+
+
+def test_full_float32_restores_mixed_settings() -> None:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, True
+        with full_float32():
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_residual_preset_inverts_on_cuda_under_default_tf32() -> None:
+    """Issue 9: under TF32 the fixed-point inverse raised a spurious InverseDidNotConverge."""
+    from attnflow.models import build
+
+    torch.manual_seed(0)
+    flow = build("resflow-digits").to("cuda").eval()
+    x = torch.rand(4, *flow.shape, device="cuda")
+    torch.testing.assert_close(flow.decode(flow.encode(x)), x, atol=1e-4, rtol=1e-4)

@@ -2,6 +2,9 @@
 Residual Flows, Chen et al. 2019; i-DenseNet, Perugachi-Diaz et al. 2021; ACF)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -9,12 +12,27 @@ from ..core import Bijection
 from .branches import linearize
 from .logdet import LogDetConfig, estimate_logdet
 
-__all__ = ["ResidualBlock", "InverseDidNotConverge"]
+__all__ = ["ResidualBlock", "InverseDidNotConverge", "full_float32"]
 
 # Residual Flows' settings: unbiased estimates with 2 exact terms and the Neumann gradient in
 # training, 20 exact terms in evaluation.
 DEFAULT_TRAIN_LOGDET = LogDetConfig("russian_roulette", n_exact=2, geom_p=0.5, neumann_grad=True)
 DEFAULT_EVAL_LOGDET = LogDetConfig("russian_roulette", n_exact=20, geom_p=0.5)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Disable TF32 for convolutions (``torch.backends.cudnn.allow_tf32``) and matrix products
+    (``torch.backends.cuda.matmul.allow_tf32``) inside the block, restoring both flags on exit,
+    also when the block raises. The flags only affect CUDA kernels: on the CPU this costs two
+    attribute writes and changes no result."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 class InverseDidNotConverge(RuntimeError):
@@ -39,6 +57,16 @@ class ResidualBlock(Bijection):
     branch in evaluation mode; the branch is the same function as in the forward pass (spectral
     normalisation depends on the weights only, see :class:`attnflow.nn.lipschitz.SpectralNormConv2d`).
     ``last_iterations`` holds the number of steps the last inverse took.
+
+    TF32 policy: the branch is evaluated in full float32 precision. On CUDA, TF32 (on by default
+    for cuDNN convolutions) computes ``g(x)`` to only about ``1e-3`` relative, far above the
+    float32 round-off floor the stopping rule assumes, so the inverse would stall and raise a
+    spurious :class:`InverseDidNotConverge`, and forward and inverse would evaluate different
+    functions. The forward pass (the branch and its log-det products) and the whole fixed-point
+    inverse therefore run inside :func:`full_float32`, which disables TF32 for convolutions and
+    matrix products and restores the caller's settings afterwards; the rest of the model keeps
+    PyTorch's defaults. Gradients computed later by ``backward()`` run outside the block and
+    follow the global settings.
 
     Args:
         branch: the residual branch ``g`` (shape-preserving), exposing ``lipschitz_bound()``; it
@@ -73,8 +101,9 @@ class ResidualBlock(Bijection):
         self.last_iterations = 0
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        lin = linearize(self.branch, x)
-        logdet = estimate_logdet(lin, self.train_logdet if self.training else self.eval_logdet)
+        with full_float32():
+            lin = linearize(self.branch, x)
+            logdet = estimate_logdet(lin, self.train_logdet if self.training else self.eval_logdet)
         return x + lin.output, logdet
 
     @torch.no_grad()
@@ -82,7 +111,8 @@ class ResidualBlock(Bijection):
         was_training = self.branch.training
         self.branch.eval()
         try:
-            return self._fixed_point(z)
+            with full_float32():
+                return self._fixed_point(z)
         finally:
             self.branch.train(was_training)
 
