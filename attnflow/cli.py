@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .device import module_device
 from .schema import Field
+
+if TYPE_CHECKING:
+    from .core import Flow
 
 __all__ = ["main", "OPTIONS", "USER_ERRORS"]
 
@@ -42,6 +48,24 @@ OPTIONS = {
     "sr_images": _option("sr_images", int, "test images for the super-resolution / translation metrics", lo=1,
                          hi=10**6),
 }
+
+
+def _device_name(text: str) -> str:
+    """argparse ``type=`` of ``--device``: the name's form is checked here, its availability when
+    the command runs (:func:`attnflow.device.resolve_device`)."""
+    from .device import DEVICE_PATTERN
+
+    if not re.fullmatch(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"must be one of: auto, cpu, cuda, cuda:N, got {text!r}")
+    return text
+
+
+def _load(args: argparse.Namespace) -> tuple[Flow, dict[str, Any]]:
+    """The trained model of ``args.run`` on ``args.device`` and its configuration."""
+    from .device import resolve_device
+    from .train import load_run
+
+    return load_run(args.run, device=resolve_device(args.device))
 
 
 class CommandFailed(RuntimeError):
@@ -106,10 +130,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate.certificates import certificate_summary, certify, uncertified_message
     from .evaluate.importance import importance_weighted_bits_per_dim
     from .evaluate.superres import evaluate_conditional, sr_scale
-    from .train import load_run
 
     torch.manual_seed(args.seed)
-    model, cfg = load_run(args.run)
+    model, cfg = _load(args)
     data = _load_split(cfg, args.split)
     contexts = condition_batch(data)
     res = evaluate_bits_per_dim(model, data.images, data.levels, batch_size=args.batch_size,
@@ -145,9 +168,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def _cmd_sample(args: argparse.Namespace) -> None:
     from .evaluate import finite_samples, save_image_grid
-    from .train import load_run
 
-    model, cfg = load_run(args.run)
+    model, cfg = _load(args)
     if model.context_shape is not None:  # conditional: several outputs for each of the first test conditions
         from .evaluate.superres import save_comparison_grid, sr_scale
 
@@ -171,13 +193,12 @@ def _run_and_images(args: argparse.Namespace, n: int):
     """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1] and
     the data's number of levels."""
     from .data import to_float
-    from .train import load_run
 
-    model, cfg = load_run(args.run)
+    model, cfg = _load(args)
     data = _load_split(cfg, args.split)
     if n > len(data.images):
         raise ValueError(f"{n} images asked for; the {args.split} split has {len(data.images)}")
-    return model, to_float(data.images[:n], data.levels), data.levels
+    return model, to_float(data.images[:n], data.levels).to(module_device(model)), data.levels
 
 
 def _report_wrong(what: str, errors: torch.Tensor, tolerance: float) -> None:
@@ -203,7 +224,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
         raise CommandFailed(f"the inverse did not converge: {rec.failure}")
     width = min(args.n, 8)  # rows of up to 8 images: real, then reconstructed
     pad = (-args.n) % width
-    real, back = (torch.cat([t, torch.ones(pad, *t.shape[1:])]) for t in (x, rec.images))
+    real, back = (torch.cat([t.cpu(), torch.ones(pad, *t.shape[1:])]) for t in (x, rec.images))
     rows = torch.stack([real.view(-1, width, *x.shape[1:]), back.view(-1, width, *x.shape[1:])], dim=1)
     save_image_grid(rows.flatten(0, 2), args.out, nrow=width)
     print(f"wrote real and reconstructed images (alternate rows) to {args.out}; "
@@ -253,16 +274,16 @@ def _cmd_sr(args: argparse.Namespace) -> None:
     from .data.pairs import bicubic_upscale
     from .evaluate import save_image_grid
     from .evaluate.superres import decode_at_temperature, lr_psnr, read_condition_image, sr_scale
-    from .train import load_run
 
-    model, cfg = load_run(args.run)
+    model, cfg = _load(args)
     scale = sr_scale(cfg["data"])
     if scale is None:
         raise ValueError(f"{args.run} is not a super-resolution run (data.condition is "
                          f"{cfg['data'].get('condition', 'none')!r}, not 'lowres'); train an srflow preset")
     lr = read_condition_image(args.input, model.context_shape)
     gen = torch.Generator().manual_seed(args.seed)
-    outs = torch.cat([decode_at_temperature(model, lr, args.temperature, gen) for _ in range(args.n)])
+    on_model = lr.to(module_device(model))
+    outs = torch.cat([decode_at_temperature(model, on_model, args.temperature, gen).cpu() for _ in range(args.n)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_image_grid(bicubic_upscale(lr, scale), out / "bicubic.png", nrow=1)
@@ -277,9 +298,8 @@ def _cmd_sr(args: argparse.Namespace) -> None:
 
 def _cmd_certify(args: argparse.Namespace) -> None:
     from .evaluate.certificates import certify, uncertified_message
-    from .train import load_run
 
-    model, _ = load_run(args.run)
+    model, _ = _load(args)
     report = certify(model)
     if args.json:
         print(json.dumps(report))
@@ -332,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
         text = f"{help or field.help}: {field.describe()} (default {default})"
         parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, **kw)
 
+    def device_option(parser: argparse.ArgumentParser) -> None:
+        """``--device``, default ``cpu``: a command's numbers and inverse verdicts are then the
+        same on every machine (CUDA's TF32 convolutions would change them in the 3rd digit);
+        ``auto`` or ``cuda`` opt into the GPU."""
+        parser.add_argument("--device", type=_device_name, default="cpu",
+                            help="device to run on: auto (CUDA when available), cpu, cuda or cuda:N (default cpu)")
+
     sub.add_parser("presets", help="list the named configurations").set_defaults(func=_cmd_presets)
 
     t = sub.add_parser("train", help="train a preset into a run directory")
@@ -357,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
            "output metrics", nargs="+")
     number(e, "--samples", "samples", 3, "conditional models: outputs per condition")
     number(e, "--sr-images", "sr_images", 500, "conditional models: test images for PSNR, SSIM, LR-PSNR")
+    device_option(e)
     e.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("sample", help="write a grid of samples")
@@ -365,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     number(s, "--temperature", "temperature", 1.0)
     number(s, "--seed", "seed", 0)
     s.add_argument("--out", default="samples.png")
+    device_option(s)
     s.set_defaults(func=_cmd_sample)
 
     def image_command(name: str, help: str, func, out: str, out_help: str | None = None) -> argparse.ArgumentParser:
@@ -375,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--split", default="test", choices=["train", "test"])
         c.add_argument("--out", default=out, help=out_help)
         number(c, "--tolerance", "tolerance", 1e-3)
+        device_option(c)
         c.set_defaults(func=func)
         return c
 
@@ -399,12 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     number(v, "--n", "n", 4, "super-resolutions")
     number(v, "--seed", "seed", 0)
     v.add_argument("--out", default="sr", help="output folder")
+    device_option(v)
     v.set_defaults(func=_cmd_sr)
 
     cert = sub.add_parser("certify", help="certified Lipschitz bounds of a contractive run's blocks and layers "
                                           "(exit status 1 when a block is not certified)")
     cert.add_argument("run", help="run directory")
     cert.add_argument("--json", action="store_true", help="print one JSON object with every block and layer")
+    device_option(cert)
     cert.set_defaults(func=_cmd_certify)
 
     c = sub.add_parser("compare", help="table and test curves of several runs")

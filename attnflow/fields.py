@@ -5,6 +5,7 @@ typo such as ``model.hidden=64000`` from becoming an out-of-memory crash.
 """
 from __future__ import annotations
 
+from .device import DEVICE_PATTERN
 from .schema import Field, add_family, register
 
 __all__: list[str] = []
@@ -50,6 +51,8 @@ register(
     Field("train", "max_rollbacks", int, "rollbacks before training stops as diverged", lo=0, hi=1000, default=5),
     Field("train", "rollback_lr_factor", float, "learning-rate factor at each rollback", lo=0.0, hi=1.0,
           lo_open=True, hi_open=True, default=0.5),
+    Field("train", "device", str, "device to train on; auto = CUDA when available", pattern=DEVICE_PATTERN,
+          pattern_text="auto, cpu, cuda, cuda:N", default="auto"),
     Field("train", "threads", int, "torch CPU threads; 0 = torch's default", lo=0, hi=1024, default=0),
     Field("train", "time_limit_s", float, "seconds of training steps before stopping; 0 = no limit", lo=0.0,
           default=0.0),

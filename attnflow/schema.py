@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,7 +61,8 @@ class Field:
     ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``list`` (of ``item``, an int or float
     type; ``length`` fixes the number of entries, else at least ``min_length``). Numbers (and list
     entries) lie in ``[lo, hi]``, with ``lo_open`` / ``hi_open`` making an end exclusive; strings
-    are one of ``choices`` when given (a callable is called at check time, for registries).
+    are one of ``choices`` when given (a callable is called at check time, for registries), or
+    match the regular expression ``pattern`` in full (``pattern_text`` says what it accepts).
     ``families`` lists the model families that use a ``[model]`` key; ``default`` is the value of
     a ``[data]`` / ``[train]`` key that a preset leaves out.
     """
@@ -74,6 +76,8 @@ class Field:
     lo_open: bool = False
     hi_open: bool = False
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    pattern: str | None = None
+    pattern_text: str = ""
     item: type | None = None
     length: int | None = None
     min_length: int = 0
@@ -107,6 +111,8 @@ class Field:
             return "true or false"
         if self.kind is str:
             allowed = self.allowed()
+            if self.pattern is not None:
+                return f"one of: {self.pattern_text}"
             return f"one of: {', '.join(allowed)}" if allowed else "a string"
         if self.kind is list:
             noun = ("odd integers" if self.odd else "integers") if self.item is int else "numbers"
@@ -148,6 +154,8 @@ class Field:
         if self.kind is str:
             allowed = self.allowed()
             if not isinstance(value, str) or (allowed and value not in allowed):
+                raise self.error(value)
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
                 raise self.error(value)
             return value
         if not isinstance(value, (list, tuple)):

@@ -19,7 +19,7 @@ def interpolate(flow: Flow, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
     if x_a.shape != x_b.shape:
         raise ValueError(f"the two image batches differ in shape: {list(x_a.shape)} vs {list(x_b.shape)}")
     z_a, z_b = flow.encode(x_a), flow.encode(x_b)
-    t = torch.linspace(0, 1, steps, dtype=z_a.dtype).view(1, steps, 1)
+    t = torch.linspace(0, 1, steps, dtype=z_a.dtype, device=z_a.device).view(1, steps, 1)
     z = (1 - t) * z_a[:, None] + t * z_b[:, None]
     x = flow.decode(z.reshape(-1, z.shape[-1]))
     return x.reshape(x_a.shape[0], steps, *x_a.shape[1:])

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..core import Flow
 from ..data.dataset import ImageDataset
 from ..data.pairs import bicubic_downscale, bicubic_upscale, condition_batch
+from ..device import module_device
 
 __all__ = [
     "psnr", "ssim", "lr_psnr", "decode_at_temperature", "evaluate_conditional", "comparison_rows",
@@ -114,12 +115,14 @@ def evaluate_conditional(
     was_training = flow.training
     flow.eval()
     gen = torch.Generator().manual_seed(seed)
+    device = module_device(flow)  # metrics are computed on the CPU, decoding on the model's device
     sums: dict[float, dict[str, list[Tensor]]] = {float(t): {} for t in temperatures}
     base: dict[str, list[Tensor]] = {}
     for start in range(0, len(targets), batch_size):
         hr, ctx = targets[start : start + batch_size], contexts[start : start + batch_size]
         for t in temperatures:
-            outs = torch.stack([decode_at_temperature(flow, ctx, float(t), gen) for _ in range(samples)])
+            on_model = ctx.to(device)
+            outs = torch.stack([decode_at_temperature(flow, on_model, float(t), gen).cpu() for _ in range(samples)])
             flat = outs.flatten(0, 1)  # sample-major: row s * B + b is sample s of condition b
             ok = torch.isfinite(flat.flatten(1)).all(1)
             rows = sums[float(t)]
@@ -224,7 +227,8 @@ def save_comparison_grid(
     n = min(n, len(dataset))
     ctx = condition_batch(dataset, slice(0, n))
     gen = torch.Generator().manual_seed(seed)
-    outputs = [decode_at_temperature(flow, ctx, t, gen).nan_to_num(0.0) for t in temperatures]
+    on_model = ctx.to(module_device(flow))
+    outputs = [decode_at_temperature(flow, on_model, t, gen).nan_to_num(0.0).cpu() for t in temperatures]
     rows = comparison_rows(ctx, to_float(dataset.images[:n], dataset.levels), outputs, scale)
     save_image_grid(rows, path, nrow=n)
 

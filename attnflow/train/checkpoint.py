@@ -54,13 +54,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely (no code execution) with a clear error if it is missing or corrupt."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (no code execution) with a clear error if it is missing or corrupt.
+    Its tensors are placed on ``map_location`` whatever device they were saved from, so a run
+    trained on a GPU loads on a CPU-only machine (and the other way round)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first with `attnflow train --out {path.parent}`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
         # torch's own message suggests weights_only=False, which would run a hostile file's code:
         # name only the kind of failure.
@@ -81,9 +83,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
-def load_run(run_dir: str | os.PathLike, use_ema: bool = True) -> tuple[Flow, dict[str, Any]]:
-    """The trained model of a run directory (EMA weights when the run kept them) in eval mode,
-    and its configuration."""
+def load_run(
+    run_dir: str | os.PathLike, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Flow, dict[str, Any]]:
+    """The trained model of a run directory (EMA weights when the run kept them) in eval mode on
+    ``device`` (the checkpoint is mapped there, whatever device it was saved from), and its
+    configuration."""
     from ..models import build_from_config
 
     from ..config import read_config
@@ -93,8 +98,8 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True) -> tuple[Flow, di
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG}); train with `attnflow train --out {run_dir}`")
     cfg = read_config(cfg_path)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    model = build_from_config(cfg["model"])
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+    model = build_from_config(cfg["model"]).to(device)
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)

@@ -7,6 +7,12 @@ position, so an interrupted run continued with ``resume=True`` ends with the sam
 an uninterrupted one. SIGINT / SIGTERM stop the loop at the next step boundary
 (:mod:`attnflow.train.signals`), so an interrupted run is exact too.
 
+Device: ``train.device`` (``auto``: CUDA when available) holds the model, optimizer and EMA state;
+batches are drawn and dequantized on the CPU (the same data and noise whatever the device) and
+moved once per step. Checkpoints load onto the CPU first (``map_location``) and then move to the
+run's device, so a run saved on one device resumes or evaluates on another; the CUDA RNG state is
+saved too when training on CUDA.
+
 Reliability: one training at a time per run directory (:mod:`attnflow.train.runlock`); a step whose
 loss, gradient or updated weights are not finite is skipped, ``max_bad_steps`` of them in a row
 roll back to the last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
@@ -30,6 +36,7 @@ from ..config import check_config, read_config
 from ..core import Flow
 from ..data import BatchSampler, dequantize, load_configured
 from ..data.pairs import condition_batch
+from ..device import resolve_device
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
 from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
@@ -123,11 +130,12 @@ class Trainer:
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         torch.manual_seed(t["seed"])
+        self.device = resolve_device(t["device"], fallback_hint="set train.device=cpu")
 
         data = cfg["data"]
         self.train_set = load_configured(data, "train")
         self.test_set = load_configured(data, "test")
-        self.model: Flow = build_from_config(cfg["model"])
+        self.model: Flow = build_from_config(cfg["model"]).to(self.device)
         if tuple(self.train_set.shape) != self.model.shape:
             raise ValueError(
                 f"dataset {data['name']!r} has images of shape {self.train_set.shape} but the model expects "
@@ -177,16 +185,19 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "dequant_rng": self.dequant_gen.get_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema and state.get("ema_shadow"):
-            self.ema.shadow = {k: v.clone() for k, v in state["ema_shadow"].items()}
+            self.ema.shadow = {k: v.to(self.device, copy=True) for k, v in state["ema_shadow"].items()}
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.dequant_gen.set_state(state["dequant_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
         self.lr_scale = float(state["lr_scale"])
         self.rollbacks = int(state.get("rollbacks", 0))
@@ -226,9 +237,10 @@ class Trainer:
         when the update made a weight non-finite (the next steps fail until a rollback)."""
         t = self.cfg["train"]
         idx = next(self.sampler)
-        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
+        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen).to(self.device)
         self.model.train()
         context = condition_batch(self.train_set, idx)  # None for unconditional data
+        context = None if context is None else context.to(self.device)
         bpd = log_prob_to_bits_per_dim(self.model.log_prob(x, context), self.model.dim, self.levels)
         loss = bpd.mean()
         params = [p for p in self.model.parameters() if p.requires_grad]

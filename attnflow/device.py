@@ -1,0 +1,42 @@
+"""Where a model runs: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or
+``"cuda:N"``, the values of ``train.device`` and of the CLI's ``--device``."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+__all__ = ["DEVICE_PATTERN", "DeviceUnavailable", "resolve_device", "module_device"]
+
+#: The accepted device names (``train.device`` and ``--device``).
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+class DeviceUnavailable(ValueError):
+    """A device was requested that this machine does not have (or a name that is no device)."""
+
+
+def resolve_device(name: str, fallback_hint: str = "use --device cpu") -> torch.device:
+    """The :class:`torch.device` for ``name`` (``"auto"``: ``cuda`` when
+    ``torch.cuda.is_available()``, else ``cpu``), or a one-line :class:`DeviceUnavailable` naming
+    the problem and ending with ``fallback_hint``."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):
+        raise DeviceUnavailable(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable(f"{name} requested but torch.cuda.is_available() is False; {fallback_hint}")
+    device = torch.device(name)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise DeviceUnavailable(f"{name} requested but only {count} CUDA device(s) are visible; {fallback_hint}")
+    return device
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter (the CPU for a module without parameters)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
