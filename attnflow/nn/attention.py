@@ -23,8 +23,8 @@ differentiable functions of the weights, so the normalisation is trained through
 norms in them are certified upper bounds from Gram iteration
 (:func:`attnflow.nn.operator_norm.gram_spectral_norm`: a dozen products of ``d x d`` matrices,
 within 0.1% of the exact norm, no SVD and no host synchronisation); every monotone bound stays
-valid with upper bounds in place of the norms. The residual branch that holds one of these modules multiplies ``lipschitz_bound()``
-into its own bound.
+valid with upper bounds in place of the norms. The residual branch that holds one of these
+modules multiplies ``lipschitz_bound()`` into its own bound.
 
 Each module also has ``linearize(x)`` (:class:`attnflow.nn.logdet.Linearization`): the output with
 explicit Jacobian-vector and vector-Jacobian products for the log-det estimators, first-order
@@ -46,7 +46,7 @@ from scipy.special import lambertw
 from torch import Tensor, nn
 
 from .logdet import Linearization
-from .operator_norm import gram_spectral_norm
+from .operator_norm import gram_spectral_norm, tensor_state
 
 __all__ = [
     "DotProductSelfAttention",
@@ -196,7 +196,7 @@ class _TokenSelfAttention(nn.Module):
             return None
         if torch.is_grad_enabled():
             return self.raw_lipschitz_bound(tokens)
-        key = (tokens, *((p.data_ptr(), p._version) for p in self.parameters()))
+        key = (tokens, *tensor_state(*self.parameters()))
         if getattr(self, "_divisor_cache", (None,))[0] != key:
             self._divisor_cache = (key, self.raw_lipschitz_bound(tokens))
         return self._divisor_cache[1]

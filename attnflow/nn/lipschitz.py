@@ -25,6 +25,7 @@ from .operator_norm import (
     conv_operator_norm_bound,
     gram_spectral_norm,
     power_iteration,
+    tensor_state,
     unit_vectors,
 )
 
@@ -93,6 +94,7 @@ class _SpectralNorm(nn.Module):
             raise ValueError(f"max_iter must be >= 1 power-iteration step, got {max_iter}")
         self.coeff, self.tol, self.max_iter = float(coeff), float(tol), int(max_iter)
         self._fresh_for: tuple | None = None  # the weight state u, v were last computed for
+        self._sigma_cache: tuple = (None, None)  # (weight state, sigma_hat) of the last no-grad use
         self.power_steps = 0  # steps of the last refresh (diagnostics)
         self.explicit_side = EXPLICIT_SIDE
 
@@ -113,8 +115,7 @@ class _SpectralNorm(nn.Module):
         raise NotImplementedError
 
     def _weight_state(self) -> tuple:
-        w = self.weight
-        return (w.data_ptr(), w._version, w.device, w.dtype, self.tol, self.u.data_ptr(), self.u._version)
+        return (self.tol, *tensor_state(self.weight, self.u))
 
     def _vectors(self, store: bool) -> tuple[Tensor, Tensor]:
         """``u``, ``v`` for the current weights (copies): the buffers when they are up to date,
@@ -141,12 +142,19 @@ class _SpectralNorm(nn.Module):
     def _sigma(self, store: bool) -> Tensor:
         """The norm the weight is divided by, differentiable in ``W``: the Gram-iteration bound of
         the explicit operator for small operators, else the power-iteration estimate
-        ``u^T A(W) v``."""
+        ``u^T A(W) v``. Without autograd it is reused while the weights are unchanged (the
+        iterations of a fixed-point inverse, repeated evaluation)."""
+        if not torch.is_grad_enabled() and self._sigma_cache[0] == self._weight_state():
+            return self._sigma_cache[1]
         matrix = self._small_matrix(self.weight)
         if matrix is not None:
-            return gram_spectral_norm(matrix)
-        u, v = self._vectors(store)
-        return (u * self._op(v, self.weight)).sum()
+            sigma = gram_spectral_norm(matrix)
+        else:
+            u, v = self._vectors(store)
+            sigma = (u * self._op(v, self.weight)).sum()
+        if not torch.is_grad_enabled() and (store or matrix is not None):  # a value the forward pass uses
+            self._sigma_cache = (self._weight_state(), sigma)
+        return sigma
 
     def refresh_normalization(self) -> None:
         """Bring ``u``, ``v`` up to date with the weights now, even after an edit the version counter

@@ -28,10 +28,18 @@ __all__ = [
     "gram_looseness",
     "gram_spectral_norm",
     "power_iteration",
+    "tensor_state",
     "unit_vectors",
 ]
 
 LinearMap = Callable[[Tensor], Tensor]
+
+
+def tensor_state(*tensors: Tensor) -> tuple:
+    """A key that changes whenever one of ``tensors`` is changed in place (its version counter:
+    optimizer steps, ``load_state_dict``, ``copy_`` under ``torch.no_grad()``) or replaced by new
+    storage (a device or dtype move). Edits through ``.data`` bypass the version counter."""
+    return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
 
 
 def unit_vectors(t: Tensor) -> Tensor:
