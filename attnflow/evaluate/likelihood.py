@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
+from ..device import module_device
 
 __all__ = ["log_prob_to_bits_per_dim", "bits_per_dim", "evaluate_bits_per_dim", "check_levels"]
 
@@ -77,8 +78,7 @@ def evaluate_bits_per_dim(
     was_training = flow.training
     flow.eval()
     gen = torch.Generator().manual_seed(seed)
-    param = next(flow.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(flow)
     starts = range(0, len(images), batch_size)
     if max_batches:
         starts = starts[:max_batches]
