@@ -56,6 +56,8 @@ register(
     Field("train", "threads", int, "torch CPU threads; 0 = torch's default", lo=0, hi=1024, default=0),
     Field("train", "time_limit_s", float, "seconds of training steps before stopping; 0 = no limit", lo=0.0,
           default=0.0),
+    Field("train", "clock", str, "what train.time_limit_s counts: wall = elapsed seconds; cpu = this process's CPU "
+          "seconds (equal compute for runs sharing a machine)", choices=("wall", "cpu"), default="wall"),
     # -- [model], every family ----------------------------------------------------------------
     _model("shape", list, "channels, height and width of the images", ALL_FAMILIES, item=int, length=3, lo=1, hi=4096),
     _model("preprocess", str, "pre-processing bijection", ALL_FAMILIES, choices=("logit", "shift")),

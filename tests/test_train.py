@@ -130,8 +130,9 @@ def test_shape_mismatch_is_explained(tmp_path):
         Trainer(tiny_cfg("model.shape=[1, 4, 4]"), tmp_path, progress=False)
 
 
-def test_time_limit_ends_training_early_and_counts_across_resume(tmp_path):
-    cfg = tiny_cfg("train.steps=100000", "train.time_limit_s=0.5", "train.checkpoint_every=10")
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_time_limit_ends_training_early_and_counts_across_resume(tmp_path, clock):
+    cfg = tiny_cfg("train.steps=100000", "train.time_limit_s=0.5", "train.checkpoint_every=10", f"train.clock={clock}")
     results = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert 0 < results["step"] < 100000
     assert 0.5 <= results["train_seconds"] < 5.0

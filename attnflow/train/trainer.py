@@ -76,6 +76,12 @@ class ExponentialMovingAverage:
         return state
 
 
+#: What ``train.time_limit_s`` and ``train_seconds`` count. ``cpu`` is the CPU time of the whole
+#: process (all its threads): runs that share a machine, each with ``train.threads=1``, then get
+#: equal compute whatever else runs beside them.
+TRAINING_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def _log(message: str) -> None:
     """A line on stderr (with the progress bar), not mixed into the command's results on stdout."""
     import sys
@@ -296,7 +302,8 @@ class Trainer:
 
     def run(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train to ``train.steps``, or until ``train.time_limit_s`` seconds of training steps
-        (evaluation excluded) have been spent, or to ``stop_at``; returns the final test evaluation, or
+        (evaluation excluded; elapsed or CPU seconds as ``train.clock`` says) have been spent,
+        or to ``stop_at``; returns the final test evaluation, or
         ``{"interrupted_at": step}`` (and ``"signal"``) when stopped early by ``stop_at`` or by
         SIGINT / SIGTERM, after writing a checkpoint at that step boundary. Releases the run
         directory's lock when it returns."""
@@ -321,6 +328,7 @@ class Trainer:
         bad = 0
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
         window_start, window_images = time.perf_counter(), 0
+        clock = TRAINING_CLOCKS[t["clock"]]
         try:
             while self.step < total:
                 if stop.signal is not None or (stop_at is not None and self.step >= stop_at):
@@ -329,9 +337,9 @@ class Trainer:
                     _log(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
                     break
                 lr = self._set_lr()
-                step_start = time.perf_counter()
+                step_start = clock()
                 result = self._train_step()
-                self.train_seconds += time.perf_counter() - step_start
+                self.train_seconds += clock() - step_start
                 if result is None:
                     bad += 1
                     _log(f"step {self.step + 1}: non-finite loss, gradient or weights, step skipped ({bad}/{t['max_bad_steps']})")
