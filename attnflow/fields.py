@@ -12,6 +12,7 @@ __all__: list[str] = []
 
 COUPLING_FAMILIES = ("glow", "flowpp", "marflow")
 ALL_FAMILIES = ("glow", "flowpp", "marflow", "residual", "denseflow")
+CONDITIONAL_FAMILIES = ("srflow", "fullglow")
 
 
 def _dataset_names() -> tuple[str, ...]:
@@ -63,7 +64,8 @@ register(
     _model("preprocess", str, "pre-processing bijection", ALL_FAMILIES, choices=("logit", "shift")),
     _model("alpha", float, "logit pre-processing margin", ALL_FAMILIES, lo=0.0, hi=0.5, hi_open=True),
     _model("hidden", int, "width of the coupling networks or residual branches", ALL_FAMILIES, lo=1, hi=4096),
-    _model("heads", int, "attention heads", ALL_FAMILIES, lo=1, hi=256),
+    _model("heads", int, "attention heads", ("glow", "flowpp", "marflow", "residual", *CONDITIONAL_FAMILIES), lo=1,
+           hi=256),
     _model("scales", int, "number of scales", ("glow", "flowpp", "marflow", "residual"), lo=1, hi=10),
     _model("learned_prior", bool, "learned prior at each factor-out", ("glow", "residual", "denseflow")),
     # -- coupling flows: glow, flowpp, marflow ------------------------------------------------
@@ -75,8 +77,8 @@ register(
     _model("patches", int, "iSDP patch grid (a perfect square)", COUPLING_FAMILIES, lo=1, hi=4096),
     _model("blocks", int, "gated attention blocks per coupling network", ("flowpp", "marflow"), lo=1, hi=64),
     _model("components", int, "logistic mixture components", ("flowpp", "marflow"), lo=1, hi=64),
-    _model("coupling_heads", int, "self-attention heads in the coupling networks", ("flowpp", "marflow"), lo=1,
-           hi=256),
+    _model("coupling_heads", int, "self-attention heads in the coupling networks; 0 = no self-attention",
+           ("flowpp", "marflow"), lo=0, hi=256),
     _model("dequantization", str, "dequantization", ("flowpp",), choices=("uniform", "variational")),
     _model("levels", int, "grey levels of the data, for the variational dequantizer", ("flowpp",), lo=2, hi=256),
     _model("deq_steps", int, "couplings of the variational dequantizer", ("flowpp",), lo=1, hi=64),
@@ -124,6 +126,8 @@ register(
     _model("growth", int, "noise channels per cross-unit coupling", ("denseflow",), lo=0, hi=4096),
     _model("depth", int, "dense-block depth of the coupling networks", ("denseflow",), lo=1, hi=64),
     _model("dense_growth", int, "dense-block growth of the coupling networks", ("denseflow",), lo=1, hi=4096),
+    _model("heads", int, "Nyström attention heads in the coupling networks; 0 = no attention", ("denseflow",), lo=0,
+           hi=256),
     _model("landmarks", int, "Nyström attention landmarks", ("denseflow",), lo=1, hi=4096),
     _model("noise_depth", int, "dense-block depth of the noise network", ("denseflow",), lo=1, hi=64),
     _model("noise_growth", int, "dense-block growth of the noise network", ("denseflow",), lo=1, hi=4096),
@@ -131,7 +135,6 @@ register(
 
 
 # -- conditional flows: srflow (SRFlow / cAttnFlow), fullglow (Full-Glow / cAttnFlow) ----------
-CONDITIONAL_FAMILIES = ("srflow", "fullglow")
 
 
 def _conditions() -> tuple[str, ...]:
@@ -161,4 +164,4 @@ register(
     _model("source_hidden", int, "width of the source flow's coupling networks", ("fullglow",), lo=1, hi=4096),
 )
 for _family in CONDITIONAL_FAMILIES:
-    add_family(_family, "shape", "preprocess", "alpha", "hidden", "heads", "learned_prior", "steps", "patches")
+    add_family(_family, "shape", "preprocess", "alpha", "hidden", "learned_prior", "steps", "patches")

@@ -102,6 +102,25 @@ def test_dense_block_and_coupling_net_shapes_and_zero_init():
         DenseBlock(3, 5, depth=0, growth=2)
 
 
+def test_dense_coupling_net_without_attention():
+    with_attention = DenseFlowCouplingNet(3, 6, hidden=4, depth=2, growth=2, heads=2, landmarks=4)
+    without = DenseFlowCouplingNet(3, 6, hidden=4, depth=2, growth=2, heads=0)
+    assert without.attention is None and not any(isinstance(m, NystromAttention) for m in without.modules())
+    assert sum(p.numel() for p in without.parameters()) < sum(p.numel() for p in with_attention.parameters())
+    x = torch.randn(2, 3, 4, 4)
+    perturb_(without)
+    assert without(x).shape == (2, 6, 4, 4) and without(x).abs().max() > 0
+    with pytest.raises(ValueError, match="heads must be >= 0"):
+        DenseFlowCouplingNet(3, 6, hidden=4, heads=-1)
+
+
+def test_denseflow_without_attention_has_no_nystrom_module():
+    flow, with_attention = tiny_model(heads=0), tiny_model(heads=2)
+    assert not any(isinstance(m, NystromAttention) for m in flow.modules())
+    assert any(isinstance(m, NystromAttention) for m in with_attention.modules())
+    assert sum(p.numel() for p in flow.parameters()) < sum(p.numel() for p in with_attention.parameters())
+
+
 def test_affine_coupling_with_dense_net_is_a_bijection():
     factory = dense_net_factory(hidden=4, depth=2, growth=2, heads=2, landmarks=3)
     for mask in ("channel", "channel-inv"):
@@ -184,8 +203,9 @@ def test_stage_with_fixed_noise_is_a_bijection_of_data_and_noise():
 
 # -- the assembled model -----------------------------------------------------------------------
 
-def test_model_with_fixed_noise_matches_brute_force():
-    flow = tiny_model()
+@pytest.mark.parametrize("heads", [1, 0])
+def test_model_with_fixed_noise_matches_brute_force(heads):
+    flow = tiny_model(heads=heads)
     assert isinstance(flow, DenseFlowModel) and flow.log_prob_is_bound
     # scale 0: 4 channels at 2x2 widened twice by 2; scale 1: 6 // 2 * 4 = 12 channels at 1x1, once
     noise_shapes = [(2, 2, 2), (2, 2, 2), (2, 1, 1)]
@@ -229,8 +249,8 @@ def test_bad_inputs_and_arguments():
         denseflow(**{**TINY, "modules": (1,)})
     with pytest.raises(ValueError, match="multiples of 8"):
         denseflow(**{**TINY, "units": (1, 1, 1), "modules": (1, 1, 1)})
-    with pytest.raises(ValueError, match="heads=3 must divide hidden=4"):
-        denseflow(**{**TINY, "heads": 3})
+    with pytest.raises(ValueError, match=r"heads=5 must be in 0\.\.hidden=4"):
+        denseflow(**{**TINY, "heads": 5})
     with pytest.raises(ValueError, match=">= 1 unit"):
         denseflow(**{**TINY, "units": (0, 1)})
     with pytest.raises(ValueError, match="growth"):

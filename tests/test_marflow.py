@@ -96,6 +96,18 @@ def test_marflow_inverse_and_logdet(attention, positions, heads, coupling):
     check_bijection(flow.transform, torch.rand(2, 1, 4, 4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("coupling", ["mixture", "affine"])
+def test_marflow_without_coupling_attention(coupling):
+    """coupling_heads=0: the gated-convolution coupling networks without self-attention."""
+    args = dict(shape=(1, 4, 4), scales=2, steps=2, hidden=4, components=2, prior_hidden=3, coupling=coupling)
+    with_attention, without = marflow(**args, coupling_heads=2), marflow(**args, coupling_heads=0)
+    assert "DotProductSelfAttention" not in {type(m).__name__ for m in without.modules()}
+    assert "DotProductSelfAttention" in {type(m).__name__ for m in with_attention.modules()}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(without) < count(with_attention)
+    check_bijection(_perturb(without.double(), 0.1).transform, torch.rand(2, 1, 4, 4, dtype=torch.float64))
+
+
 def test_marflow_structure_and_sampling():
     flow = marflow(shape=(1, 8, 8), scales=2, steps=1, hidden=4, components=2, prior_hidden=3)
     names = [type(m).__name__ for m in flow.modules()]

@@ -37,11 +37,11 @@ def test_logit_cdf_and_its_derivative_match_the_direct_formula():
 
 
 @pytest.mark.parametrize(
-    "mask,attention",
-    [("channel", True), ("channel-inv", True), ("checkerboard", True), ("checkerboard-inv", True), ("channel", False)],
+    "mask,heads",
+    [("channel", 2), ("channel-inv", 2), ("checkerboard", 2), ("checkerboard-inv", 2), ("channel", 0)],
 )
-def test_mixture_coupling_inverse_and_logdet(mask, attention):
-    layer = _perturb(MixtureCoupling(3, hidden=8, mask=mask, components=3, attention=attention, heads=2).double())
+def test_mixture_coupling_inverse_and_logdet(mask, heads):
+    layer = _perturb(MixtureCoupling(3, hidden=8, mask=mask, components=3, heads=heads).double())
     x = torch.randn(2, 3, 3, 3, dtype=torch.float64)
     check_bijection(layer, x)
     z, _ = layer(x)
@@ -85,6 +85,8 @@ def test_mixture_coupling_bad_arguments():
         MixtureCoupling(2, components=0)
     with pytest.raises(ValueError, match="heads=3 does not divide channels=8"):
         MixtureCoupling(2, hidden=8, heads=3)
+    with pytest.raises(ValueError, match="coupling heads must be >= 0"):
+        MixtureCoupling(2, hidden=8, heads=-1)
     with pytest.raises(ValueError, match="checkerboard"):
         MixtureCoupling(1, mask="channel")
 
@@ -159,3 +161,17 @@ def test_flowpp_bad_arguments(kwargs, match):
     args = dict(shape=(1, 4, 4), scales=2, steps=1, hidden=4, components=2)
     with pytest.raises(ValueError, match=match):
         flowpp(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_flowpp_without_coupling_attention(dequantization):
+    """coupling_heads=0: gated convolutions only (the attention-free baseline), still a bijection."""
+    args = dict(shape=(1, 4, 4), scales=2, steps=2, hidden=4, components=2, dequantization=dequantization,
+                levels=17, deq_steps=1, deq_hidden=4)
+    with_attention, without = flowpp(**args, coupling_heads=2), flowpp(**args, coupling_heads=0)
+    kinds = {type(m).__name__ for m in without.modules()}
+    assert "DotProductSelfAttention" not in kinds and "DotProductSelfAttention" in {
+        type(m).__name__ for m in with_attention.modules()}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(without) < count(with_attention)
+    check_bijection(_perturb(without.double(), 0.1).transform, torch.rand(2, 1, 4, 4, dtype=torch.float64))

@@ -67,7 +67,8 @@ def denseflow(
         modules: Glow-like modules per invertible unit, per scale (same length as ``units``).
         growth: noise channels added by each cross-unit coupling (the "10" of DenseFlow-74-10).
         hidden, depth, dense_growth: coupling network width, dense-block depth and growth rate.
-        heads, landmarks: Nyström self-attention heads (must divide ``hidden``) and landmarks.
+        heads, landmarks: Nyström self-attention heads (at most ``hidden``; 0 = coupling
+            networks without attention, the attention-free baseline) and landmarks.
         noise_depth, noise_growth: the dense block computing the noise ``(mu, sigma)``.
         preprocess, alpha: ``"shift"`` or ``"logit"`` (with ``alpha``) pre-processing.
         learned_prior: learned conditional prior at each factor-out.
@@ -92,8 +93,8 @@ def denseflow(
             f"{len(units)} scales squeeze the image {len(units)} times, so H and W must be multiples of "
             f"{factor}; got {h}x{w}: use fewer scales or pad the images"
         )
-    if hidden % heads:
-        raise ValueError(f"heads={heads} must divide hidden={hidden}")
+    if not 0 <= heads <= hidden:
+        raise ValueError(f"heads={heads} must be in 0..hidden={hidden} (0 = no Nyström attention)")
     net_factory = dense_net_factory(hidden, depth, dense_growth, heads, landmarks)
 
     def scale(chw: tuple[int, int, int], s: int) -> tuple[Bijection, int]:

@@ -75,7 +75,8 @@ def flowpp(
 
     Scale 0 is not squeezed and alternates checkerboard masks; later scales squeeze and alternate
     channel masks. The coupling network is :class:`~attnflow.nn.mixture.GatedAttentionNet` of
-    width ``hidden`` with ``blocks`` blocks and ``coupling_heads`` attention heads; the mixture
+    width ``hidden`` with ``blocks`` blocks and ``coupling_heads`` attention heads
+    (``coupling_heads=0``: gated convolutions without self-attention, the baseline); the mixture
     has ``components`` logistics. ``attention``/``positions``/``heads``/``patches`` add AttnFlow's
     invertible attention as in the glow builder. ``dequantization="variational"`` returns a
     :class:`VariationallyDequantizedFlow` for data with ``levels`` grey levels (its dequantizer

@@ -60,7 +60,8 @@ def marflow(
 
     ``coupling="mixture"`` (mARFlow, Flow++'s mixture-of-logistics coupling with ``components``
     logistics) or ``"affine"`` (Glow's affine coupling); both use Flow++'s gated convolution +
-    self-attention network (width ``hidden``, ``blocks`` blocks, ``coupling_heads`` heads).
+    self-attention network (width ``hidden``, ``blocks`` blocks, ``coupling_heads`` heads;
+    ``coupling_heads=0`` drops the self-attention, the attention-free baseline).
     ``mask`` alternates ``"channel"`` halves or checkerboards. The priors are ConvLSTMs over
     groups of ``prior_group`` channels with ``prior_hidden`` state channels.
     ``attention`` in {"none", "imap", "isdp"} puts AttnFlow's invertible attention at each of the

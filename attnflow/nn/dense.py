@@ -12,6 +12,8 @@ followed by a gated 1x1 projection ``a + b * sigmoid(c)`` of ``h_depth`` to the 
 (:class:`~attnflow.nn.nystrom.NystromAttention`) run in parallel on ``h``; their outputs are
 concatenated and fused, ``f = conv1x1(ReLU([dense(h), nystrom(h)]))``, and a zero-initialised
 ``conv1x1(f)`` gives the coupling's scale and shift, so every coupling starts as the identity.
+Without attention (``heads=0``, the attention-free baseline) the global branch is absent and
+``f = conv1x1(ReLU(dense(h)))``.
 
 *Intra-unit coupling* (the slides' "second level of skip connections"): the affine couplings of
 the Glow-like modules inside each invertible unit use this network, so the transformed half of
@@ -89,7 +91,8 @@ class DenseBlock(nn.Module):
 class DenseFlowCouplingNet(nn.Module):
     """DenseFlow's coupling network: dense block (local correlations) fused with Nyström
     self-attention (global context); see the module docstring. Paper sizes: ``hidden=48``,
-    ``depth=7``, ``growth=64``, one head, 4 landmarks (reference code)."""
+    ``depth=7``, ``growth=64``, one head, 4 landmarks (reference code). ``heads=0``: no
+    attention branch."""
 
     def __init__(
         self,
@@ -102,15 +105,19 @@ class DenseFlowCouplingNet(nn.Module):
         landmarks: int = 4,
     ) -> None:
         super().__init__()
+        if heads < 0:
+            raise ValueError(f"attention heads must be >= 0 (0 = no Nyström attention), got {heads}")
         self.inp = nn.Conv2d(in_channels, hidden, 1)
         self.local = DenseBlock(hidden, hidden, depth, growth)
-        self.attention = NystromAttention(hidden, heads, landmarks)
-        self.fuse = nn.Sequential(nn.ReLU(), nn.Conv2d(2 * hidden, hidden, 1))
+        self.attention = NystromAttention(hidden, heads, landmarks) if heads else None
+        branches = 2 if heads else 1
+        self.fuse = nn.Sequential(nn.ReLU(), nn.Conv2d(branches * hidden, hidden, 1))
         self.out = _zero_(nn.Conv2d(hidden, out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.inp(x)
-        return self.out(self.fuse(torch.cat([self.local(h), self.attention(h)], dim=1)))
+        features = self.local(h) if self.attention is None else torch.cat([self.local(h), self.attention(h)], dim=1)
+        return self.out(self.fuse(features))
 
 
 def dense_net_factory(

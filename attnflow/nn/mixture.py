@@ -98,24 +98,25 @@ class GatedAttentionNet(nn.Module):
     with ``gate(a, g) = a * sigmoid(g)``, then a zero-initialised 3x3 output convolution. The
     attention is plain multi-head scaled dot-product attention over the ``H*W`` positions
     (:class:`~attnflow.nn.attention.DotProductSelfAttention`); it needs no invertibility since
-    it only parametrises the coupling. ``heads`` must divide ``hidden``; ``attention=False``
-    drops the attention sub-blocks. Differences from Flow++: group normalisation over each
-    sample instead of per-position layer norm, no positional encoding and no dropout.
+    it only parametrises the coupling. ``heads=0`` drops the attention sub-blocks (the
+    gated-convolution network alone: the attention-free baseline). Differences from Flow++: group
+    normalisation over each sample instead of per-position layer norm, no positional encoding
+    and no dropout.
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 1, heads: int = 1, attention: bool = True
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 1, heads: int = 1) -> None:
         super().__init__()
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1, got {blocks}")
+        if heads < 0:
+            raise ValueError(f"coupling heads must be >= 0 (0 = no self-attention), got {heads}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1)]
         for _ in range(blocks):
             conv = nn.Sequential(
                 nn.ELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ELU(), nn.Conv2d(hidden, 2 * hidden, 3, padding=1)
             )
             layers += [_GatedResidual(conv), nn.GroupNorm(1, hidden)]
-            if attention:
+            if heads:
                 attn = nn.Sequential(DotProductSelfAttention(hidden, heads), nn.Conv2d(hidden, 2 * hidden, 1))
                 layers += [_GatedResidual(attn), nn.GroupNorm(1, hidden)]
         last = nn.Conv2d(hidden, out_channels, 3, padding=1)
@@ -142,8 +143,8 @@ class MixtureCoupling(AffineCoupling):
 
     Masks and context work as in :class:`~attnflow.nn.glow.AffineCoupling` (this class reuses
     its split and merge). ``net_factory(in_channels, out_channels)`` builds the network; the
-    default is :class:`GatedAttentionNet` (``hidden``, ``blocks``, ``heads``,
-    ``attention``). The component means get fixed offsets ``linspace(-1, 1, K)`` so the ``K``
+    default is :class:`GatedAttentionNet` (``hidden``, ``blocks``, ``heads``; ``heads=0``
+    has no self-attention). The component means get fixed offsets ``linspace(-1, 1, K)`` so the ``K``
     components start distinct (with a zero-initialised network they would otherwise receive
     identical gradients forever).
     """
@@ -158,13 +159,12 @@ class MixtureCoupling(AffineCoupling):
         context_channels: int = 0,
         blocks: int = 1,
         heads: int = 1,
-        attention: bool = True,
         bisection_tol: float = 1e-12,
         bisection_max_iter: int = 200,
     ) -> None:
         if components < 1:
             raise ValueError(f"components must be >= 1, got {components}")
-        base = net_factory or (lambda i, o: GatedAttentionNet(i, o, hidden, blocks, heads, attention))
+        base = net_factory or (lambda i, o: GatedAttentionNet(i, o, hidden, blocks, heads))
         per_element = 2 + 3 * components
         # AffineCoupling asks for 2 outputs per transformed channel; we need 2 + 3K.
         super().__init__(channels, hidden, mask, lambda i, o: base(i, o // 2 * per_element), context_channels)
