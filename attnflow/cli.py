@@ -101,6 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         f"test {kind}bits/dim: {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} "
         f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
     )
+    if "accuracy" in test:
+        print(f"test accuracy: {test['accuracy']:.4f} ± {test['accuracy_stderr']:.4f}")
     print(f"wrote {args.out}/samples.png, {args.out}/loss.png, {args.out}/results.json")
 
 
@@ -128,16 +130,22 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .data import to_float
     from .data.pairs import condition_batch
     from .evaluate.certificates import certificate_summary, certify, uncertified_message
+    from .evaluate.classification import evaluate_hybrid
     from .evaluate.importance import importance_weighted_bits_per_dim
+    from .models.hybrid import HybridFlow
     from .evaluate.superres import evaluate_conditional, sr_scale
 
     torch.manual_seed(args.seed)
     model, cfg = _load(args)
     data = _load_split(cfg, args.split)
     contexts = condition_batch(data)
-    res = evaluate_bits_per_dim(model, data.images, data.levels, batch_size=args.batch_size,
-                                seed=args.seed, max_batches=args.max_batches, progress=not args.json,
-                                contexts=contexts)
+    if isinstance(model, HybridFlow):  # bits/dim and test accuracy from one pass
+        res = evaluate_hybrid(model, data.images, data.labels, data.levels, batch_size=args.batch_size,
+                              seed=args.seed, max_batches=args.max_batches, progress=not args.json)
+    else:
+        res = evaluate_bits_per_dim(model, data.images, data.levels, batch_size=args.batch_size,
+                                    seed=args.seed, max_batches=args.max_batches, progress=not args.json,
+                                    contexts=contexts)
     if contexts is not None:  # conditional bits/dim -log2 p(x | c) / D, then the output metrics
         k = min(args.sr_images, len(data))
         res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
@@ -159,6 +167,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     kind = " (upper bound: negative ELBO)" if res["upper_bound"] else ""
     kind = " (conditional, -log2 p(x | condition) / D)" if contexts is not None else kind
     print(f"{args.split} bits/dim{kind}: {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} over {res['n']} images")
+    if "accuracy" in res:
+        print(f"{args.split} accuracy: {res['accuracy']:.4f} ± {res['accuracy_stderr']:.4f} "
+              f"(cross-entropy {res['cross_entropy']:.4f} nats)")
     if contexts is not None:
         _print_conditional(res["conditional"])
     if "importance_weighted" in res:

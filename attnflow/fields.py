@@ -6,6 +6,7 @@ typo such as ``model.hidden=64000`` from becoming an out-of-memory crash.
 from __future__ import annotations
 
 from .device import DEVICE_PATTERN
+from .precision import PRECISIONS
 from .schema import Field, add_family, register
 
 __all__: list[str] = []
@@ -54,6 +55,8 @@ register(
           lo_open=True, hi_open=True, default=0.5),
     Field("train", "device", str, "device to train on; auto = CUDA when available", pattern=DEVICE_PATTERN,
           pattern_text="auto, cpu, cuda, cuda:N", default="auto"),
+    Field("train", "precision", str, "training autocast of the coupling / dense inner networks; log-dets, priors, "
+          "Lipschitz layers and inverses stay float32", choices=tuple(PRECISIONS), default="fp32"),
     Field("train", "threads", int, "torch CPU threads; 0 = torch's default", lo=0, hi=1024, default=0),
     Field("train", "time_limit_s", float, "seconds of training steps before stopping; 0 = no limit", lo=0.0,
           default=0.0),
@@ -165,3 +168,14 @@ register(
 )
 for _family in CONDITIONAL_FAMILIES:
     add_family(_family, "shape", "preprocess", "alpha", "hidden", "learned_prior", "steps", "patches")
+
+
+# -- hybrid models (Residual Flows' classifier head on the latent; attnflow.models.hybrid) ----
+register(
+    _model("classes", int, "classes of the classifier head on the latent (hybrid model); 0 = no head",
+           ("residual",), lo=0, hi=100_000),
+    _model("classifier_hidden", int, "width of the classifier head's convolutions", ("residual",), lo=1, hi=4096),
+    Field("train", "likelihood_weight", float, "hybrid models: weight of bits/dim against the cross-entropy in "
+          "bits, lambda*D in E[lambda log p(x) + log p(y|x)] (1 = Residual Flows' lambda 1/D, 0 = classifier only)",
+          lo=0.0, hi=1e9, default=1.0),
+)

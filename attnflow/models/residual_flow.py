@@ -16,6 +16,7 @@ from ..nn.logdet import LogDetConfig
 from ..nn.multiscale import multiscale_transform
 from ..nn.preprocess import build_preprocess
 from ..nn.residual import ResidualBlock
+from .hybrid import HybridFlow, latent_pieces
 
 __all__ = ["residual_flow", "ATTENTION_KINDS", "lipschitz_attention"]
 
@@ -65,6 +66,8 @@ def residual_flow(
     eval_n_exact: int = 20,
     inverse_atol: float = 1e-6,
     inverse_max_iter: int = 1000,
+    classes: int = 0,
+    classifier_hidden: int = 256,
 ) -> Flow:
     """A multi-scale contractive residual flow.
 
@@ -81,6 +84,9 @@ def residual_flow(
     ``geom_p``, or ``power_series`` with ``n_terms``; ``exact`` for tiny inputs) with the
     Neumann-series gradient in training, and roulette with ``eval_n_exact`` exact terms in
     evaluation.
+
+    Hybrid model: ``classes`` > 0 returns a :class:`attnflow.models.hybrid.HybridFlow`, the same
+    flow with Residual Flows' classifier head (width ``classifier_hidden``) on its latent.
     """
     if branch not in BRANCH_KINDS:
         raise ValueError(f"unknown branch {branch!r}; valid: {', '.join(sorted(BRANCH_KINDS))}")
@@ -109,4 +115,8 @@ def residual_flow(
         return layers
 
     body = multiscale_transform(shape, scales, scale_blocks, learned_prior, squeeze_first, factor_out)
-    return Flow(Chain([build_preprocess(preprocess, alpha), body]), shape)
+    transform = Chain([build_preprocess(preprocess, alpha), body])
+    if not classes:
+        return Flow(transform, shape)
+    pieces = latent_pieces(shape, scales, squeeze_first, factor_out)
+    return HybridFlow(transform, shape, pieces, classes, classifier_hidden)

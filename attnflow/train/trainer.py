@@ -39,9 +39,11 @@ from ..data.pairs import condition_batch
 from ..device import resolve_device
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
+from ..evaluate.classification import evaluate_hybrid
 from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
+from ..models.hybrid import HybridFlow, check_labels, hybrid_loss
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
 from .runlock import RunLock, remove_stale_temporaries
@@ -80,6 +82,11 @@ class ExponentialMovingAverage:
 #: process (all its threads): runs that share a machine, each with ``train.threads=1``, then get
 #: equal compute whatever else runs beside them.
 TRAINING_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _test_accuracy(ev: dict[str, Any]) -> dict[str, float]:
+    """The metric-line fields of a hybrid model's test accuracy; empty for other models."""
+    return {f"test_{k}": ev[k] for k in ("accuracy", "cross_entropy") if k in ev}
 
 
 def _log(message: str) -> None:
@@ -150,6 +157,13 @@ class Trainer:
         check_pairing(self.model, self.train_set)
         self.levels = self.train_set.levels
         check_levels(self.model, self.levels)
+        self.hybrid = isinstance(self.model, HybridFlow)
+        for split in (self.train_set, self.test_set):
+            check_labels(self.model, split.labels, data["name"])
+        if not self.hybrid and t["likelihood_weight"] != 1.0:
+            raise ValueError("train.likelihood_weight weighs a hybrid model's likelihood; set model.classes > 0 "
+                             "(model.family = residual) or leave it at 1")
+        self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
 
@@ -247,8 +261,13 @@ class Trainer:
         self.model.train()
         context = condition_batch(self.train_set, idx)  # None for unconditional data
         context = None if context is None else context.to(self.device)
-        bpd = log_prob_to_bits_per_dim(self.model.log_prob(x, context), self.model.dim, self.levels)
-        loss = bpd.mean()
+        if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
+            labels = self.train_set.labels[idx].to(self.device)
+            loss, self.step_metrics = hybrid_loss(self.model, x, labels, self.levels, t["likelihood_weight"], context)
+            self.step_metrics["loss"] = float(loss.detach())
+        else:
+            bpd = log_prob_to_bits_per_dim(self.model.log_prob(x, context), self.model.dim, self.levels)
+            loss = bpd.mean()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -288,10 +307,16 @@ class Trainer:
         self._write_metrics({"step": self.step, "event": "rollback", "lr_scale": self.lr_scale})
 
     def evaluate(self, max_batches: int = 0) -> dict[str, Any]:
-        """Test bits/dim (EMA weights when kept)."""
-        model = self.eval_model()
+        """Test bits/dim, and a hybrid model's test accuracy (EMA weights when kept)."""
+        return self._test(self.eval_model(), max_batches)
+
+    def _test(self, model: Flow, max_batches: int = 0, progress: bool = False) -> dict[str, Any]:
+        """Test bits/dim of ``model``; for a hybrid model also its accuracy, from the same pass."""
+        if self.hybrid:
+            return evaluate_hybrid(model, self.test_set.images, self.test_set.labels, self.levels,
+                                   max_batches=max_batches, progress=progress)
         return evaluate_bits_per_dim(model, self.test_set.images, self.levels, max_batches=max_batches,
-                                     contexts=condition_batch(self.test_set))
+                                     progress=progress, contexts=condition_batch(self.test_set))
 
     def eval_model(self) -> Flow:
         if not self.ema:
@@ -360,11 +385,12 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                     bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
                     self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
-                                        "images_per_s": speed, "train_s": round(self.train_seconds, 3)})
+                                        "images_per_s": speed, "train_s": round(self.train_seconds, 3),
+                                        **self.step_metrics})
                 if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
                     ev = self.evaluate(t["eval_batches"])
                     self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
-                                         "train_s": round(self.train_seconds, 3)})
+                                         **_test_accuracy(ev), "train_s": round(self.train_seconds, 3)})
                 if self.step % t["checkpoint_every"] == 0:
                     self.save()
                 if on_step:
@@ -388,10 +414,9 @@ class Trainer:
         """Final checkpoint artefacts: weights, test bits/dim, sample grid and loss curve."""
         model = self.eval_model()
         save_weights(model, self.out / WEIGHTS)
-        ev = evaluate_bits_per_dim(model, self.test_set.images, self.levels, progress=self.progress,
-                                   contexts=condition_batch(self.test_set))
+        ev = self._test(model, progress=self.progress)
         self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
-                             "train_s": round(self.train_seconds, 3)})
+                             **_test_accuracy(ev), "train_s": round(self.train_seconds, 3)})
         gen = torch.Generator().manual_seed(0)
         conditional = model.context_shape is not None
         samples, non_finite = (None, None) if conditional else finite_samples(model, 64, temperature=1.0, generator=gen)
