@@ -99,6 +99,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     kind = "upper bound on " if test["upper_bound"] else ""
     print(
         f"test {kind}bits/dim: {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} "
+    if not trainer.dist.is_main:  # under torchrun rank 0 evaluates and reports
+        return
         f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
     )
     if "accuracy" in test:

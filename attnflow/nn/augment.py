@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection, standard_normal_log_prob
+from ..precision import inner_network
+from ..sharding import per_sample_draw
 from .dense import DenseBlock
 
 __all__ = ["CrossUnitCoupling", "CrossUnitStage"]
@@ -52,13 +54,13 @@ class CrossUnitCoupling(nn.Module):
 
     def noise_parameters(self, history: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, log_sigma)``, each ``[B, noise_channels, H, W]``."""
-        mu, u = self.net(history).chunk(2, dim=1)
+        mu, u = inner_network(self.net, history).chunk(2, dim=1)
         return mu, 2.0 * torch.tanh(u / 2.0)
 
     def _noise(self, z: Tensor) -> Tensor:
         shape = (z.shape[0], self.noise_channels, *z.shape[2:])
         if self.fixed_noise is None:
-            return torch.randn(shape, dtype=z.dtype, device=z.device)
+            return per_sample_draw(z, lambda s: torch.randn((*s[:1], *shape[1:]), dtype=z.dtype, device=z.device))
         if tuple(self.fixed_noise.shape) != shape:
             raise ValueError(f"fixed_noise must have shape {list(shape)}, got {list(self.fixed_noise.shape)}")
         return self.fixed_noise

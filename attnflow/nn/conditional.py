@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..precision import inner_network
 from .glow import conv_coupling_net
 
 __all__ = ["ConditionalAffineInjector", "PickCondition", "ConditionedTransform", "check_context"]
@@ -67,7 +68,7 @@ class ConditionalAffineInjector(Bijection):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"injector expects [B, {self.channels}, H, W] inputs, got {list(x.shape)}")
         c = check_context(context, x, self.context_channels, "the affine injector")
-        h, t = self.net(c).chunk(2, dim=1)
+        h, t = inner_network(self.net, c).chunk(2, dim=1)
         return F.logsigmoid(h + 2.0), t
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -122,7 +123,7 @@ class ConditionedTransform(Bijection):
     def _features(self, context: Tensor | None) -> list[Tensor]:
         if context is None:
             raise ValueError("this model is conditional: pass its condition (context=...)")
-        return list(self.encoder(context))
+        return list(inner_network(self.encoder, context))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform(x, self._features(context))

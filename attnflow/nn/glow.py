@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection, Chain
+from ..precision import inner_network
+from ..sharding import shard_mean
 from .multiscale import checkerboard_mask
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "conv_coupling_net"]
@@ -28,7 +30,8 @@ class ActNorm(Bijection):
     """Per-channel affine normalisation ``z = (x + b) * exp(s)`` (Glow, Sec. 3.1).
 
     ``log|det| = H * W * sum_c s_c``. On the first training batch ``b`` and ``s`` are set so that
-    the output has zero mean and unit variance per channel (data-dependent initialisation); the
+    the output has zero mean and unit variance per channel (data-dependent initialisation; in
+    data-parallel training over the global batch, :func:`attnflow.sharding.shard_mean`); the
     flag ``initialized`` is a persistent buffer, so a loaded or resumed model is never
     re-initialised.
     """
@@ -43,8 +46,11 @@ class ActNorm(Bijection):
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        std = x.std(dim=dims, unbiased=False) if x.numel() // x.shape[1] > 1 else torch.ones_like(mean)
+        mean = shard_mean(x, dims)  # over the global batch in data-parallel training
+        if x.numel() // x.shape[1] > 1:
+            std = shard_mean((x - _per_channel(mean, x)) ** 2, dims).sqrt()
+        else:
+            std = torch.ones_like(mean)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
@@ -173,7 +179,7 @@ class AffineCoupling(Bijection):
             if context is None:
                 raise ValueError("this coupling is conditional: pass a context")
             a = torch.cat([a, context], 1)
-        h, t = self.net(a).chunk(2, dim=1)
+        h, t = inner_network(self.net, a).chunk(2, dim=1)
         log_s = F.logsigmoid(h + 2.0)
         if not self.mask.startswith("channel"):
             m = checkerboard_mask(a.shape[-2], a.shape[-1], invert=self.mask.endswith("inv"), like=a)

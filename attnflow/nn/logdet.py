@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..sharding import per_sample_draw
+
 __all__ = [
     "Linearization",
     "LogDetConfig",
@@ -169,10 +171,13 @@ def exact_logdet(lin: Linearization) -> Tensor:
 
 
 def hutchinson_vectors(x: Tensor, n: int, noise: str = "rademacher") -> list[Tensor]:
-    """``n`` random vectors shaped like ``x`` with ``E[v v^T] = I``."""
+    """``n`` random vectors shaped like ``x`` with ``E[v v^T] = I``, one per sample (of the global
+    batch in data-parallel training, :func:`attnflow.sharding.per_sample_draw`)."""
     if noise == "gaussian":
-        return [torch.randn_like(x) for _ in range(n)]
-    return [torch.empty_like(x).bernoulli_(0.5) * 2 - 1 for _ in range(n)]
+        draw = lambda shape: torch.randn(shape, dtype=x.dtype, device=x.device)  # noqa: E731
+    else:
+        draw = lambda shape: torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(0.5) * 2 - 1  # noqa: E731
+    return [per_sample_draw(x, draw) for _ in range(n)]
 
 
 def power_series_coefficients(n_terms: int) -> list[float]:

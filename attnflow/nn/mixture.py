@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Chain, standard_normal_log_prob
+from ..precision import inner_network
+from ..sharding import per_sample_draw
 from .attention import DotProductSelfAttention
 from .glow import AffineCoupling, AttentionFactory, CouplingNetFactory, GlowStep
 from .multiscale import checkerboard_mask
@@ -181,7 +183,7 @@ class MixtureCoupling(AffineCoupling):
             if context is None:
                 raise ValueError("this coupling is conditional: pass a context")
             a = torch.cat([a, context], 1)
-        out = self.net(a)
+        out = inner_network(self.net, a)
         k = self.components
         out = out.view(out.shape[0], self.params_per_element, -1, *out.shape[2:]).movedim(1, 0)
         scale_log, shift = torch.tanh(out[0]), out[1]
@@ -285,7 +287,7 @@ class VariationalDequantizer(nn.Module):
         return self.embed(k / self.levels - 0.5)
 
     def forward(self, k: Tensor) -> tuple[Tensor, Tensor]:
-        eps = torch.randn_like(k)
+        eps = per_sample_draw(k, lambda s: torch.randn(s, dtype=k.dtype, device=k.device))
         y, logdet = self.flow(eps, self.context(k))
         u = torch.sigmoid(y)
         log_sigmoid_grad = (F.logsigmoid(y) + F.logsigmoid(-y)).flatten(1).sum(1)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..precision import full_precision
+
 __all__ = ["NystromAttention", "iterative_pinv", "segment_means_matrix"]
 
 PINV_METHODS = ("iterative", "exact")
@@ -108,8 +110,10 @@ class NystromAttention(nn.Module):
         kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, N, m]
         kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, m, m]
         kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # [B, heads, m, N]
-        out = kernel_1 @ (self._pinv(kernel_2) @ (kernel_3 @ v))  # [B, heads, N, d]
-        return self.out(out.transpose(-1, -2).reshape(b, c, h, w))
+        with full_precision(kernel_2):  # the pseudo-inverse iteration in at least float32 (bf16 training)
+            pinv = self._pinv(kernel_2.to(torch.promote_types(kernel_2.dtype, torch.float32)))
+        out = kernel_1 @ (pinv @ (kernel_3 @ v))  # [B, heads, N, d]
+        return self.out(out.transpose(-1, -2).reshape(b, self.heads * d, h, w))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, heads={self.heads}, landmarks={self.landmarks}, pinv={self.pinv!r}"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..precision import full_precision
 from .branches import linearize
 from .logdet import LogDetConfig, estimate_logdet
 
@@ -66,7 +67,9 @@ class ResidualBlock(Bijection):
     inverse therefore run inside :func:`full_float32`, which disables TF32 for convolutions and
     matrix products and restores the caller's settings afterwards; the rest of the model keeps
     PyTorch's defaults. Gradients computed later by ``backward()`` run outside the block and
-    follow the global settings.
+    follow the global settings. Autocast is off there too (:func:`attnflow.precision.full_precision`):
+    ``train.precision = "bf16"`` never reaches a contractive branch, even under a caller's own
+    ``torch.autocast``.
 
     Args:
         branch: the residual branch ``g`` (shape-preserving), exposing ``lipschitz_bound()``; it
@@ -101,7 +104,7 @@ class ResidualBlock(Bijection):
         self.last_iterations = 0
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with full_float32():
+        with full_float32(), full_precision(x):
             lin = linearize(self.branch, x)
             logdet = estimate_logdet(lin, self.train_logdet if self.training else self.eval_logdet)
         return x + lin.output, logdet
@@ -111,7 +114,7 @@ class ResidualBlock(Bijection):
         was_training = self.branch.training
         self.branch.eval()
         try:
-            with full_float32():
+            with full_float32(), full_precision(z):
                 return self._fixed_point(z)
         finally:
             self.branch.train(was_training)

@@ -13,6 +13,15 @@ moved once per step. Checkpoints load onto the CPU first (``map_location``) and 
 run's device, so a run saved on one device resumes or evaluates on another; the CUDA RNG state is
 saved too when training on CUDA.
 
+Precision: ``train.precision = "bf16"`` runs the inner coupling / dense networks of the training
+forward pass under bfloat16 autocast (:mod:`attnflow.precision`); evaluation stays float32.
+
+Many processes: under ``torchrun`` the trainer trains with DistributedDataParallel
+(:mod:`attnflow.train.distributed`): each process computes its rows of the global batch
+``train.batch_size``, the result equals one process on that batch, and rank 0 alone writes the
+run directory (the others wait at barriers). The checkpoint holds the global state only, so a run
+resumes under any number of processes.
+
 Reliability: one training at a time per run directory (:mod:`attnflow.train.runlock`); a step whose
 loss, gradient or updated weights are not finite is skipped, ``max_bad_steps`` of them in a row
 roll back to the last checkpoint with the learning rate scaled by ``rollback_lr_factor``, and after
@@ -36,14 +45,16 @@ from ..config import check_config, read_config
 from ..core import Flow
 from ..data import BatchSampler, dequantize, load_configured
 from ..data.pairs import condition_batch
-from ..device import resolve_device
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
 from ..evaluate.classification import evaluate_hybrid
 from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
+from ..precision import mixed_precision
+from ..sharding import batch_shard
 from ..models.hybrid import HybridFlow, check_labels, hybrid_loss
+from .distributed import start as start_processes
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
 from .runlock import RunLock, remove_stale_temporaries
@@ -109,18 +120,28 @@ class Trainer:
 
     def __init__(self, cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.out = Path(out_dir)
-        self.progress = progress
-        self.lock = RunLock(self.out)  # before anything is read or written: one training per directory
-        try:
+        cfg = check_config(cfg)  # a configuration built by hand is held to the same schema
+        self.dist, self.device = start_processes(cfg["train"]["device"])
+        self.progress = progress and self.dist.is_main
+        try:  # rank 0 writes the run directory: it alone holds the lock
+            self.lock = RunLock(self.out) if self.dist.is_main else None  # before anything is read or written
             self._setup(cfg, resume)
         except BaseException:
-            self.lock.release()
+            self._release()
             raise
 
+    def _release(self) -> None:
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+        self.dist.close()
+
+    def _note(self, message: str) -> None:
+        if self.dist.is_main:
+            _log(message)
+
     def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
-        for path in remove_stale_temporaries(self.out):
+        for path in remove_stale_temporaries(self.out) if self.dist.is_main else ():
             _log(f"removed {path}, left by an interrupted write")
-        cfg = check_config(cfg)  # a configuration built by hand is held to the same schema
         ckpt_path = self.out / CHECKPOINT
         state, changed_train = None, {}
         if resume:
@@ -138,12 +159,12 @@ class Trainer:
                              if saved["train"].get(k) != v}
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         torch.manual_seed(t["seed"])
-        self.device = resolve_device(t["device"], fallback_hint="set train.device=cpu")
 
         data = cfg["data"]
         self.train_set = load_configured(data, "train")
@@ -164,13 +185,17 @@ class Trainer:
             raise ValueError("train.likelihood_weight weighs a hybrid model's likelihood; set model.classes > 0 "
                              "(model.family = residual) or leave it at 1")
         self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
+        if self.hybrid and self.dist.world_size > 1:
+            raise ValueError("a hybrid model (model.classes > 0) trains in one process; run it without torchrun")
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
+        self.dist.split(t["batch_size"])
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[t["optimizer"]]
+        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t["optimizer"]]
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
+        self.log_prob = self.dist.data_parallel(self.model, self.device)
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.step = 0
@@ -185,10 +210,11 @@ class Trainer:
             if changed_train:  # the run's record follows the settings it now trains with
                 self._write_config()
                 self._write_metrics({"step": self.step, "event": "resume", "changed": changed_train})
-                _log(f"resumed at step {self.step} with changed settings: {changed_train}")
+                self._note(f"resumed at step {self.step} with changed settings: {changed_train}")
         else:
             self._write_config()
-            (self.out / "metrics.jsonl").write_text("")
+            if self.dist.is_main:
+                (self.out / "metrics.jsonl").write_text("")
             self.save()  # step 0: the rollback point before any update
 
     # -- state -----------------------------------------------------------------------------
@@ -224,22 +250,28 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> None:
-        save_checkpoint(self.out / CHECKPOINT, self.state())
+        """Rank 0 writes the checkpoint; every process waits until it is on disk."""
+        if self.dist.is_main:
+            save_checkpoint(self.out / CHECKPOINT, self.state())
+        self.dist.barrier()
         self.saved_step = self.step
 
     def _write_config(self) -> None:
         text = json.dumps(self.cfg, indent=2)
-        atomic_write(self.out / CONFIG, lambda tmp: Path(tmp).write_text(text))
+        if self.dist.is_main:
+            atomic_write(self.out / CONFIG, lambda tmp: Path(tmp).write_text(text))
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
         path = self.out / "metrics.jsonl"
-        if path.exists():
+        if path.exists() and self.dist.is_main:
             rows = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [r for r in rows if json.loads(r).get("step", 0) <= self.step]
             path.write_text("".join(r + "\n" for r in kept))
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -256,34 +288,37 @@ class Trainer:
         """One optimizer step; ``None`` when the loss or a gradient is not finite (no update), or
         when the update made a weight non-finite (the next steps fail until a rollback)."""
         t = self.cfg["train"]
-        idx = next(self.sampler)
-        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen).to(self.device)
+        idx = next(self.sampler)  # the global batch and its noise, as one process draws them
+        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
+        idx, x = idx[self.dist.rows], x[self.dist.rows].to(self.device)  # this process's rows
         self.model.train()
         context = condition_batch(self.train_set, idx)  # None for unconditional data
         context = None if context is None else context.to(self.device)
-        if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
-            labels = self.train_set.labels[idx].to(self.device)
-            loss, self.step_metrics = hybrid_loss(self.model, x, labels, self.levels, t["likelihood_weight"], context)
-            self.step_metrics["loss"] = float(loss.detach())
-        else:
-            bpd = log_prob_to_bits_per_dim(self.model.log_prob(x, context), self.model.dim, self.levels)
-            loss = bpd.mean()
+        with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
+            if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
+                labels = self.train_set.labels[idx].to(self.device)
+                loss, self.step_metrics = hybrid_loss(self.model, x, labels, self.levels, t["likelihood_weight"], context)
+                self.step_metrics["loss"] = float(loss.detach())
+            else:
+                bpd = log_prob_to_bits_per_dim(self.log_prob(x, context), self.model.dim, self.levels)
+                loss = bpd.mean()
+        global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(global_loss):
             return None
-        loss.backward()
+        loss.backward()  # DistributedDataParallel averages the gradients over the processes
         clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if not torch.isfinite(grad_norm):
+        if self.dist.any(not torch.isfinite(grad_norm))[0]:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        if not torch.isfinite(torch.nn.utils.get_total_norm(params)):
+        if self.dist.any(not torch.isfinite(torch.nn.utils.get_total_norm(params)))[0]:
             return None
         if self.ema:
             self.ema.update(self.model)
-        return float(loss.detach()), float(grad_norm)
+        return float(global_loss), float(grad_norm)
 
     def _rollback(self, lr: float) -> None:
         """Back to the last checkpoint with the learning rate scale multiplied by
@@ -303,7 +338,7 @@ class Trainer:
         lr_scale, rollbacks = self.lr_scale * t["rollback_lr_factor"], self.rollbacks + 1
         self._restore(load_checkpoint(self.out / CHECKPOINT))
         self.lr_scale, self.rollbacks = lr_scale, rollbacks
-        _log(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
+        self._note(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
         self._write_metrics({"step": self.step, "event": "rollback", "lr_scale": self.lr_scale})
 
     def evaluate(self, max_batches: int = 0) -> dict[str, Any]:
@@ -337,12 +372,12 @@ class Trainer:
                 interrupted = self._loop(stop, stop_at, on_step)
             if interrupted is not None:
                 return interrupted
-            return self.finish()
+            return self.finish() if self.dist.is_main else {"step": self.step}
         except KeyboardInterrupt:
-            _log(f"stopped at once; the checkpoint of step {self.saved_step} is kept — continue with --resume")
+            self._note(f"stopped at once; the checkpoint of step {self.saved_step} is kept — continue with --resume")
             raise
         finally:
-            self.lock.release()
+            self._release()
 
     def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
@@ -356,10 +391,13 @@ class Trainer:
         clock = TRAINING_CLOCKS[t["clock"]]
         try:
             while self.step < total:
-                if stop.signal is not None or (stop_at is not None and self.step >= stop_at):
+                stopping, out_of_time = self.dist.any(  # every process stops at the same step
+                    stop.signal is not None or (stop_at is not None and self.step >= stop_at),
+                    bool(t["time_limit_s"]) and self.train_seconds >= t["time_limit_s"])
+                if stopping:
                     return self._interrupt(stop)
-                if t["time_limit_s"] and self.train_seconds >= t["time_limit_s"]:
-                    _log(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
+                if out_of_time:
+                    self._note(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
                     break
                 lr = self._set_lr()
                 step_start = clock()
@@ -367,7 +405,7 @@ class Trainer:
                 self.train_seconds += clock() - step_start
                 if result is None:
                     bad += 1
-                    _log(f"step {self.step + 1}: non-finite loss, gradient or weights, step skipped ({bad}/{t['max_bad_steps']})")
+                    self._note(f"step {self.step + 1}: non-finite loss, gradient or weights, step skipped ({bad}/{t['max_bad_steps']})")
                     self._write_metrics({"step": self.step + 1, "event": "skipped_non_finite"})
                     if bad >= t["max_bad_steps"]:
                         self._rollback(lr)
@@ -395,7 +433,7 @@ class Trainer:
                     self.save()
                 if on_step:
                     on_step(self.step)
-            if stop.signal is not None:
+            if self.dist.any(stop.signal is not None)[0]:
                 return self._interrupt(stop)
         finally:
             bar.close()
@@ -407,7 +445,7 @@ class Trainer:
         self.save()
         if stop.signal is None:
             return {"interrupted_at": self.step}
-        _log(f"{stop.name}: stopped at step {self.step}; checkpoint written — continue with --resume")
+        self._note(f"{stop.name}: stopped at step {self.step}; checkpoint written — continue with --resume")
         return {"interrupted_at": self.step, "signal": stop.name}
 
     def finish(self) -> dict[str, Any]:
