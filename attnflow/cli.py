@@ -47,6 +47,10 @@ OPTIONS = {
     "samples": _option("samples", int, "outputs per condition", lo=1, hi=1000),
     "sr_images": _option("sr_images", int, "test images for the super-resolution / translation metrics", lo=1,
                          hi=10**6),
+    "budget": _option("budget", float, "minutes of training in all, split evenly over the runs", lo=0.0,
+                      lo_open=True, hi=10**6),
+    "seeds": _option("seeds", int, "seeds (training runs) per preset", lo=1, hi=1000),
+    "heads": _option("heads", int, "attention head counts", lo=1, hi=256),
 }
 
 
@@ -95,12 +99,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     result = trainer.run()
     if "interrupted_at" in result:
         sys.exit(143 if result.get("signal") == "SIGTERM" else 130)
+    if not trainer.dist.is_main:  # under torchrun rank 0 evaluates and reports
+        return
     test = result["test"]
     kind = "upper bound on " if test["upper_bound"] else ""
     print(
         f"test {kind}bits/dim: {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} "
-    if not trainer.dist.is_main:  # under torchrun rank 0 evaluates and reports
-        return
         f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
     )
     if "accuracy" in test:
@@ -347,6 +351,30 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"wrote test curves (by step and by training seconds) to {args.out}", file=sys.stderr if args.json else sys.stdout)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from .experiments import listing, make_settings, run_experiment
+    from .experiments.plumbing import ExperimentInterrupted, command_line
+
+    if args.list:
+        print("\n".join(listing()))
+        return
+    if not args.name or not args.out:
+        raise ValueError("give an experiment NAME and --out DIR (or --list to see the experiments)")
+    given = [("--preset", args.preset), ("--set", args.set), ("--heads", args.heads), ("--run", args.run)]
+    argv = ["experiment", args.name, "--out", args.out, "--data", args.data, "--clock", args.clock]
+    argv += [a for flag, values in given for v in values or () for a in (flag, str(v))]
+    argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--device", args.device))
+             if v is not None for a in (flag, str(v))]
+    settings = make_settings(args.name, args.out, budget=args.budget, data=args.data, presets=args.preset,
+                             seeds=args.seeds, clock=args.clock, device=args.device, overrides=args.set,
+                             head_counts=args.heads, runs=args.run, command=command_line(argv),
+                             progress=not args.quiet)
+    try:
+        run_experiment(settings)
+    except ExperimentInterrupted as exc:
+        _fail("experiment", exc, 130)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block): the problem, then where to read more."""
 
@@ -457,6 +485,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON list")
     c.add_argument("--out", default="", help="PNG of the test curves by step and by training seconds")
     c.set_defaults(func=_cmd_compare)
+
+    x = sub.add_parser("experiment", help="run one of the papers' experiments into a directory: report.md, "
+                                          "PNG figures, results.json (--list describes them)")
+    x.add_argument("name", nargs="?", help="experiment name (see --list)")
+    x.add_argument("--list", action="store_true", help="list the experiments with their default budgets")
+    x.add_argument("--out", help="experiment directory; rerunning into it reuses finished runs and resumes the others")
+    number(x, "--budget", "budget", None, "minutes of training in all, split evenly over the runs (evaluation "
+           "extra); default: the experiment's")
+    x.add_argument("--data", default="fashion-mnist", choices=["digits", "fashion-mnist"],
+                   help="digits (bundled 8x8) or fashion-mnist (default; dataset-fashion-mnist)")
+    x.add_argument("--preset", nargs="+", default=[], metavar="PRESET[+section.key=value...]",
+                   help="run specifications replacing the experiment's defaults")
+    number(x, "--seeds", "seeds", None, "seeds per preset; default: the experiment's")
+    x.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="what the budget counts: elapsed (wall) or process CPU seconds (default wall)")
+    x.add_argument("--device", type=_device_name, default=None,
+                   help="train and evaluate on auto, cpu, cuda or cuda:N (default: the presets' train.device, auto)")
+    x.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override applied to every run whose model family uses the key (repeatable)")
+    number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset", nargs="+")
+    x.add_argument("--run", nargs="+", default=[], metavar="DIR",
+                   help="interpolation / samples: use these trained run directories instead of training")
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
+    x.set_defaults(func=_cmd_experiment)
     return p
 
 

@@ -1,0 +1,98 @@
+"""Convergence with and without attention (ACF, Fig. 3): training bits/dim against the step and
+against training time, mean and min-max range over seeds, one figure per model family.
+
+The curves are the ``bpd`` rows of each run's ``metrics.jsonl`` (training bits/dim of one batch,
+every ``train.log_every`` steps, with the seconds of training steps so far, ``train_s``). Over
+seeds, the step curves are averaged on the steps every seed logged; the time curves on an even
+grid up to the shortest run's time (each seed's curve linearly interpolated). The band is the
+range (min to max) over seeds, not a standard deviation: with three seeds a range hides nothing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, spread, train_runs, \
+    write_outputs
+
+NAME = "convergence"
+DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "
+               "mean and min-max over seeds, one plot per family")
+
+
+def _curves(runs: list[RunResult]) -> dict[str, Any]:
+    """Mean and min-max of the training bits/dim over the seeds of one specification, by step and by time."""
+    logs = [[(m["step"], m["train_s"], m["bpd"]) for m in r.metrics() if "bpd" in m] for r in runs]
+    logs = [rows for rows in logs if rows]
+    if not logs:
+        return {}
+    common = sorted(set.intersection(*({s for s, _, _ in rows} for rows in logs)))
+    by_step = np.array([[dict((s, b) for s, _, b in rows)[s] for s in common] for rows in logs])
+    horizon = min(rows[-1][1] for rows in logs)
+    grid = np.linspace(min(rows[0][1] for rows in logs), horizon, 50) if horizon > 0 else np.zeros(1)
+    by_time = np.array([np.interp(grid, [t for _, t, _ in rows], [b for _, _, b in rows]) for rows in logs])
+
+    def band(values: np.ndarray) -> dict[str, list[float]]:
+        return {"mean": values.mean(0).tolist(), "min": values.min(0).tolist(), "max": values.max(0).tolist()}
+
+    return {"steps": common, "by_step": band(by_step), "seconds": grid.tolist(), "by_time": band(by_time)}
+
+
+def _plot(family: str, curves: dict[str, dict[str, Any]], clock: str, path: Any) -> None:
+    plt = pyplot()
+    fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, c in curves.items():
+        for ax, x, key in ((ax_step, c["steps"], "by_step"), (ax_time, c["seconds"], "by_time")):
+            line, = ax.plot(x, c[key]["mean"], label=label)
+            ax.fill_between(x, c[key]["min"], c[key]["max"], color=line.get_color(), alpha=0.2)
+    ax_step.set_xlabel("step")
+    ax_time.set_xlabel(f"training seconds ({clock} clock)")
+    ax_step.set_ylabel("training bits/dim (mean; band: min-max over seeds)")
+    for ax in (ax_step, ax_time):
+        ax.grid(alpha=0.3)
+    ax_time.legend(fontsize=8)
+    fig.suptitle(f"{family}: convergence")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(settings: Settings) -> None:
+    results = train_runs(settings, settings.specs)
+    groups = group_by_spec(results)
+    families: dict[str, dict[str, list[RunResult]]] = {}
+    for text, runs in groups.items():
+        families.setdefault(runs[0].spec.family(), {})[text] = runs
+    numbers: dict[str, Any] = {"families": {}}
+    sections = []
+    for family, specs in families.items():
+        curves = {text: c for text, runs in specs.items() if (c := _curves([r for r in runs if r.ok]))}
+        rows, entry = [], {}
+        for text, runs in specs.items():
+            ok = [r for r in runs if r.ok]
+            last = [b for r in ok if (b := _last_bpd(r)) is not None]
+            final = spread(last) if last else None
+            steps = spread([r.results["step"] for r in ok]) if ok else None
+            entry[text] = {"test_bpd": spread([r.results["test"]["bpd"] for r in ok]) if ok else None,
+                           "final_train_bpd": final, "steps": steps, "curves": curves.get(text),
+                           "refused": [r.error for r in runs if not r.ok]}
+            rows.append([text, format_bpd(runs), "-" if final is None else f"{final['mean']:.4f} [{final['min']:.4f}, {final['max']:.4f}]",
+                         "-" if steps is None else f"{steps['mean']:.0f}"])
+        numbers["families"][family] = entry
+        text = [f"## {family}", "", markdown_table(
+            ["preset + overrides", "test bits/dim", "last logged training bits/dim, mean [min, max]", "steps (mean)"], rows)]
+        if curves:
+            png = f"convergence-{family}.png"
+            _plot(family, curves, settings.clock, settings.out / png)
+            text += ["", f"![{family} convergence]({png})", "",
+                     "Lines: mean over seeds of the training bits/dim (one batch per logged step); bands: min to max "
+                     "over seeds."]
+        sections.append("\n".join(text))
+    write_outputs(settings, "Convergence with and without attention (ACF Fig. 3)", DESCRIPTION + ".",
+                  sections, numbers, results)
+
+
+def _last_bpd(run: RunResult) -> float | None:
+    rows = [m["bpd"] for m in run.metrics() if "bpd" in m]
+    return rows[-1] if rows else None

@@ -1,0 +1,70 @@
+"""Test bits/dim against the number of attention heads (ACF Table 2: Residual Flow + L2
+attention with 1, 4 and 16 heads; AttnFlow Fig. 14: iSDP with 1, 3, 5 and 7 heads).
+
+Each base specification is trained with ``model.heads`` set to every count of its family's list
+(``DEFAULTS["heads"].heads``, or ``--heads`` for all); a count the model refuses (one that does
+not divide the width it splits) is recorded as a refused row with the model's message, not an
+error. iMap has no heads (its attention is a per-element map), so the Glow row uses iSDP as the
+paper's figure does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, spread, train_runs, \
+    write_outputs
+
+NAME = "heads"
+DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the number of heads "
+               "(Residual Flow + L2 attention; Glow + iSDP); refused head counts are recorded")
+
+
+def head_counts(settings: Settings, base: RunSpec) -> tuple[int, ...]:
+    """``--heads`` when given, else the default counts of the base's family (1, 2, 4 otherwise)."""
+    from . import DEFAULTS
+
+    return settings.heads or dict(DEFAULTS[NAME].heads).get(base.family(), (1, 2, 4))
+
+
+def run(settings: Settings) -> None:
+    plan = [(base, h, base.plus(f"model.heads={h}")) for base in settings.specs for h in head_counts(settings, base)]
+    results = train_runs(settings, [spec for *_, spec in plan])
+    groups = group_by_spec(results)
+    rows, numbers = [], {"bases": {}}
+    for base, h, spec in plan:
+        runs = groups[spec.text]
+        ok = [r for r in runs if r.ok]
+        entry: dict[str, Any] = {"heads": h, "spec": spec.text}
+        if ok:
+            entry["test_bpd"] = spread([r.results["test"]["bpd"] for r in ok])
+            entry["seconds_per_step"] = spread([r.summary(settings.out)["seconds_per_step"] for r in ok])
+            entry["steps"] = spread([r.results["step"] for r in ok])
+        else:
+            entry["error"] = runs[0].error
+        numbers["bases"].setdefault(base.text, []).append(entry)
+        rows.append([base.text, h, format_bpd(runs) if ok else f"refused: {runs[0].error}",
+                     f"{entry['steps']['mean']:.0f}" if ok else "-",
+                     f"{entry['seconds_per_step']['mean']:.3g}" if ok else "-"])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for base, entries in numbers["bases"].items():
+        done = [e for e in entries if "test_bpd" in e]
+        if done:
+            ax.errorbar([e["heads"] for e in done], [e["test_bpd"]["mean"] for e in done],
+                        yerr=[e["test_bpd"]["std"] for e in done], marker="o", capsize=3, label=base)
+    ax.set_xlabel("attention heads")
+    ax.set_ylabel("test bits/dim")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(settings.out / "heads.png", dpi=100)
+    plt.close(fig)
+    section = "\n".join([
+        "## Test bits/dim by number of heads", "",
+        markdown_table(["base", "heads", "test bits/dim", "steps", f"s/step ({settings.clock})"], rows), "",
+        "![bits/dim against heads](heads.png)", "",
+        "Every run had the same training time, so runs with slower steps took fewer steps. Error bars: "
+        "standard deviation over seeds (none with one seed). A refused count is one the model does not accept.",
+    ])
+    write_outputs(settings, "Bits/dim against attention heads (ACF Table 2, AttnFlow Fig. 14)", DESCRIPTION + ".",
+                  [section], numbers, results)

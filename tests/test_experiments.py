@@ -1,0 +1,181 @@
+"""`attnflow experiment`: every experiment on the bundled digits at a tiny budget (tiny models, a
+few steps each), its report, figures and numbers; listing, errors and resuming."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from attnflow.cli import main
+from attnflow.experiments import DATA_SETS, DEFAULTS, EXPERIMENTS, make_settings
+from attnflow.experiments.plumbing import RunSpec, run_config
+
+# tiny models, one thread, a metrics line every step, no evaluation during training, short log-det series
+TINY = ["--data", "digits", "--budget", "0.04", "--quiet", "--set", "model.hidden=8", "--set", "train.eval_every=0",
+        "--set", "train.threads=1", "--set", "train.log_every=1"]
+RESIDUAL = ["--set", "model.blocks=1", "--set", "model.eval_n_exact=2"]
+
+
+def experiment(capsys, name, out, *argv):
+    main(["experiment", name, "--out", str(out), *TINY, *argv])
+    return capsys.readouterr().out
+
+
+def outputs(out: Path, *pngs: str) -> dict:
+    """``results.json`` of an experiment directory, after checking its report embeds ``pngs``
+    (which exist) and the command that made it."""
+    report = (out / "report.md").read_text()
+    assert "attnflow experiment " in report
+    for png in pngs:
+        assert (out / png).is_file() and f"]({png})" in report, png
+    return json.loads((out / "results.json").read_text())
+
+
+def finite(*values):
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+@pytest.fixture(scope="module")
+def convergence(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiments") / "convergence"
+    main(["experiment", "convergence", "--out", str(out), *TINY, *RESIDUAL, "--seeds", "2", "--set", "model.steps=1",
+          "--preset", "glow-digits", "glow-digits-imap", "resflow-digits", "acf-resflow-l2-digits"])
+    return out
+
+
+def test_convergence(convergence):
+    res = outputs(convergence, "convergence-glow.png", "convergence-residual.png")
+    assert [r["seed"] for r in res["runs"]] == [0, 1] * 4 and all(r["status"] == "trained" for r in res["runs"])
+    for family, specs in (("glow", ("glow-digits", "glow-digits-imap")),
+                          ("residual", ("resflow-digits", "acf-resflow-l2-digits"))):
+        for spec in specs:
+            entry = res["families"][family][spec]
+            assert entry["test_bpd"]["n"] == 2 and finite(entry["test_bpd"]["mean"], entry["test_bpd"]["std"])
+            band = entry["curves"]["by_step"]
+            assert all(lo <= m <= hi for lo, m, hi in zip(band["min"], band["mean"], band["max"]))
+            assert len(entry["curves"]["seconds"]) == len(entry["curves"]["by_time"]["mean"])
+    assert "min to max over seeds" in (convergence / "report.md").read_text()
+
+
+def test_resume_reuses_finished_runs_and_resumes_interrupted_ones(convergence, capsys):
+    done = convergence / "runs" / "glow-digits-seed0"
+    interrupted = convergence / "runs" / "glow-digits-seed1"
+    (interrupted / "results.json").unlink()  # as if stopped before the end: only its checkpoint is left
+    mtimes = {p: p.stat().st_mtime_ns for p in (convergence / "runs").glob("*/checkpoint.pt") if p.parent != interrupted}
+    text = experiment(capsys, "convergence", convergence, *RESIDUAL, "--seeds", "2", "--set", "model.steps=1",
+                      "--preset", "glow-digits", "glow-digits-imap", "resflow-digits", "acf-resflow-l2-digits")
+    assert text.count("reusing") == 7 and "resuming into " + str(interrupted) in text
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished runs were not retrained
+    statuses = {r["dir"]: r["status"] for r in outputs(convergence)["runs"]}
+    assert statuses["runs/glow-digits-seed1"] == "resumed" and statuses["runs/glow-digits-seed0"] == "reused"
+    assert (interrupted / "results.json").is_file() and done.is_dir()
+
+
+def test_resume_refuses_a_different_model(convergence, capsys):
+    with pytest.raises(SystemExit) as exc:
+        experiment(capsys, "convergence", convergence, "--seeds", "2", "--set", "model.steps=2", "--preset", "glow-digits")
+    assert exc.value.code == 2 and "different model configuration" in capsys.readouterr().err
+
+
+def test_heads_records_refused_counts(tmp_path, capsys):
+    experiment(capsys, "heads", tmp_path, *RESIDUAL, "--set", "model.steps=1", "--heads", "1", "64",
+               "--preset", "acf-resflow-l2-digits", "glow-digits-isdp")
+    res = outputs(tmp_path, "heads.png")
+    for base in ("acf-resflow-l2-digits", "glow-digits-isdp"):
+        one, many = res["bases"][base]
+        assert one["heads"] == 1 and finite(one["test_bpd"]["mean"], one["seconds_per_step"]["mean"])
+        assert many["heads"] == 64 and "64" in many["error"]  # more heads than features: refused, not a crash
+    assert "refused: " in (tmp_path / "report.md").read_text()
+
+
+def test_positions(tmp_path, capsys):
+    experiment(capsys, "positions", tmp_path, "--set", "model.steps=1", "--preset", "glow-digits", "glow-digits-isdp")
+    rows = outputs(tmp_path, "positions.png")["rows"]
+    assert [r["position"] for r in rows] == [None, 1, 2, 3, 4]
+    assert all(finite(r["test_bpd"]["mean"], r["seconds_per_step"]["mean"]) for r in rows)
+
+
+def test_perturbation_noise_is_a_variance(tmp_path, capsys):
+    experiment(capsys, "perturbation", tmp_path, *RESIDUAL, "--preset", "acf-resflow-dot-digits", "acf-resflow-l2-digits")
+    res = outputs(tmp_path, "perturbation.png", "perturbation-acf-resflow-l2-digits.png")
+    assert res["variances"] == [1e-4, 1e-3, 1e-2, 1e-1, 1.0] and "variance" in res["noise"]
+    rows = res["models"]["acf-resflow-l2-digits"]
+    assert [r["sigma"] for r in rows] == pytest.approx([0.01, 10**-1.5, 0.1, 10**-0.5, 1.0])  # std = sqrt(variance)
+    for r in rows:
+        assert r["inverse"] == "ok" and finite(r["bpd"], r["reconstruction_bpd"], r["log_likelihood"], r["logdet"],
+                                               r["max_reconstruction_error"])
+    assert rows[0]["bpd"] < rows[-1]["bpd"]  # noise of variance 1 is far less likely than 1e-4
+    assert set(res["models"]) == {"acf-resflow-dot-digits", "acf-resflow-l2-digits"}
+    assert "sigma is the variance" in (tmp_path / "report.md").read_text()
+
+
+def test_interpolation_of_an_existing_run(convergence, tmp_path, capsys):
+    run = convergence / "runs" / "acf-resflow-l2-digits-seed0"
+    text = experiment(capsys, "interpolation", tmp_path, "--run", str(run))
+    assert "training" not in text
+    res = outputs(tmp_path, "interpolation-0.png", "interpolation-bpd.png")
+    nums = res["runs"][str(run)]
+    assert len(nums["pairs"]) == 8 and len(nums["path_bpd"]) == nums["steps"] == 10
+    assert nums["max_endpoint_error"] < 1e-3 and finite(*nums["path_bpd"]) and res["runs"] is not None
+
+
+def test_classification(tmp_path, capsys):
+    experiment(capsys, "classification", tmp_path, *RESIDUAL)
+    models = outputs(tmp_path)["models"]
+    assert set(models) == set(DEFAULTS["classification"].digits)
+    for entry in models.values():
+        assert entry["dataset"] == "digits" and 0 <= entry["test_accuracy"]["mean"] <= 1
+        assert finite(entry["test_bpd"]["mean"])
+
+
+def test_samples_of_every_family(tmp_path, capsys):
+    experiment(capsys, "samples", tmp_path, *RESIDUAL, "--set", "model.steps=1")
+    res = outputs(tmp_path)
+    families = {entry["family"] for entry in res["runs"].values()}
+    assert families == {"glow", "flowpp", "marflow", "residual", "denseflow"}
+    report = (tmp_path / "report.md").read_text()
+    for run_dir in res["runs"]:
+        for t in (0.5, 0.7, 0.85, 1.0):
+            png = f"samples/{list(res['runs']).index(run_dir)}-{Path(run_dir).name}-t{t:g}.png"
+            assert (tmp_path / png).is_file() and png in report
+
+
+def test_list(capsys):
+    main(["experiment", "--list"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(EXPERIMENTS)
+    assert all(f"{DEFAULTS[line.split()[0]].minutes:g} min" in line for line in lines)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["nope", "--out", "x"], "unknown experiment 'nope'; experiments: convergence, heads"),
+    (["heads", "--out", "x", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    (["positions", "--out", "x", "--heads", "2"], "--heads applies to the heads experiment only"),
+    (["perturbation", "--out", "x", "--seeds", "2"], "one trained model per preset"),
+    (["convergence", "--out", "x", "--set", "train.time_limit_s=5"], "set by the experiment"),
+    (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),
+    (["convergence", "--out", "x", "--budget", "0"], "--budget"),
+])
+def test_one_line_errors(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and match in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+@pytest.mark.parametrize("data", DATA_SETS)
+def test_default_runs_resolve(name, data):
+    """Every default run specification is a valid configuration (the papers' sizes are not built)."""
+    settings = make_settings(name, "unused", data=data)
+    for spec in settings.specs:
+        cfg = run_config(settings, spec, 0, 60.0)
+        assert cfg["train"]["time_limit_s"] == 60.0 and cfg["train"]["clock"] == "wall"
+
+
+def test_spec_syntax():
+    spec = RunSpec.parse("glow-digits-imap+model.positions=[1,2]+train.lr=1e+3")
+    assert spec.preset == "glow-digits-imap" and spec.overrides == ("model.positions=[1,2]", "train.lr=1e+3")
+    assert spec.text == "glow-digits-imap+model.positions=[1,2]+train.lr=1e+3"
+    assert spec.slug == "glow-digits-imap_positions-1-2_lr-1e-3"
