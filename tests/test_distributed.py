@@ -52,7 +52,7 @@ def _assert_same_parameters(a: Path, b: Path) -> None:
     assert torch.equal(first["torch_rng"], second["torch_rng"])
 
 
-@pytest.mark.parametrize("preset", sorted(SIZES))
+@pytest.mark.parametrize("preset", ["glow-digits", pytest.param("resflow-digits", marks=pytest.mark.slow)])
 def test_two_processes_train_as_one(tmp_path: Path, preset: str) -> None:
     """Glow (ActNorm data initialisation over the global batch) and a Residual Flow (Hutchinson
     vectors drawn per sample of the global batch, spectral-norm buffers) after 3 steps."""
