@@ -62,7 +62,7 @@ def test_bound_exceeds_empirical_lipschitz_raw_and_normalized(cls, heads, hw):
 def _direct_l2_bound(module: L2MultiheadSelfAttention, n: int) -> float:
     """Kim et al.'s bound assembled from explicit per-head weight slices (numpy)."""
     c, h = module.channels, module.heads
-    d = c // h
+    d = -(-c // h)  # ceil: heads that do not divide C get a padded inner width h * d
     wq = module.query_weight.detach().numpy()
     wv = module.value_weight.detach().numpy()
     wo = module.out_weight.detach().numpy()
@@ -74,7 +74,7 @@ def _direct_l2_bound(module: L2MultiheadSelfAttention, n: int) -> float:
     return math.sqrt(n / d) * (4 * phi_inv + 1) * math.sqrt(total) * np.linalg.norm(wo, 2)
 
 
-@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("heads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 2, 4, 9])
 def test_l2_bound_matches_direct_computation(heads, n):
     """With exact norms the bound is Kim et al.'s formula; the Gram norms used by default are
@@ -224,8 +224,8 @@ def test_tokens_are_spatial_positions(cls):
 
 @pytest.mark.parametrize("cls", ALL_CLASSES)
 def test_bad_arguments_and_inputs_raise(cls):
-    with pytest.raises(ValueError, match=r"heads=3.*channels=4"):
-        cls(4, 3)
+    with pytest.raises(ValueError, match=r"heads=5 exceeds channels=4"):
+        cls(4, 5)
     with pytest.raises(ValueError, match="channels"):
         cls(0, 1)
     with pytest.raises(ValueError, match="heads"):
@@ -241,3 +241,51 @@ def test_bad_arguments_and_inputs_raise(cls):
 def test_raw_bound_needs_token_count(cls):
     with pytest.raises(ValueError, match="tokens"):
         cls(4, 2, normalize=False).lipschitz_bound()
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES)
+@pytest.mark.parametrize("channels,heads", [(4, 3), (5, 2), (7, 5)])
+def test_heads_that_do_not_divide_the_channels_pad_the_inner_width(cls, channels, heads):
+    """Head width d = ceil(C / heads), inner width heads * d; each head is a plain attention of
+    width d over all C channels: the output equals the head-by-head computation."""
+    module = _make(cls, channels, heads, seed=7)
+    d = -(-channels // heads)
+    assert (module.head_dim, module.inner) == (d, heads * d)
+    assert module.out_weight.shape == (heads * d, channels)
+    x = torch.randn(2, channels, 2, 3, dtype=torch.float64)
+    tokens = x.flatten(2).transpose(1, 2)
+    outs = []
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        q = tokens @ module.query_weight[:, cols]
+        if cls is L2MultiheadSelfAttention:
+            scores = -torch.cdist(q, q).pow(2) / math.sqrt(d)
+            values = q @ module.query_weight[:, cols].T @ module.value_weight[:, cols] / math.sqrt(d)
+        else:
+            k, values = tokens @ module.key_weight[:, cols], tokens @ module.value_weight[:, cols]
+            divisor = math.sqrt(d) if cls is DotProductSelfAttention else module._score_divisor(q, k, values)
+            scores = q @ k.transpose(-1, -2) / divisor
+        outs.append(torch.softmax(scores, -1) @ values)
+    expected = torch.cat(outs, -1) @ module.out_weight
+    if getattr(module, "normalize", False):
+        expected = expected / module.raw_lipschitz_bound(6)
+    torch.testing.assert_close(module(x), expected.transpose(1, 2).reshape(x.shape))
+    lin = module.linearize(x)  # explicit products agree with autograd's
+    v, w = torch.randn_like(x), torch.randn_like(x)
+    _, jv = torch.autograd.functional.jvp(module, x, v)
+    _, vj = torch.autograd.functional.vjp(module, x, w)
+    torch.testing.assert_close(lin.jvp(v), jv)
+    torch.testing.assert_close(lin.vjp(w), vj)
+
+
+@pytest.mark.parametrize("cls", LIPSCHITZ_CLASSES)
+def test_bound_with_uneven_heads_exceeds_empirical_lipschitz(cls):
+    """3 heads of 5 channels (head width 2, padded inner width 6): the certified raw bound still
+    upper-bounds an empirical estimate at small, unit and large input scales."""
+    raw = _make(cls, 5, 3, seed=11, normalize=False)
+    gen = torch.Generator().manual_seed(1)
+    emp = max(
+        empirical_lipschitz(lambda x, s=s: raw(s * x) / s, (5, 2, 2), points=3, ascent_steps=40, generator=gen)
+        for s in (0.1, 1.0, 10.0)
+    )
+    assert 0.0 < emp <= raw.lipschitz_bound(tokens=4)

@@ -37,7 +37,8 @@ def test_imap_at_init_is_bijection() -> None:
 
 @pytest.mark.parametrize(
     "c,h,w,heads,patches",
-    [(2, 2, 2, 1, 1), (3, 3, 5, 1, 1), (2, 4, 4, 1, 4), (2, 4, 2, 2, 4), (3, 2, 2, 1, 4), (2, 4, 4, 2, 16), (1, 4, 4, 1, 4)],
+    [(2, 2, 2, 1, 1), (3, 3, 5, 1, 1), (2, 4, 4, 1, 4), (2, 4, 2, 2, 4), (3, 2, 2, 1, 4), (2, 4, 4, 2, 16), (1, 4, 4, 1, 4),
+     (2, 4, 4, 3, 4), (3, 3, 5, 7, 1), (5, 2, 2, 5, 4)],  # uneven head groups: 8 features / 3, 45 / 7, 5 / 5
 )
 @pytest.mark.parametrize("seed", [0, 1])
 def test_isdp_is_bijection(c: int, h: int, w: int, heads: int, patches: int, seed: int) -> None:
@@ -139,8 +140,8 @@ def test_bad_inputs_raise() -> None:
         ISDP(3).inverse(torch.zeros(1, 2, 4, 4))
     with pytest.raises(ValueError, match="H=3, W=4"):
         ISDP(2, patches=4)(torch.zeros(1, 2, 3, 4))
-    with pytest.raises(ValueError, match="heads=3"):
-        ISDP(2, heads=3, patches=4)(torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="heads=9 exceeds the 8 features per token"):
+        ISDP(2, heads=9, patches=4)(torch.zeros(1, 2, 4, 4))
     with pytest.raises(ValueError, match="perfect square"):
         ISDP(2, patches=2)
     with pytest.raises(ValueError, match="eps"):
@@ -154,3 +155,22 @@ def test_factory() -> None:
     assert isinstance(layer, ISDP) and layer.heads == 2 and layer.grid == 4
     with pytest.raises(ValueError, match="none, imap, isdp"):
         build_invertible_attention("sdp", 4)
+
+
+def test_isdp_uneven_heads_attend_within_their_feature_groups() -> None:
+    """3 heads of 8 features per token: groups of 3, 3 and 2 contiguous features; each head's
+    mixing matrix comes from its own group's query/key features only."""
+    layer = ISDP(2, heads=3, patches=4, seed=4).double()
+    _randomize(layer, 4)
+    x = _input((2, 2, 4, 4), 4)
+    x_masked = x * layer.mask(4, 4).to(x.dtype)
+    q, k = layer._tokens(layer.query(x_masked)), layer._tokens(layer.key(x_masked))
+    groups = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    eye = torch.eye(4, dtype=x.dtype)
+    expected = torch.stack(
+        [torch.softmax(q[..., g] @ k[..., g].transpose(-1, -2) / layer.log_d.exp(), -1) + layer.offset * eye for g in groups],
+        dim=1,
+    )
+    torch.testing.assert_close(layer.attention(x), expected)
+    unmasked = (~layer.feature_mask(4, 4)).flatten()
+    assert layer._unmasked_per_head(layer.feature_mask(4, 4)).tolist() == [int(unmasked[g].sum()) for g in groups]

@@ -121,8 +121,8 @@ def test_marflow_structure_and_sampling():
     "kwargs,match",
     [
         (dict(attention="isdp", positions=(1,), patches=16), "does not tile"),
-        (dict(attention="isdp", positions=(1,), heads=3), "heads=3 must divide"),
-        (dict(coupling_heads=3), "heads=3 does not divide channels=4"),
+        (dict(attention="isdp", positions=(1,), heads=17), "heads=17 exceeds the 16 features"),
+        (dict(coupling_heads=5), "heads=5 exceeds channels=4"),
         (dict(prior_group=3), "group=3 must be a positive divisor"),
         (dict(coupling="additive"), "unknown coupling"),
         (dict(attention="isdp"), "needs positions"),

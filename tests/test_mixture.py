@@ -83,8 +83,8 @@ def test_mixture_coupling_rejects_non_finite_latent():
 def test_mixture_coupling_bad_arguments():
     with pytest.raises(ValueError, match="components"):
         MixtureCoupling(2, components=0)
-    with pytest.raises(ValueError, match="heads=3 does not divide channels=8"):
-        MixtureCoupling(2, hidden=8, heads=3)
+    with pytest.raises(ValueError, match="heads=9 exceeds channels=8"):
+        MixtureCoupling(2, hidden=8, heads=9)
     with pytest.raises(ValueError, match="coupling heads must be >= 0"):
         MixtureCoupling(2, hidden=8, heads=-1)
     with pytest.raises(ValueError, match="checkerboard"):
@@ -148,11 +148,11 @@ def test_flowpp_model_inverse_and_logdet(attention, positions, heads):
     "kwargs,match",
     [
         (dict(attention="isdp", positions=(1,), patches=9), "does not tile"),
-        (dict(attention="isdp", positions=(1,), heads=3), "heads=3 must divide"),
+        (dict(attention="isdp", positions=(1,), heads=5), "heads=5 exceeds the 4 features"),
         (dict(attention="imap"), "needs positions"),
         (dict(positions=(2,)), "attention='none'"),
         (dict(attention="bogus", positions=(1,)), "unknown attention"),
-        (dict(coupling_heads=3), "heads=3 does not divide"),
+        (dict(coupling_heads=5), "heads=5 exceeds channels=4"),
         (dict(dequantization="flat"), "unknown dequantization"),
         (dict(shape=(1, 6, 6), scales=3), "cannot squeeze"),
     ],

@@ -104,7 +104,7 @@ def test_attention_scales_select_where_attention_sits() -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"attention": "l2", "heads": 3}, "heads"),
+        ({"attention": "l2", "heads": 9}, "heads=9 exceeds channels=8"),
         ({"coeff": 1.0}, "coeff"),
         ({"attention": "softmax"}, "unknown attention"),
         ({"branch": "resnet"}, "unknown branch"),

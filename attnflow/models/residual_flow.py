@@ -77,8 +77,9 @@ def residual_flow(
     whenever the weights change; scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
     flat latent. ``attention`` in {none, l2, lipnorm, dot} puts ACF's attention inside the
     branches of the scales listed in ``attention_scales`` (empty = every scale), mixed in by the
-    contractive :class:`attnflow.nn.branches.AttentionMix`; ``heads`` must divide the branch's
-    hidden width.
+    contractive :class:`attnflow.nn.branches.AttentionMix`; ``heads`` is at most the branch's
+    hidden width (heads that do not divide it pad the attention's inner width, see
+    :mod:`attnflow.nn.attention`).
 
     Log-det: ``estimator`` (``russian_roulette`` with ``n_exact`` exact terms and geometric
     ``geom_p``, or ``power_series`` with ``n_terms``; ``exact`` for tiny inputs) with the

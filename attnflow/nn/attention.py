@@ -1,15 +1,23 @@
-"""Self-attention for the residual branch ``g`` of contractive flows (ACF: Mukherjee et al.,
-"Attentive Contractive Flow with Lipschitz Constrained Self-Attention",
-``papers/acf-attentive-contractive-flow.txt``).
+"""Self-attention for the residual branch ``g`` of contractive flows (ACF: Mukherjee, Patro &
+Namboodiri, "Attentive Contractive Flow with Lipschitz Constrained Self-Attention").
 
 Every module maps ``x [B, C, H, W]`` to a tensor of the same shape. The tokens are the
 ``N = H*W`` spatial positions, each a ``C``-vector: ``X = x.flatten(2).transpose(1, 2)`` is
 ``[B, N, C]`` (a real permute, unlike the public ACF code) and the Frobenius norm of ``X`` is the
 L2 norm of the flattened sample, so every Lipschitz bound below is with respect to the L2 norm of
-the whole ``[C*H*W]`` input of one sample. Heads split the channels: head ``h`` uses columns
-``h*d .. (h+1)*d - 1`` of each projection ``W in R^{C x C}``, ``d = C / heads``; the heads'
-outputs are concatenated and multiplied by ``W^O in R^{C x C}``. No biases (a bias in a query,
-key or value projection would break the bounds of :class:`LipNormSelfAttention`).
+the whole ``[C*H*W]`` input of one sample. Heads split the projections' columns: with
+``d = ceil(C / heads)`` and the inner width ``C' = heads * d``, head ``h`` uses columns
+``h*d .. (h+1)*d - 1`` of each projection ``W in R^{C x C'}`` (so every head sees all ``C``
+input channels through its own ``d`` columns); the heads' outputs are concatenated and
+multiplied by ``W^O in R^{C' x C}``. When ``heads`` divides ``C`` (the usual case) ``C' = C``
+and ``d = C / heads``; otherwise the inner width is padded up to the next multiple of ``heads``
+(at most ``heads - 1`` extra columns: 16 channels with 5 heads give ``d = 4``, ``C' = 20``), so
+head counts such as ACF's and AttnFlow's 5 or 7 work for any width. Every bound below is stated
+per head in the spectral norms of the ``C x d`` head blocks and the head width ``d``, and holds
+for any ``d``, so the certificates are unchanged by the padding (``tests/test_attention.py``
+checks them against empirical Lipschitz estimates with uneven heads). ``1 <= heads <= C``. No
+biases (a bias in a query, key or value projection would break the bounds of
+:class:`LipNormSelfAttention`).
 
 * :class:`L2MultiheadSelfAttention`: Kim et al. 2021, Lipschitz for every input, certified bound.
 * :class:`LipNormSelfAttention`: Dasoulas et al. 2021 LipschitzNorm, Lipschitz for every input,
@@ -107,28 +115,30 @@ class _TokenSelfAttention(nn.Module):
         for name, value in (("channels", channels), ("heads", heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if channels % heads != 0:
+        if heads > channels:
             raise ValueError(
-                f"heads={heads} does not divide channels={channels}: choose a number of heads that "
-                f"divides {channels} (e.g. 1 or {channels}) or change the channel count"
+                f"heads={heads} exceeds channels={channels}: use at most {channels} heads or more channels"
             )
         self.channels = channels
         self.heads = heads
-        self.head_dim = channels // heads
+        self.head_dim = -(-channels // heads)
+        self.inner = heads * self.head_dim
         self.normalize = bool(normalize)
-        self.out_weight = self._projection()
+        self.out_weight = self._projection(self.inner, channels)
 
-    def _projection(self) -> nn.Parameter:
-        """A ``[C, C]`` projection, orthogonally initialised (every head slice has norm 1)."""
-        return nn.Parameter(nn.init.orthogonal_(torch.empty(self.channels, self.channels)))
+    def _projection(self, rows: int | None = None, cols: int | None = None) -> nn.Parameter:
+        """A ``[C, C']`` projection (or ``[rows, cols]``), orthogonally initialised (every head
+        slice has norm 1)."""
+        shape = (rows or self.channels, cols or self.inner)
+        return nn.Parameter(nn.init.orthogonal_(torch.empty(*shape)))
 
     def _split_heads(self, tokens: Tensor) -> Tensor:
-        """``[B, N, C] -> [B, heads, N, d]``."""
+        """``[B, N, C'] -> [B, heads, N, d]``."""
         b, n, _ = tokens.shape
         return tokens.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def _head_weights(self, weight: Tensor) -> Tensor:
-        """``W [C, C] -> [heads, C, d]``: head ``h`` is ``W[:, h*d:(h+1)*d]``."""
+        """``W [C, C'] -> [heads, C, d]``: head ``h`` is ``W[:, h*d:(h+1)*d]``."""
         return weight.reshape(self.channels, self.heads, self.head_dim).transpose(0, 1)
 
     def _projection_weights(self) -> tuple[Tensor, ...]:
@@ -150,7 +160,7 @@ class _TokenSelfAttention(nn.Module):
         """Adjoint of :meth:`_project`: ``sum_k merge(G_k) W_k^T``."""
         b, _, n, _ = grads[0].shape
         weights = self._projection_weights()
-        return sum(g.transpose(1, 2).reshape(b, n, self.channels) @ w.T for g, w in zip(grads, weights))
+        return sum(g.transpose(1, 2).reshape(b, n, self.inner) @ w.T for g, w in zip(grads, weights))
 
     def raw_lipschitz_bound(self, tokens: int, norm: NormFunction = gram_spectral_norm) -> Tensor:
         """Certified upper bound of the Lipschitz constant of the un-normalised map, for inputs
@@ -204,7 +214,7 @@ class _TokenSelfAttention(nn.Module):
     def _merge(self, heads_out: Tensor, divisor: Tensor | None, shape: torch.Size) -> Tensor:
         """``[B, heads, N, d] -> [B, C, H, W]``: concatenated heads times ``W^O`` (over the divisor)."""
         b, c, h, w = shape
-        out = heads_out.transpose(1, 2).reshape(b, h * w, c) @ self.out_weight
+        out = heads_out.transpose(1, 2).reshape(b, h * w, self.inner) @ self.out_weight
         if divisor is not None:
             out = out / divisor
         return out.transpose(1, 2).reshape(b, c, h, w)
@@ -256,7 +266,8 @@ class L2MultiheadSelfAttention(_TokenSelfAttention):
     r"""L2 multi-head self-attention (Kim, Papamakarios & Mnih, "The Lipschitz Constant of
     Self-Attention", ICML 2021; ACF eqs. 8, 9, 11, 12), Lipschitz on all of ``R^{N x C}``.
 
-    With tied query/key weights ``W^{Q,h} = W^{K,h} in R^{C x d}``, ``d = C/H``::
+    With tied query/key weights ``W^{Q,h} = W^{K,h} in R^{C x d}``, ``d = ceil(C/H)`` (module
+    docstring)::
 
         P^h_ij = softmax_j( -||x_i W^{Q,h} - x_j W^{Q,h}||^2 / sqrt(d) )
         f^h(X) = P^h X A_h,            A_h = W^{Q,h} W^{Q,h}^T / sqrt(d)

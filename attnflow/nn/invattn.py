@@ -1,5 +1,5 @@
 """Invertible attention bijections of AttnFlow (Sukthanker et al., "Generative Flows with
-Invertible Attentions", ``papers/attnflow-invertible-attentions.txt``): iMap and iSDP.
+Invertible Attentions", CVPR 2022): iMap and iSDP.
 
 Both layers split their input ``x [B, C, H, W]`` with a fixed binary mask ``M`` into a *masked*
 (conditioning) half ``x_m = M * x`` and an *unmasked* half ``x_u = (1 - M) * x``. The attention is
@@ -161,7 +161,7 @@ class ISDP(_MaskedSplit):
     ordered ``(c, i, j)``), which is the paper's "inter-patch interaction". The mask ``M`` is a
     3-D checkerboard over the ``(C, ph, pw)`` features of a patch, the same for every patch, so
     the unmasked half is a ``N x D_u`` matrix ``V_u``. With features split into ``heads``
-    contiguous groups of ``D / heads`` and ``Q, K`` the 1x1 convolutions of ``M * x``::
+    contiguous groups and ``Q, K`` the 1x1 convolutions of ``M * x``::
 
         A_h      = softmax(Q_h K_h^T / d)                       (row-stochastic, N x N)
         z_u^h    = (A_h + c I) V_u^h,        z_m = x_m
@@ -170,6 +170,13 @@ class ISDP(_MaskedSplit):
     where ``D_u^h`` is the number of unmasked features of head ``h`` (each column of ``V_u^h``
     is multiplied by the same matrix). The paper's factor ``(P/2)`` is this count when the mask
     splits every head exactly in half.
+
+    Head groups: feature ``f`` (of ``D``) belongs to head ``floor(f * heads / D)``, so head ``h``
+    holds features ``ceil(h D / heads) .. ceil((h + 1) D / heads) - 1``: ``D / heads`` each when
+    ``heads`` divides ``D``, otherwise groups of ``floor(D / heads)`` and ``ceil(D / heads)``
+    features (sizes differing by at most 1; e.g. AttnFlow's 5 or 7 heads on any patch size).
+    ``Q_h K_h^T`` sums over the head's own features only, and the log-det formula above holds
+    for any group sizes (it counts ``D_u^h`` per head). ``1 <= heads <= D``.
 
     Invertibility for every parameter value: ``d = exp(log_d) > 0`` and ``c = 1 + 1e-3 +
     softplus(raw) > 1``. A row-stochastic ``A`` has ``||A||_inf = 1``, so every eigenvalue
@@ -181,7 +188,8 @@ class ISDP(_MaskedSplit):
 
     Args:
         channels: number of input channels ``C``.
-        heads: attention heads; must divide ``D = C * ph * pw``.
+        heads: attention heads, ``1 <= heads <= D = C * ph * pw`` (uneven groups when
+            ``heads`` does not divide ``D``).
         patches: number of patches ``N``, a perfect square ``g^2``; ``g`` must divide ``H`` and
             ``W``. ``patches=1`` is allowed (then ``A = [1]`` and the layer scales ``x_u`` by
             ``1 + c``).
@@ -219,12 +227,21 @@ class ISDP(_MaskedSplit):
             )
         ph, pw = height // g, width // g
         features = self.channels * ph * pw
-        if features % self.heads:
+        if self.heads > features:
             raise ValueError(
-                f"heads={self.heads} must divide the {features} features per token "
-                f"(channels {self.channels} x patch {ph}x{pw}); choose a divisor of {features}"
+                f"heads={self.heads} exceeds the {features} features per token "
+                f"(channels {self.channels} x patch {ph}x{pw}); use at most {features} heads or fewer patches"
             )
         return ph, pw
+
+    def _head_layout(self, features: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
+        """``(group, slot, width)``: head ``group[f]`` of feature ``f`` (class docstring), its
+        place ``slot[f]`` in the padded ``[heads * width]`` layout, ``width = ceil(D / heads)``."""
+        f = torch.arange(features, device=device)
+        group = f * self.heads // features
+        start = -(-torch.arange(self.heads, device=device) * features // self.heads)  # ceil(h D / heads)
+        width = -(-features // self.heads)
+        return group, group * width + f - start[group], width
 
     def feature_mask(self, height: int, width: int) -> Tensor:
         """Boolean ``[C, ph, pw]`` mask of a patch's features, True on the masked half."""
@@ -249,13 +266,19 @@ class ISDP(_MaskedSplit):
         return t.reshape(b, c, h, w)
 
     def _split_heads(self, t: Tensor) -> Tensor:
-        """``[B, N, D] -> [B, heads, N, D / heads]``."""
+        """``[B, N, D] -> [B, heads, N, ceil(D / heads)]``: each head's features, zero-padded
+        where its group is one feature short (zeros add nothing to ``Q_h K_h^T`` and stay zero
+        under the mixing)."""
         b, n, d = t.shape
-        return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+        _, slot, width = self._head_layout(d, t.device)
+        padded = t.new_zeros(b, n, self.heads * width).index_copy_(-1, slot, t)
+        return padded.reshape(b, n, self.heads, width).transpose(1, 2)
 
-    def _merge_heads(self, t: Tensor) -> Tensor:
-        b, h, n, dh = t.shape
-        return t.transpose(1, 2).reshape(b, n, h * dh)
+    def _merge_heads(self, t: Tensor, features: int) -> Tensor:
+        """Inverse of :meth:`_split_heads`: ``[B, heads, N, width] -> [B, N, D]``."""
+        b, h, n, width = t.shape
+        _, slot, _ = self._head_layout(features, t.device)
+        return t.transpose(1, 2).reshape(b, n, h * width).index_select(-1, slot)
 
     def _mixing(self, x_masked: Tensor) -> Tensor:
         """``A_h + c I`` of shape ``[B, heads, N, N]`` from the masked input."""
@@ -271,14 +294,15 @@ class ISDP(_MaskedSplit):
         return self._mixing(x * self.mask(*x.shape[2:]).to(x.dtype))
 
     def _unmasked_per_head(self, feature_mask: Tensor) -> Tensor:
-        return (~feature_mask).reshape(self.heads, -1).sum(1)
+        group, _, _ = self._head_layout(feature_mask.numel(), feature_mask.device)
+        return torch.bincount(group[~feature_mask.flatten()], minlength=self.heads)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check_input(x)
         fmask = self.feature_mask(*x.shape[2:])
         mixing = self._mixing(x * self.mask(*x.shape[2:]).to(x.dtype))
         tokens = self._tokens(x)
-        mixed = self._merge_heads(mixing @ self._split_heads(tokens))
+        mixed = self._merge_heads(mixing @ self._split_heads(tokens), tokens.shape[-1])
         z = torch.where(fmask.flatten(), tokens, mixed)
         logabsdet = torch.linalg.slogdet(mixing)[1]
         logdet = (logabsdet * self._unmasked_per_head(fmask).to(x.dtype)).sum(1)
@@ -289,7 +313,7 @@ class ISDP(_MaskedSplit):
         fmask = self.feature_mask(*z.shape[2:])
         mixing = self._mixing(z * self.mask(*z.shape[2:]).to(z.dtype))
         tokens = self._tokens(z)
-        unmixed = self._merge_heads(torch.linalg.solve(mixing, self._split_heads(tokens)))
+        unmixed = self._merge_heads(torch.linalg.solve(mixing, self._split_heads(tokens)), tokens.shape[-1])
         return self._image(torch.where(fmask.flatten(), tokens, unmixed), z.shape)
 
 
@@ -314,7 +338,7 @@ def invertible_attention_factory(
     at that size (``None`` for ``"none"``).
 
     An iSDP layer is checked against its size at build time, so a ``patches`` grid that does not
-    tile the image or ``heads`` that do not divide the features per token fail before training.
+    tile the image or more ``heads`` than features per token fail before training.
     """
     if attention not in INVERTIBLE_ATTENTION_KINDS:
         raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")

@@ -55,10 +55,13 @@ class NystromAttention(nn.Module):
     """Multi-head Nyström self-attention on ``[B, C, H, W]`` (``N = H*W`` tokens); returns
     ``[B, C, H, W]``.
 
-    Queries, keys and values are 1x1-convolution projections split into ``heads`` heads of
-    ``d = C / heads`` channels; each head computes the Nyström approximation in the module
+    Queries, keys and values are 1x1-convolution projections ``C -> C' = heads * d`` split into
+    ``heads`` heads of ``d = ceil(C / heads)`` channels (``C' = C`` when ``heads`` divides ``C``;
+    otherwise the projection width is padded up to the next multiple of ``heads``, as in
+    :mod:`attnflow.nn.attention`); each head computes the Nyström approximation in the module
     docstring with ``landmarks`` segment-mean landmarks; heads are concatenated and mixed by an
-    output 1x1 convolution. ``landmarks >= N`` gives exact softmax attention.
+    output 1x1 convolution ``C' -> C``. ``landmarks >= N`` gives exact softmax attention.
+    ``1 <= heads <= C``.
 
     ``pinv``: ``"iterative"`` (the Nyströmformer's iteration, ``pinv_iterations`` steps; cheap,
     approximate) or ``"exact"`` (``torch.linalg.pinv`` by SVD; exact, slower).
@@ -73,10 +76,10 @@ class NystromAttention(nn.Module):
         pinv_iterations: int = 6,
     ) -> None:
         super().__init__()
-        if channels < 1 or heads < 1 or channels % heads:
+        if channels < 1 or not 1 <= heads <= channels:
             raise ValueError(
-                f"attention heads must divide the channels: got {channels} channels and {heads} heads; "
-                "choose heads among the divisors of channels"
+                f"attention heads must be in 1..channels: got {channels} channels and {heads} heads; "
+                "use at most as many heads as channels"
             )
         if landmarks < 1:
             raise ValueError(f"Nyström attention needs landmarks >= 1, got {landmarks}")
@@ -89,8 +92,9 @@ class NystromAttention(nn.Module):
         self.landmarks = landmarks
         self.pinv = pinv
         self.pinv_iterations = pinv_iterations
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.out = nn.Conv2d(channels, channels, 1)
+        self.head_dim = -(-channels // heads)
+        self.qkv = nn.Conv2d(channels, 3 * heads * self.head_dim, 1)
+        self.out = nn.Conv2d(heads * self.head_dim, channels, 1)
 
     def _pinv(self, a: Tensor) -> Tensor:
         if self.pinv == "exact":
@@ -100,8 +104,8 @@ class NystromAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected [B, {self.channels}, H, W] feature maps, got {list(x.shape)}")
-        b, c, h, w = x.shape
-        n, d = h * w, c // self.heads
+        b, _, h, w = x.shape
+        n, d = h * w, self.head_dim
         # [B, 3C, H, W] -> three [B, heads, N, d]
         q, k, v = self.qkv(x).view(b, 3, self.heads, d, n).transpose(-1, -2).unbind(1)
         q = q / d**0.5
