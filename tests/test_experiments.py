@@ -152,6 +152,8 @@ def test_list(capsys):
     (["heads", "--out", "x", "--preset", "no-such-preset"], "unknown preset 'no-such-preset'"),
     (["positions", "--out", "x", "--heads", "2"], "--heads applies to the heads experiment only"),
     (["perturbation", "--out", "x", "--seeds", "2"], "one trained model per preset"),
+    (["heads", "--out", "x", "--run", "y"], "--run applies to interpolation, samples"),
+    (["samples", "--out", "x", "--run", "no-such-run"], "is not a run directory"),
     (["convergence", "--out", "x", "--set", "train.time_limit_s=5"], "set by the experiment"),
     (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),
     (["convergence", "--out", "x", "--budget", "0"], "--budget"),

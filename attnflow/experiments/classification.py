@@ -27,13 +27,14 @@ def run(settings: Settings) -> None:
             if missing:
                 raise ValueError(f"{missing[0]}/results.json has no test accuracy: {text} is not a hybrid model; "
                                  "give presets with model.classes > 0")
-            cfg = ok[0].results
-            entry.update(dataset=cfg["dataset"], test_bpd=spread([r.results["test"]["bpd"] for r in ok]),
+            first = ok[0].results
+            entry.update(dataset=first["dataset"], test_bpd=spread([r.results["test"]["bpd"] for r in ok]),
                          test_accuracy=spread([r.results["test"]["accuracy"] for r in ok]),
                          steps=spread([r.results["step"] for r in ok]))
             acc = entry["test_accuracy"]
-            shown = f"{100 * acc['mean']:.2f}" + (f" ± {100 * acc['std']:.2f} sd" if acc["n"] > 1 else "")
-            rows.append([cfg["dataset"], text, shown, format_bpd(runs), f"{entry['steps']['mean']:.0f}"])
+            shown = (f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} sd ({acc['n']} seeds)" if acc["n"] > 1 else
+                     f"{100 * acc['mean']:.2f} ± {100 * first['test'].get('accuracy_stderr', float('nan')):.2f} s.e.")
+            rows.append([first["dataset"], text, shown, format_bpd(runs), f"{entry['steps']['mean']:.0f}"])
         else:
             entry["error"] = runs[0].error
             rows.append(["-", text, f"refused: {runs[0].error}", "-", "-"])
@@ -41,6 +42,7 @@ def run(settings: Settings) -> None:
     section = "\n".join([
         "## Test accuracy and bits/dim", "",
         markdown_table(["data", "model", "test accuracy (%)", "test bits/dim", "steps"], rows), "",
-        "Accuracy: the classifier head's most likely class on the whole test set. Equal training time per run.",
+        "Accuracy: the classifier head's most likely class on the whole test set; `± s.e.` is its standard error "
+        "over test images (one seed), `± sd` the standard deviation over seeds. Equal training time per run.",
     ])
     write_outputs(settings, "Hybrid classification (ACF Table 3)", DESCRIPTION + ".", [section], numbers, results)

@@ -4,8 +4,9 @@ against training time, mean and min-max range over seeds, one figure per model f
 The curves are the ``bpd`` rows of each run's ``metrics.jsonl`` (training bits/dim of one batch,
 every ``train.log_every`` steps, with the seconds of training steps so far, ``train_s``). Over
 seeds, the step curves are averaged on the steps every seed logged; the time curves on an even
-grid up to the shortest run's time (each seed's curve linearly interpolated). The band is the
-range (min to max) over seeds, not a standard deviation: with three seeds a range hides nothing.
+grid from the latest first logged time to the shortest run's time (each seed's curve linearly
+interpolated, never extrapolated). The band is the range (min to max) over seeds, not a standard
+deviation: with three seeds a range hides nothing.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _curves(runs: list[RunResult]) -> dict[str, Any]:
     common = sorted(set.intersection(*({s for s, _, _ in rows} for rows in logs)))
     by_step = np.array([[dict((s, b) for s, _, b in rows)[s] for s in common] for rows in logs])
     horizon = min(rows[-1][1] for rows in logs)
-    grid = np.linspace(min(rows[0][1] for rows in logs), horizon, 50) if horizon > 0 else np.zeros(1)
+    start = max(rows[0][1] for rows in logs)
+    grid = np.linspace(start, horizon, 50) if horizon > start else np.array([horizon])
     by_time = np.array([np.interp(grid, [t for _, t, _ in rows], [b for _, _, b in rows]) for rows in logs])
 
     def band(values: np.ndarray) -> dict[str, list[float]]:

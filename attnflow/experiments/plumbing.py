@@ -216,7 +216,10 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
         if (run_dir / "results.json").is_file():
             _same_setup(run_dir, cfg)
             status = "reused"
-            say(f"{tag}: finished before, reusing {run_dir}")
+            before = json.loads((run_dir / "config.json").read_text())["train"]
+            changed = "".join(f", trained with train.{k}={before.get(k)!r}" for k in ("time_limit_s", "clock")
+                              if before.get(k) != cfg["train"][k])
+            say(f"{tag}: finished before, reusing {run_dir}{changed}")
         else:
             resume = (run_dir / "checkpoint.pt").is_file()
             if resume:
