@@ -22,7 +22,7 @@ import math
 import re
 import shlex
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -357,7 +357,3 @@ def pyplot() -> Any:
 def command_line(argv: Sequence[str]) -> str:
     """The shell command that reproduces an ``attnflow`` invocation."""
     return "attnflow " + shlex.join(argv)
-
-
-#: An experiment's entry point.
-Runner = Callable[[Settings], None]
