@@ -24,11 +24,12 @@ SMALL = ["model.hidden=8", "train.batch_size=16", "train.threads=1", "train.devi
 SIZES = {"glow-digits": ["model.steps=1"], "resflow-digits": ["model.blocks=1"]}
 
 
-def _torchrun(preset: str, out: Path, settings: list[str], resume: bool = False) -> subprocess.CompletedProcess:
+def _torchrun(preset: str, out: Path, settings: list[str], resume: bool = False,
+              processes: int = 2) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            "-m", "attnflow.cli", "train", "--preset", preset, "--out", str(out), "--quiet",
            *[a for s in settings for a in ("--set", s)], *(["--resume"] if resume else [])]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -93,3 +94,12 @@ def test_one_process_starts_no_process_group(tmp_path: Path) -> None:
     assert trainer.log_prob == trainer.model.log_prob  # the model itself, no DDP wrapper
     trainer.run()
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_nccl_process_trains_on_cuda(tmp_path: Path) -> None:
+    """torchrun with one process on CUDA: the NCCL process group, the model on cuda:0."""
+    settings = [*SMALL, *SIZES["glow-digits"], "train.steps=2", "train.device=cuda"]
+    done = _torchrun("glow-digits", tmp_path / "nccl", settings, processes=1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.load(tmp_path / "nccl" / "checkpoint.pt", weights_only=True)["step"] == 2
