@@ -19,7 +19,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/
 echo "pytest exit status $?" >> "$OUT/pytest-cuda.txt"
 
 timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf16 --batch-size 32 --steps 5 \
-    --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10,acf-iresnet-l2-mnist \
+    --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \
     > "$OUT/gpu_presets.jsonl" 2> "$OUT/gpu_presets.err"
 echo "benchmark exit status $?" >> "$OUT/gpu_presets.err"
 tail -n 3 "$OUT/pytest-cuda.txt"
