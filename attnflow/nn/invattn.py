@@ -59,7 +59,7 @@ class _MaskedSplit(Bijection):
             raise ValueError(f"channels must be a positive integer, got {channels}")
         self.channels = int(channels)
         if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
+            seed = int(torch.randint(0, 2**62, (), device="cpu").item())  # CPU: works under a meta/CUDA default device
         self.register_buffer("mask_seed", torch.tensor(int(seed), dtype=torch.int64))
         self._masks: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}
         self.register_load_state_dict_post_hook(_clear_mask_cache)
@@ -350,7 +350,7 @@ def invertible_attention_factory(
     def layer(channels: int, height: int, width: int) -> Bijection | None:
         built = build_invertible_attention(attention, channels, heads=heads, patches=patches)
         if isinstance(built, ISDP):
-            built.feature_mask(height, width)  # raises a ValueError naming the problem
+            built._patch_size(height, width)  # raises a ValueError naming the problem
         return built
 
     return layer
