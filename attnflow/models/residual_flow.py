@@ -1,6 +1,7 @@
 """Contractive residual flows — i-ResNet, Residual Flow, i-DenseNet — with ACF's Lipschitz
-attention inside their residual branches (Sukthanker et al., "Generative flows with invertible
-attentions"/ACF; Behrmann et al. 2019; Chen et al. 2019; Perugachi-Diaz et al. 2021)."""
+attention inside their residual branches (ACF: Mukherjee, Patro & Namboodiri, "Attentive
+Contractive Flow with Lipschitz Constrained Self-Attention"; Behrmann et al. 2019; Chen et al.
+2019; Perugachi-Diaz et al. 2021)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
