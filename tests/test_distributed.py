@@ -91,7 +91,7 @@ def test_one_process_starts_no_process_group(tmp_path: Path) -> None:
     trainer = Trainer(resolve_config("glow-digits", [*SMALL, *SIZES["glow-digits"], "train.steps=1"]), tmp_path,
                       progress=False)
     assert trainer.dist.world_size == 1 and trainer.dist.shard() is None
-    assert trainer.log_prob == trainer.model.log_prob  # the model itself, no DDP wrapper
+    assert trainer.ddp is None  # the model itself, no DDP wrapper
     trainer.run()
     assert not torch.distributed.is_initialized()
 

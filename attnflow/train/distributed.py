@@ -22,7 +22,6 @@ What makes ``N`` processes train exactly as one process on the same global batch
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -119,11 +118,12 @@ class Distributed:
         if self.active:
             dist.barrier()
 
-    def data_parallel(self, model: Flow, device: torch.device) -> Callable[..., Tensor]:
-        """``model.log_prob`` in one process; in several, a DistributedDataParallel module that
-        averages the gradients over them (rank 0's parameters and buffers broadcast at start)."""
+    def data_parallel(self, model: Flow, device: torch.device) -> nn.Module | None:
+        """A DistributedDataParallel module computing ``model.log_prob`` whose backward averages the
+        gradients over the processes (rank 0's parameters and buffers broadcast at start); ``None``
+        in one process, where ``model.log_prob`` is called directly."""
         if not self.active:
-            return model.log_prob
+            return None
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None

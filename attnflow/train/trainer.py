@@ -57,6 +57,7 @@ from ..models.hybrid import HybridFlow, check_labels, hybrid_loss
 from .distributed import start as start_processes
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
+from .progress import TrainingBar
 from .runlock import RunLock, remove_stale_temporaries
 from .signals import StopRequests
 
@@ -195,7 +196,7 @@ class Trainer:
         opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t["optimizer"]]
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
-        self.log_prob = self.dist.data_parallel(self.model, self.device)
+        self.ddp = self.dist.data_parallel(self.model, self.device)  # None in one process
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.step = 0
@@ -300,7 +301,8 @@ class Trainer:
                 loss, self.step_metrics = hybrid_loss(self.model, x, labels, self.levels, t["likelihood_weight"], context)
                 self.step_metrics["loss"] = float(loss.detach())
             else:
-                bpd = log_prob_to_bits_per_dim(self.log_prob(x, context), self.model.dim, self.levels)
+                log_prob = self.model.log_prob if self.ddp is None else self.ddp
+                bpd = log_prob_to_bits_per_dim(log_prob(x, context), self.model.dim, self.levels)
                 loss = bpd.mean()
         global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -381,12 +383,10 @@ class Trainer:
 
     def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
-        from tqdm import tqdm
-
         t = self.cfg["train"]
         total = t["steps"]
         bad = 0
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        bar = TrainingBar(total, t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
         window_start, window_images = time.perf_counter(), 0
         clock = TRAINING_CLOCKS[t["clock"]]
         try:
@@ -409,13 +409,13 @@ class Trainer:
                     self._write_metrics({"step": self.step + 1, "event": "skipped_non_finite"})
                     if bad >= t["max_bad_steps"]:
                         self._rollback(lr)
-                        bar.n = self.step
+                        bar.update(self.step, self.train_seconds)
                         bad = 0
                     continue
                 bad = 0
                 self.step += 1
                 window_images += t["batch_size"]
-                bar.update(1)
+                bar.update(self.step, self.train_seconds)
                 loss, grad_norm = result
                 self.last_finite = (self.step, loss)
                 if self.step % t["log_every"] == 0 or self.step == total:
