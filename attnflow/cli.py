@@ -206,6 +206,32 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise CommandFailed(f"{non_finite} ({shown})")
 
 
+def _cmd_fid(args: argparse.Namespace) -> None:
+    from .data import to_float
+    from .evaluate import finite_samples
+    from .evaluate.fidelity import check_inception_weights, require_torch_fidelity, sample_quality
+
+    require_torch_fidelity()  # both checks before the (long) sampling
+    check_inception_weights(args.inception_weights)
+    model, cfg = _load(args)
+    if model.context_shape is not None:
+        raise ValueError("attnflow fid scores unconditional samples; for conditional runs use attnflow eval")
+    data = _load_split(cfg, args.split)
+    x, non_finite = finite_samples(model, args.n, args.temperature, generator=torch.Generator().manual_seed(args.seed))
+    if non_finite:
+        raise CommandFailed(f"{non_finite}; FID/KID/IS need {args.n} finite samples")
+    reference = to_float(data.images[: args.n], data.levels)
+    res = sample_quality(x, reference, args.inception_weights, batch_size=args.batch_size,
+                         cuda=module_device(model).type == "cuda")
+    res.update(run=str(args.run), temperature=args.temperature, split=args.split)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"FID {res['fid']:.2f}  KID {res['kid']:.4f} ± {res['kid_std']:.4f}  IS {res['inception_score']:.2f} ± "
+              f"{res['inception_score_std']:.2f}  ({res['n_samples']} samples at temperature {args.temperature} "
+              f"vs {res['n_reference']} {args.split} images)")
+
+
 def _run_and_images(args: argparse.Namespace, n: int):
     """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1] and
     the data's number of levels."""
@@ -437,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     device_option(s)
     s.set_defaults(func=_cmd_sample)
 
+    f = sub.add_parser("fid", help="FID, KID and Inception Score of a run's samples against its test images "
+                       "(torch-fidelity with a local Inception-v3 weights file; nothing is downloaded)")
+    f.add_argument("run", help="run directory")
+    f.add_argument("--inception-weights", required=True, metavar="PATH",
+                   help="torch-fidelity's Inception-v3 state dict (pt_inception-2015-12-05-6726825d.pth)")
+    number(f, "--n", "n", 10000, "samples, and reference images (at most the split's size)")
+    number(f, "--temperature", "temperature", 1.0)
+    number(f, "--seed", "seed", 0)
+    number(f, "--batch-size", "batch_size", 64)
+    f.add_argument("--split", default="test", choices=["train", "test"], help="reference images (default test)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    device_option(f)
+    f.set_defaults(func=_cmd_fid)
+
     def image_command(name: str, help: str, func, out: str, out_help: str | None = None) -> argparse.ArgumentParser:
         """A subcommand on the images of a trained run: ``run``, ``--split``, ``--out`` and the
         ``--tolerance`` its inverse is judged by."""
@@ -513,12 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from .evaluate.fidelity import FidelityUnavailable
     from .nn.residual import InverseDidNotConverge
     from .train import CheckpointError, NonFiniteTraining
     from .train.runlock import RunLocked
 
     return (ValueError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteTraining, RunLocked,
-            InverseDidNotConverge, NotADirectoryError, PermissionError, IsADirectoryError)
+            InverseDidNotConverge, NotADirectoryError, PermissionError, IsADirectoryError, FidelityUnavailable)
 
 
 USER_ERRORS = _user_errors()
