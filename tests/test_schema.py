@@ -62,7 +62,7 @@ def test_messages_name_key_range_and_value():
         # more of the same kind
         ("train.lr=nan", r"train.lr must be a finite number in \(0, 1e\+06\]"),
         ("train.ema_decay=1.0", r"train.ema_decay must be a finite number in \[0, 1\)"),
-        ("train.optimizer=sgd", r"train.optimizer must be one of: adam, adamax"),
+        ("train.optimizer=lbfgs", r"train.optimizer must be one of: adam, adamax, sgd"),
         ("model.positions=[4, 4]", r"model.positions must be a list of distinct integers in 1\.\.4"),
         ("model.squeeze_first=true", r"unknown key model.squeeze_first \(used by family residual\)"),
     ],
