@@ -51,6 +51,7 @@ OPTIONS = {
                       lo_open=True, hi=10**6),
     "seeds": _option("seeds", int, "seeds (training runs) per preset", lo=1, hi=1000),
     "heads": _option("heads", int, "attention head counts", lo=1, hi=256),
+    "jobs": _option("jobs", int, "training runs at once, each in its own process", lo=1, hi=256),
 }
 
 
@@ -379,26 +380,29 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from .experiments import listing, make_settings, run_experiment
-    from .experiments.plumbing import ExperimentInterrupted, command_line
+    from .experiments.plumbing import ExperimentFailed, ExperimentInterrupted, command_line
 
     if args.list:
-        print("\n".join(listing()))
+        print("\n".join(listing(args.data)))
         return
     if not args.name or not args.out:
         raise ValueError("give an experiment NAME and --out DIR (or --list to see the experiments)")
     given = [("--preset", args.preset), ("--set", args.set), ("--heads", args.heads), ("--run", args.run)]
-    argv = ["experiment", args.name, "--out", args.out, "--data", args.data, "--clock", args.clock]
+    argv = ["experiment", args.name, "--out", args.out, "--data", args.data]
     argv += [a for flag, values in given for v in values or () for a in (flag, str(v))]
-    argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--device", args.device))
+    argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--clock", args.clock),
+                               ("--device", args.device), ("--jobs", args.jobs if args.jobs > 1 else None))
              if v is not None for a in (flag, str(v))]
     settings = make_settings(args.name, args.out, budget=args.budget, data=args.data, presets=args.preset,
                              seeds=args.seeds, clock=args.clock, device=args.device, overrides=args.set,
                              head_counts=args.heads, runs=args.run, command=command_line(argv),
-                             progress=not args.quiet)
+                             progress=not args.quiet, jobs=args.jobs)
     try:
         run_experiment(settings)
     except ExperimentInterrupted as exc:
         _fail("experiment", exc, 130)
+    except ExperimentFailed as exc:
+        _fail("experiment", exc, 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -529,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="run one of the papers' experiments into a directory: report.md, "
                                           "PNG figures, results.json (--list describes them)")
     x.add_argument("name", nargs="?", help="experiment name (see --list)")
-    x.add_argument("--list", action="store_true", help="list the experiments with their default budgets")
+    x.add_argument("--list", action="store_true", help="list the experiments with their default budgets and number "
+                   "of runs on --data")
     x.add_argument("--out", help="experiment directory; rerunning into it reuses finished runs and resumes the others")
     number(x, "--budget", "budget", None, "minutes of training in all, split evenly over the runs (evaluation "
            "extra); default: the experiment's")
@@ -538,8 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--preset", nargs="+", default=[], metavar="PRESET[+section.key=value...]",
                    help="run specifications replacing the experiment's defaults")
     number(x, "--seeds", "seeds", None, "seeds per preset; default: the experiment's")
-    x.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="what the budget counts: elapsed (wall) or process CPU seconds (default wall)")
+    x.add_argument("--clock", default=None, choices=["wall", "cpu"],
+                   help="what the budget counts: elapsed (wall) or each run's process CPU seconds (default wall; "
+                        "cpu with --jobs > 1, so runs sharing the cores get equal compute)")
+    number(x, "--jobs", "jobs", 1, "training runs at once; above 1 each in its own `attnflow train` process with "
+           "train.threads = max(1, cpus // N) unless set, its output in its run directory's train.log")
     x.add_argument("--device", type=_device_name, default=None,
                    help="train and evaluate on auto, cpu, cuda or cuda:N (default: the presets' train.device, auto)")
     x.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -2,12 +2,18 @@
 few steps each), its report, figures and numbers; listing, errors and resuming."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from attnflow.cli import main
-from attnflow.experiments import DATA_SETS, DEFAULTS, EXPERIMENTS, make_settings
+from attnflow.experiments import DATA_SETS, DEFAULTS, EXPERIMENTS, count_runs, make_settings
+from attnflow.experiments.parallel import child_threads
 from attnflow.experiments.plumbing import RunSpec, run_config
 
 # tiny models, one thread, a metrics line every step, no evaluation during training, short log-det series
@@ -143,8 +149,20 @@ def test_samples_of_every_family(tmp_path, capsys):
 def test_list(capsys):
     main(["experiment", "--list"])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == list(EXPERIMENTS)
-    assert all(f"{DEFAULTS[line.split()[0]].minutes:g} min" in line for line in lines)
+    assert [line.split()[0] for line in lines] == [*EXPERIMENTS, "(all)"]
+    for line in lines[:-1]:
+        name = line.split()[0]
+        runs = count_runs(make_settings(name, "unused", data="fashion-mnist"))
+        assert f"{DEFAULTS[name].minutes:g} min" in line and f"{runs:3d} runs" in line
+    assert lines[-1].split()[1:5] == [f"{sum(d.minutes for d in DEFAULTS.values()):g}", "min",
+                                      f"{sum(count_runs(make_settings(n, 'unused')) for n in EXPERIMENTS)}", "runs"]
+
+
+def test_default_budgets_fit_a_session():
+    """The whole set on Fashion-MNIST needs about 260 minutes of training; no run gets under 2."""
+    assert sum(d.minutes for d in DEFAULTS.values()) == pytest.approx(260, abs=15)
+    for name in EXPERIMENTS:
+        assert DEFAULTS[name].minutes / count_runs(make_settings(name, "unused")) >= 2, name
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -157,6 +175,7 @@ def test_list(capsys):
     (["convergence", "--out", "x", "--set", "train.time_limit_s=5"], "set by the experiment"),
     (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),
     (["convergence", "--out", "x", "--budget", "0"], "--budget"),
+    (["convergence", "--out", "x", "--jobs", "0"], "--jobs"),
 ])
 def test_one_line_errors(argv, match, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -181,3 +200,79 @@ def test_spec_syntax():
     assert spec.preset == "glow-digits-imap" and spec.overrides == ("model.positions=[1,2]", "train.lr=1e+3")
     assert spec.text == "glow-digits-imap+model.positions=[1,2]+train.lr=1e+3"
     assert spec.slug == "glow-digits-imap_positions-1-2_lr-1e-3"
+
+
+def test_jobs_set_threads_and_the_cpu_clock():
+    spec = RunSpec.parse("glow-digits")
+    train = run_config(make_settings("convergence", "unused", data="digits", jobs=2), spec, 0, 60.0)["train"]
+    assert train["threads"] == child_threads(2) >= 1 and train["clock"] == "cpu"
+    mine = make_settings("convergence", "unused", data="digits", jobs=2, clock="wall", overrides=["train.threads=3"])
+    train = run_config(mine, spec, 0, 60.0)["train"]
+    assert (train["threads"], train["clock"]) == (3, "wall")
+    train = run_config(make_settings("convergence", "unused", data="digits"), spec, 0, 60.0)["train"]
+    assert (train["threads"], train["clock"], train["steps"]) == (0, "wall", 10**8)  # jobs=1: the preset's threads
+
+
+def test_jobs_give_the_same_numbers_and_failed_runs_become_rows(tmp_path, capsys):
+    """3 steps per run (train.steps caps them, the budget does not bind): --jobs 1 (in this
+    process) and --jobs 2 (child processes) give the same numbers; a run whose training fails
+    is an error row, the others finish, and the experiment exits 1 naming it."""
+    presets = ["--preset", "acf-resflow-l2-digits", "glow-digits+train.batch_size=5000"]
+    found = {}
+    for jobs in (1, 2):
+        with pytest.raises(SystemExit) as exc:
+            experiment(capsys, "convergence", tmp_path / f"jobs{jobs}", *RESIDUAL, "--budget", "100", "--seeds", "1",
+                       "--set", "train.steps=3", "--set", "model.steps=1", "--jobs", str(jobs), *presets)
+        text = capsys.readouterr()
+        assert exc.value.code == 1 and text.err.count("\n") == 1
+        assert "1 of 2 training runs failed: glow-digits+train.batch_size=5000 seed 0" in text.err
+        assert "exceeds the 1437 training images" in text.err
+        found[jobs] = outputs(tmp_path / f"jobs{jobs}")["runs"]
+        assert ("train.log)\n" in text.out) and (f"(output: {tmp_path}" in text.out) == (jobs == 2)
+    assert [r["status"] for r in found[1]] == [r["status"] for r in found[2]] == ["trained", "failed"]
+    for one, two in zip(found[1], found[2]):
+        assert {k: v for k, v in one.items() if k not in ("train_seconds", "seconds_per_step")} == \
+            {k: v for k, v in two.items() if k not in ("train_seconds", "seconds_per_step")}
+    assert found[2][0]["steps"] == 3 and finite(found[2][0]["test_bpd"])
+    assert "exceeds the 1437 training images" in found[2][1]["error"]
+    run = "runs/acf-resflow-l2-digits-seed0"
+    curves = [[(m["step"], m["bpd"]) for m in map(json.loads, (tmp_path / f"jobs{j}" / run / "metrics.jsonl")
+                                                               .read_text().splitlines()) if "bpd" in m] for j in (1, 2)]
+    assert curves[0] == curves[1] and len(curves[0]) == 3
+    assert json.loads((tmp_path / "jobs2" / run / "config.json").read_text())["train"]["clock"] == "cpu"
+    log = (tmp_path / "jobs2" / "runs" / "glow-digits_batch-size-5000-seed0" / "train.log").read_text()
+    assert log.startswith("$ attnflow train --preset glow-digits ") and "exceeds the 1437" in log.splitlines()[-1]
+    assert "| failed: " in (tmp_path / "jobs2" / "report.md").read_text()
+
+
+def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_path, capsys):
+    """SIGINT to the experiment's process group (a terminal's Ctrl-C) stops both training
+    processes of ``--jobs 2`` at a step boundary with a checkpoint; rerun, the runs resume."""
+    out = tmp_path / "exp"
+    argv = ["convergence", "--out", str(out), *TINY, "--budget", "1", "--seeds", "2", "--set", "model.steps=1",
+            "--preset", "glow-digits"]
+    proc = subprocess.Popen([sys.executable, "-m", "attnflow.cli", "experiment", *argv, "--jobs", "2"], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    runs = [out / "runs" / f"glow-digits-seed{k}" for k in (0, 1)]
+
+    def training(run: Path) -> bool:
+        metrics = run / "metrics.jsonl"
+        return metrics.is_file() and '"bpd"' in metrics.read_text()
+
+    deadline = time.monotonic() + 150
+    while not all(map(training, runs)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=150)
+    assert proc.returncode == 130 and "stopped 2 training runs at a step boundary" in err
+    stopped = {}
+    for run in runs:
+        assert (run / "checkpoint.pt").is_file() and not (run / "results.json").exists()
+        assert "SIGINT: stopped at step " in (run / "train.log").read_text()
+        stopped[run] = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
+    text = experiment(capsys, "convergence", out, "--seeds", "2", "--set", "model.steps=1", "--set", "train.steps=1",
+                      "--preset", "glow-digits")  # train.steps=1 < the steps done: each resumed run ends at once
+    assert all(f"resuming into {run}" in text for run in runs)
+    assert {r["dir"]: (r["status"], r["steps"]) for r in outputs(out)["runs"]} == \
+        {f"runs/{run.name}": ("resumed", stopped[run]) for run in runs}

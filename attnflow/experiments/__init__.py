@@ -4,7 +4,9 @@ writes ``report.md``, its PNG figures and ``results.json`` into ``DIR``.
 
 :data:`DEFAULTS` is the one table of per-experiment defaults: training budget, run
 specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds, and head
-counts of the ``heads`` experiment.
+counts of the ``heads`` experiment. The budgets add up to 260 minutes of training for the whole
+set on Fashion-MNIST (every run at least 2.5 minutes); ``attnflow experiment --list`` prints them
+with each experiment's number of runs.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from types import ModuleType
 from . import classification, convergence, heads, interpolation, perturbation, positions, samples
 from .plumbing import RunSpec, Settings
 
-__all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "make_settings", "run_experiment", "listing"]
+__all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "make_settings", "run_experiment", "listing",
+           "count_runs"]
 
 DATA_SETS = ("digits", "fashion-mnist")
 
@@ -37,32 +40,32 @@ class Defaults:
 DEFAULTS: dict[str, Defaults] = {
     # ACF Fig. 3: pairs without / with attention, one plot per family (DenseFlow: without / with Nyström
     # attention in its coupling networks; mARFlow: without / with iMap)
-    "convergence": Defaults(120, seeds=3, digits=(
+    "convergence": Defaults(60, seeds=3, digits=(
         "glow-digits", "glow-digits-imap", "resflow-digits", "acf-resflow-l2-digits",
         "denseflow-digits-noattn", "denseflow-digits", "marflow-digits", "marflow-digits-imap"), fashion=(
         "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "resflow-fmnist-tiny", "acf-resflow-l2-fmnist-tiny",
         "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny", "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap")),
     # ACF Table 2 (Residual Flow + L2: 1, 4, 16 heads); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7 heads)
-    "heads": Defaults(90, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
+    "heads": Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
                       fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"),
                       heads=(("residual", (1, 4, 16)), ("glow", (1, 3, 5, 7)))),
     # AttnFlow Fig. 13: the no-attention baseline, then iMap and iSDP at pos-1..4
-    "positions": Defaults(90, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
+    "positions": Defaults(45, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
                           fashion=("glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp")),
     # ACF supplement Table 5 / Fig. 2: dot (not Lipschitz), L2, LipNorm, none
-    "perturbation": Defaults(60, seeds=None, digits=(
+    "perturbation": Defaults(40, seeds=None, digits=(
         "acf-resflow-dot-digits", "acf-resflow-l2-digits", "acf-resflow-lipnorm-digits", "resflow-digits"), fashion=(
         "acf-resflow-l2-fmnist-tiny+model.attention=dot", "acf-resflow-l2-fmnist-tiny",
         "acf-resflow-lipnorm-fmnist-tiny", "resflow-fmnist-tiny")),
     # ACF Algorithm 2
-    "interpolation": Defaults(20, seeds=None, digits=("acf-resflow-l2-digits",),
+    "interpolation": Defaults(10, seeds=None, digits=("acf-resflow-l2-digits",),
                               fashion=("acf-resflow-l2-fmnist-tiny",)),
     # ACF Table 3: the hybrid model with and without attention; Fashion-MNIST runs digits too
-    "classification": Defaults(60, digits=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid"),
+    "classification": Defaults(40, digits=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid"),
                                fashion=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid",
                                         "resflow-fmnist-tiny-hybrid", "acf-resflow-l2-fmnist-tiny-hybrid")),
     # one model of each family, with its attention
-    "samples": Defaults(75, seeds=None, digits=(
+    "samples": Defaults(20, seeds=None, digits=(
         "glow-digits-imap", "flowpp-digits", "marflow-digits-imap", "acf-resflow-l2-digits", "denseflow-digits"),
         fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap", "acf-resflow-l2-fmnist-tiny",
                  "denseflow-fmnist-tiny")),
@@ -72,9 +75,26 @@ EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
     convergence, heads, positions, perturbation, interpolation, classification, samples)}
 
 
-def listing() -> list[str]:
-    """One line per experiment: name, default budget and description."""
-    return [f"{name:15s} {DEFAULTS[name].minutes:4g} min  {m.DESCRIPTION}" for name, m in EXPERIMENTS.items()]
+def count_runs(settings: Settings) -> int:
+    """The number of training runs of ``settings`` (refused ones included)."""
+    if settings.runs:
+        return 0
+    trained_specs = getattr(EXPERIMENTS[settings.name], "trained_specs", lambda s: s.specs)
+    return len(trained_specs(settings)) * settings.seeds
+
+
+def listing(data: str = "fashion-mnist") -> list[str]:
+    """One line per experiment on ``data``: name, default budget, number of training runs, each
+    run's share of the budget, and description; then the total."""
+    lines, minutes, runs = [], 0.0, 0
+    for name, m in EXPERIMENTS.items():
+        n = count_runs(make_settings(name, "unused", data=data))
+        budget = DEFAULTS[name].minutes
+        minutes, runs = minutes + budget, runs + n
+        lines.append(f"{name:15s} {budget:4g} min  {n:3d} runs  {budget / n:4.1f} min/run  {m.DESCRIPTION}")
+    lines.append(f"{'(all)':15s} {minutes:4g} min  {runs:3d} runs  on {data}; --jobs 2 on 2 cores: about "
+                 f"{minutes / 2:g} min elapsed, evaluation extra")
+    return lines
 
 
 def make_settings(
@@ -84,16 +104,18 @@ def make_settings(
     data: str = "fashion-mnist",
     presets: Sequence[str] = (),
     seeds: int | None = None,
-    clock: str = "wall",
+    clock: str | None = None,
     device: str | None = None,
     overrides: Sequence[str] = (),
     head_counts: Sequence[int] | None = None,
     runs: Sequence[str | Path] = (),
     command: str = "",
     progress: bool = True,
+    jobs: int = 1,
 ) -> Settings:
     """The settings of experiment ``name`` from its options, with :data:`DEFAULTS` for those not
-    given; options an experiment does not take are one-line errors."""
+    given (``clock``: ``cpu`` when ``jobs > 1``, runs then share the cores, else ``wall``);
+    options an experiment does not take are one-line errors."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)} "
                          "(`attnflow experiment --list` describes them)")
@@ -113,11 +135,13 @@ def make_settings(
             raise FileNotFoundError(f"--run {run} is not a run directory (no config.json); train it with `attnflow train`")
     if budget is not None and not budget > 0:
         raise ValueError(f"--budget must be a positive number of minutes, got {budget}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     specs = tuple(RunSpec.parse(p) for p in (presets or (d.digits if data == "digits" else d.fashion)))
     return Settings(name=name, out=Path(out), budget_minutes=d.minutes if budget is None else budget, data=data,
-                    specs=specs, seeds=seeds or d.seeds or 1, clock=clock, device=device, overrides=tuple(overrides),
+                    specs=specs, seeds=seeds or d.seeds or 1, clock=clock or ("cpu" if jobs > 1 else "wall"), device=device, overrides=tuple(overrides),
                     heads=None if head_counts is None else tuple(head_counts), runs=tuple(Path(r) for r in runs),
-                    command=command, progress=progress)
+                    command=command, progress=progress, jobs=jobs)
 
 
 def run_experiment(settings: Settings) -> None:

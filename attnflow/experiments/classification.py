@@ -36,8 +36,8 @@ def run(settings: Settings) -> None:
                      f"{100 * acc['mean']:.2f} ± {100 * first['test'].get('accuracy_stderr', float('nan')):.2f} s.e.")
             rows.append([first["dataset"], text, shown, format_bpd(runs), f"{entry['steps']['mean']:.0f}"])
         else:
-            entry["error"] = runs[0].error
-            rows.append(["-", text, f"refused: {runs[0].error}", "-", "-"])
+            entry["error"] = runs[0].problem
+            rows.append(["-", text, runs[0].problem, "-", "-"])
         numbers["models"][text] = entry
     section = "\n".join([
         "## Test accuracy and bits/dim", "",

@@ -78,7 +78,7 @@ def run(settings: Settings) -> None:
             steps = spread([r.results["step"] for r in ok]) if ok else None
             entry[text] = {"test_bpd": spread([r.results["test"]["bpd"] for r in ok]) if ok else None,
                            "final_train_bpd": final, "steps": steps, "curves": curves.get(text),
-                           "refused": [r.error for r in runs if not r.ok]}
+                           "not_trained": [r.problem for r in runs if not r.ok]}
             rows.append([text, format_bpd(runs), "-" if final is None else f"{final['mean']:.4f} [{final['min']:.4f}, {final['max']:.4f}]",
                          "-" if steps is None else f"{steps['mean']:.0f}"])
         numbers["families"][family] = entry

@@ -26,12 +26,22 @@ def head_counts(settings: Settings, base: RunSpec) -> tuple[int, ...]:
     return settings.heads or dict(DEFAULTS[NAME].heads).get(base.family(), (1, 2, 4))
 
 
+def plan(settings: Settings) -> list[tuple[RunSpec, int, RunSpec]]:
+    """``(base, heads, specification)`` of every run: each base at each of its head counts."""
+    return [(base, h, base.plus(f"model.heads={h}")) for base in settings.specs for h in head_counts(settings, base)]
+
+
+def trained_specs(settings: Settings) -> list[RunSpec]:
+    """The specifications the experiment trains (each once per seed)."""
+    return [spec for *_, spec in plan(settings)]
+
+
 def run(settings: Settings) -> None:
-    plan = [(base, h, base.plus(f"model.heads={h}")) for base in settings.specs for h in head_counts(settings, base)]
-    results = train_runs(settings, [spec for *_, spec in plan])
+    runs_plan = plan(settings)
+    results = train_runs(settings, [spec for *_, spec in runs_plan])
     groups = group_by_spec(results)
     rows, numbers = [], {"bases": {}}
-    for base, h, spec in plan:
+    for base, h, spec in runs_plan:
         runs = groups[spec.text]
         ok = [r for r in runs if r.ok]
         entry: dict[str, Any] = {"heads": h, "spec": spec.text}
@@ -40,9 +50,9 @@ def run(settings: Settings) -> None:
             entry["seconds_per_step"] = spread([r.summary(settings.out)["seconds_per_step"] for r in ok])
             entry["steps"] = spread([r.results["step"] for r in ok])
         else:
-            entry["error"] = runs[0].error
+            entry["error"] = runs[0].problem
         numbers["bases"].setdefault(base.text, []).append(entry)
-        rows.append([base.text, h, format_bpd(runs) if ok else f"refused: {runs[0].error}",
+        rows.append([base.text, h, format_bpd(runs) if ok else runs[0].problem,
                      f"{entry['steps']['mean']:.0f}" if ok else "-",
                      f"{entry['seconds_per_step']['mean']:.3g}" if ok else "-"])
     plt = pyplot()

@@ -7,13 +7,22 @@ A *run specification* is a preset name with optional overrides joined by ``+``, 
 ``DIR/runs/<slug>-seed<k>`` with :class:`attnflow.train.Trainer`.
 
 Budget: an experiment's ``--budget`` minutes of training are split evenly across its runs; each
-run gets ``train.time_limit_s`` = its share and ``train.steps`` large enough not to bind, so all
-runs of an experiment get equal training time (counted by ``train.clock``: elapsed or CPU
-seconds). Evaluation is not counted.
+run gets ``train.time_limit_s`` = its share and ``train.steps`` large enough not to bind (unless
+``--set train.steps=N`` caps the steps too), so all runs of an experiment get equal training time
+(counted by ``train.clock``: elapsed or CPU seconds). Evaluation is not counted.
 
-Resuming: a run directory holding ``results.json`` is finished and reused; one holding a
-checkpoint is continued (``Trainer(..., resume=True)``), so an interrupted experiment rerun with
-the same command picks up where it stopped.
+Processes: with ``jobs = 1`` the runs train one after another in this process; with ``jobs > 1``
+up to that many train at once, each in its own ``attnflow train`` process (:mod:`.parallel`) with
+``train.threads = max(1, cpus // jobs)`` unless the runs set ``train.threads`` themselves. The
+runs' numbers do not depend on ``jobs`` (only their timing does) as long as their thread count is
+the same. A run that fails (an error in training, a killed process) does not stop the others: it
+becomes a ``failed`` row with its error, and the experiment ends with :class:`ExperimentFailed`
+once its report is written.
+
+Resuming: a run directory holding ``results.json`` is finished and reused, never evaluated again
+(its test numbers are read from that file); one holding a checkpoint is continued
+(``Trainer(..., resume=True)``), so an interrupted experiment rerun with the same command picks up
+where it stopped.
 """
 from __future__ import annotations
 
@@ -22,7 +31,8 @@ import math
 import re
 import shlex
 import statistics
-from collections.abc import Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,19 +40,26 @@ from typing import Any
 from ..schema import ConfigError
 
 __all__ = [
-    "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "train_runs", "group_by_spec", "spread",
-    "format_bpd", "markdown_table", "run_config", "write_outputs", "load_trained", "pyplot", "TRAIN_STEPS",
+    "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "ExperimentFailed", "train_runs", "group_by_spec",
+    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained", "pyplot",
+    "TRAIN_STEPS", "LOG",
 ]
 
-#: ``train.steps`` of every experiment run: the time limit ends training long before.
+#: ``train.steps`` of every experiment run unless set: the time limit ends training long before.
 TRAIN_STEPS = 10**8
 #: Keys the experiment sets itself (from ``--budget``, ``--clock``, ``--seeds``); ``--set`` may not.
-_OWN_KEYS = ("train.time_limit_s", "train.steps", "train.clock", "train.seed")
+_OWN_KEYS = ("train.time_limit_s", "train.clock", "train.seed")
 _SPLIT = re.compile(r"\+(?=(?:model|data|train)\.)")
+#: A run directory's log of its training process (``jobs > 1``) or of its error's traceback.
+LOG = "train.log"
 
 
 class ExperimentInterrupted(RuntimeError):
     """A training run of the experiment was stopped by SIGINT / SIGTERM (its checkpoint is kept)."""
+
+
+class ExperimentFailed(RuntimeError):
+    """Training runs of the experiment failed; the report (written) lists them with their errors."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,7 @@ class Settings:
     runs: tuple[Path, ...] = ()  # --run: existing run directories instead of training
     command: str = ""
     progress: bool = True
+    jobs: int = 1  # runs trained at once, each in its own process when > 1
 
     @property
     def eval_device(self) -> Any:
@@ -106,18 +124,23 @@ class Settings:
 
 @dataclass
 class RunResult:
-    """One trained (or refused) run: its specification, seed, directory and ``results.json``."""
+    """One trained, refused or failed run: its specification, seed, directory and ``results.json``."""
 
     spec: RunSpec
     seed: int
     dir: Path
-    status: str  # "trained", "resumed", "reused" or "refused"
+    status: str  # "trained", "resumed", "reused", "refused" (not trained) or "failed" (training failed)
     error: str = ""
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.status != "refused"
+        return self.status not in ("refused", "failed")
+
+    @property
+    def problem(self) -> str:
+        """``refused: ERROR`` or ``failed: ERROR`` for a run without results."""
+        return f"{self.status}: {self.error}"
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.dir / "metrics.jsonl"
@@ -138,17 +161,28 @@ class RunResult:
         return row
 
 
-def run_config(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> dict[str, Any]:
-    """The configuration of one run: preset, the specification's overrides, the ``--set``
-    overrides whose key the run's family uses, then the budget's keys."""
-    from ..config import resolve_config
+def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> list[str]:
+    """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
+    run's family uses, then the experiment's own keys (``train.steps`` and, with ``jobs > 1``,
+    ``train.threads`` only where neither sets them)."""
     from ..schema import model_fields
+    from .parallel import child_threads
 
     valid = model_fields(spec.family())
     used = [o for o in settings.overrides if not o.startswith("model.") or o.split("=", 1)[0][6:] in valid]
-    own = [f"train.time_limit_s={time_limit_s!r}", f"train.steps={TRAIN_STEPS}", f"train.clock={settings.clock!r}",
-           f"train.seed={seed}"] + ([f"train.device={settings.device!r}"] if settings.device else [])
-    return resolve_config(spec.preset, [*spec.overrides, *used, *own])
+    given = {o.split("=", 1)[0].strip() for o in (*spec.overrides, *used)}
+    own = [f"train.time_limit_s={time_limit_s!r}", f"train.clock={settings.clock!r}", f"train.seed={seed}"]
+    own += [f"train.steps={TRAIN_STEPS}"] * ("train.steps" not in given)
+    own += [f"train.threads={child_threads(settings.jobs)}"] * (settings.jobs > 1 and "train.threads" not in given)
+    own += [f"train.device={settings.device!r}"] * bool(settings.device)
+    return [*spec.overrides, *used, *own]
+
+
+def run_config(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> dict[str, Any]:
+    """The resolved configuration of one run (:func:`run_overrides` applied to its preset)."""
+    from ..config import resolve_config
+
+    return resolve_config(spec.preset, run_overrides(settings, spec, seed, time_limit_s))
 
 
 def check_overrides(settings: Settings, specs: Iterable[RunSpec]) -> None:
@@ -188,12 +222,32 @@ def _same_setup(run_dir: Path, cfg: dict[str, Any]) -> None:
                          "experiment asks for; choose a new --out or delete that run directory")
 
 
+@dataclass
+class _Pending:
+    """A run still to train (or to finish): its place in the plan, progress tag and configuration."""
+
+    index: int
+    tag: str
+    spec: RunSpec
+    seed: int
+    dir: Path
+    overrides: list[str]
+    cfg: dict[str, Any]
+    resume: bool
+
+    @property
+    def start_line(self) -> str:
+        return f"{self.tag}: {'resuming' if self.resume else 'training'} into {self.dir}"
+
+
 def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int] | None = None) -> list[RunResult]:
     """Train each specification once per seed (default ``range(settings.seeds)``) with an equal
-    share of the budget; finished runs are reused, interrupted ones resumed. Runs whose
-    configuration is refused are returned with status ``"refused"`` and their error (they get
-    no budget); when every run is refused, that is an error."""
-    from ..train import Trainer
+    share of the budget, ``settings.jobs`` at a time; finished runs are reused, interrupted ones
+    resumed. Runs whose configuration is refused are returned with status ``"refused"`` and
+    their error (they get no budget), runs whose training failed with ``"failed"``; when every
+    run is refused, that is an error. Every reused or resumed run directory is checked before
+    any training starts."""
+    from ..config import resolve_config
 
     seeds = list(range(settings.seeds)) if seeds is None else list(seeds)
     check_overrides(settings, specs)
@@ -202,9 +256,12 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
     if not n_ok:
         raise ValueError(f"every run of experiment {settings.name} was refused: {planned[0][2]}")
     share = settings.budget_minutes * 60.0 / n_ok
+    at_once = (f"; {settings.jobs} at once, each in its own process writing runs/*/{LOG}" if settings.jobs > 1
+               else "")
     say(f"{settings.name}: {n_ok} training runs, {share:.4g} s of training each "
-        f"({settings.budget_minutes:g} min budget, {settings.clock} clock); evaluation is extra")
-    results = []
+        f"({settings.budget_minutes:g} min budget, {settings.clock} clock{at_once}); evaluation is extra")
+    results: list[RunResult | None] = []
+    pending: list[_Pending] = []
     for i, (spec, seed, why) in enumerate(planned, 1):
         run_dir = settings.out / "runs" / f"{spec.slug}-seed{seed}"
         tag = f"[{i}/{len(planned)}] {spec.text} seed {seed}"
@@ -212,30 +269,78 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
             say(f"{tag}: refused ({why})")
             results.append(RunResult(spec, seed, run_dir, "refused", why))
             continue
-        cfg = run_config(settings, spec, seed, share)
+        overrides = run_overrides(settings, spec, seed, share)
+        cfg = resolve_config(spec.preset, overrides)
         if (run_dir / "results.json").is_file():
             _same_setup(run_dir, cfg)
-            status = "reused"
             before = json.loads((run_dir / "config.json").read_text())["train"]
             changed = "".join(f", trained with train.{k}={before.get(k)!r}" for k in ("time_limit_s", "clock")
                               if before.get(k) != cfg["train"][k])
             say(f"{tag}: finished before, reusing {run_dir}{changed}")
+            results.append(_finished(spec, seed, run_dir, "reused", tag))
+            continue
+        resume = (run_dir / "checkpoint.pt").is_file()
+        if resume:
+            _same_setup(run_dir, cfg)
+        pending.append(_Pending(len(results), tag, spec, seed, run_dir, overrides, cfg, resume))
+        results.append(None)
+
+    def finished(job: _Pending, error: str) -> None:
+        if error:
+            say(f"{job.tag}: failed: {error} (log: {job.dir / LOG})")
+            results[job.index] = RunResult(job.spec, job.seed, job.dir, "failed", error)
         else:
-            resume = (run_dir / "checkpoint.pt").is_file()
-            if resume:
-                _same_setup(run_dir, cfg)
-            status = "resumed" if resume else "trained"
-            say(f"{tag}: {'resuming' if resume else 'training'} into {run_dir}")
-            outcome = Trainer(cfg, run_dir, resume=resume, progress=settings.progress).run()
-            if "interrupted_at" in outcome:
-                raise ExperimentInterrupted(
-                    f"run {run_dir} stopped at step {outcome['interrupted_at']}; rerun the same command to resume")
-        res = json.loads((run_dir / "results.json").read_text())
-        results.append(RunResult(spec, seed, run_dir, status, results=res))
-        test = res["test"]
-        say(f"{tag}: done, test bits/dim {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} after {res['step']} steps "
-            f"({res.get('train_seconds', float('nan')):.1f} s of training)")
-    return results
+            results[job.index] = _finished(job.spec, job.seed, job.dir, "resumed" if job.resume else "trained", job.tag)
+
+    (_train_here if settings.jobs == 1 else _train_in_processes)(settings, pending, finished)
+    return [r for r in results if r is not None]
+
+
+def _finished(spec: RunSpec, seed: int, run_dir: Path, status: str, tag: str) -> RunResult:
+    """A finished run from its ``results.json`` (the full test set's numbers, never recomputed)."""
+    res = json.loads((run_dir / "results.json").read_text())
+    test = res["test"]
+    say(f"{tag}: done, test bits/dim {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} after {res['step']} steps "
+        f"({res.get('train_seconds', float('nan')):.1f} s of training)")
+    return RunResult(spec, seed, run_dir, status, results=res)
+
+
+def _train_here(settings: Settings, pending: Sequence[_Pending], finished: Callable[[_Pending, str], None]) -> None:
+    """Train ``pending`` one after another in this process (its progress bars on stderr); a run
+    that raises is ``finished`` with its error, its traceback written to the run's log."""
+    from ..train import Trainer
+
+    for job in pending:
+        say(job.start_line)
+        try:
+            outcome = Trainer(job.cfg, job.dir, resume=job.resume, progress=settings.progress).run()
+        except Exception as exc:
+            job.dir.mkdir(parents=True, exist_ok=True)
+            with open(job.dir / LOG, "a") as log:
+                log.write(traceback.format_exc())
+            finished(job, " ".join(str(exc).split()) or type(exc).__name__)
+            continue
+        if "interrupted_at" in outcome:
+            raise ExperimentInterrupted(
+                f"run {job.dir} stopped at step {outcome['interrupted_at']}; rerun the same command to resume")
+        finished(job, "")
+
+
+def _train_in_processes(settings: Settings, pending: Sequence[_Pending],
+                        finished: Callable[[_Pending, str], None]) -> None:
+    """Train ``pending`` in ``attnflow train`` processes, ``settings.jobs`` at once
+    (:mod:`.parallel`); each process's output goes to its run's log."""
+    from .parallel import ChildRun, run_children
+
+    children = [ChildRun(["train", "--preset", job.spec.preset, "--out", str(job.dir), "--quiet",
+                          *(a for o in job.overrides for a in ("--set", o)), *(["--resume"] * job.resume)],
+                         job.dir / LOG) for job in pending]
+    stopped = run_children(children, settings.jobs, lambda i: say(f"{pending[i].start_line} (output: {children[i].log})"),
+                           lambda i, error: finished(pending[i], error))
+    if stopped:
+        raise ExperimentInterrupted(
+            f"stopped {len(stopped)} training runs at a step boundary ({', '.join(str(pending[i].dir) for i in stopped)}); "
+            "rerun the same command to resume them")
 
 
 def load_trained(run: RunResult | Path, settings: Settings) -> tuple[Any, dict[str, Any]]:
@@ -268,10 +373,11 @@ def spread(values: Sequence[float]) -> dict[str, float | int]:
 
 def format_bpd(runs: Sequence[RunResult]) -> str:
     """Test bits/dim of a specification's runs: ``mean ± std (n seeds)`` over several seeds,
-    ``value ± s.e.`` (standard error over test images) for one; ``refused`` otherwise."""
+    ``value ± s.e.`` (standard error over test images) for one; the status (``refused``,
+    ``failed``) when no run has results."""
     ok = [r for r in runs if r.ok]
     if not ok:
-        return "refused"
+        return runs[0].status
     bound = "≤ " if ok[0].results["test"]["upper_bound"] else ""
     if len(ok) == 1:
         t = ok[0].results["test"]
@@ -307,7 +413,7 @@ def _runs_section(settings: Settings, results: Sequence[RunResult]) -> str:
     for r in results:
         s = r.summary(settings.out)
         if not r.ok:
-            rows.append([s["dir"], s["spec"], r.seed, "refused: " + r.error, "-", "-", "-"])
+            rows.append([s["dir"], s["spec"], r.seed, r.problem, "-", "-", "-"])
             continue
         secs = "-" if s["train_seconds"] is None else f"{s['train_seconds']:.1f}"
         rows.append([s["dir"], s["spec"], r.seed, r.status, s["steps"], secs, format_bpd([r])])
@@ -318,8 +424,9 @@ def _runs_section(settings: Settings, results: Sequence[RunResult]) -> str:
 def write_outputs(settings: Settings, title: str, description: str, sections: Sequence[str],
                   numbers: dict[str, Any], results: Sequence[RunResult] = ()) -> None:
     """Write ``report.md`` (header, the experiment's sections, the table of training runs) and
-    ``results.json`` (settings, every run's numbers and the experiment's ``numbers``)."""
-    trained = [r for r in results if r.ok]
+    ``results.json`` (settings, every run's numbers and the experiment's ``numbers``); then raise
+    :class:`ExperimentFailed` naming the runs whose training failed, if any."""
+    trained = [r for r in results if r.status != "refused"]
     budget = (f"{settings.budget_minutes:g} min of training ({settings.clock} clock) split evenly over "
               f"{len(trained)} runs, {settings.budget_minutes * 60 / len(trained):.4g} s each; evaluation extra"
               if trained else "no training (existing runs)")
@@ -331,17 +438,26 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         f"- bits/dim: test set of the run's data; `± s.e.` is the standard error over test images (one run), "
         "`± sd` the standard deviation over seeds; `≤` marks upper bounds (noise-augmented DenseFlow)",
     ]
+    if settings.jobs > 1:
+        header.append(f"- processes: up to {settings.jobs} runs trained at once, each in its own process "
+                      f"(output in `runs/*/{LOG}`)")
     if settings.overrides:
         header.append(f"- overrides applied to every run that uses the key: `{' '.join(settings.overrides)}`")
     parts = ["\n".join(header), *sections] + ([_runs_section(settings, results)] if results else [])
     (settings.out / "report.md").write_text("\n\n".join(parts) + "\n")
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
-        "budget_minutes": settings.budget_minutes, "clock": settings.clock, "seeds": settings.seeds,
+        "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs, "seeds": settings.seeds,
         "overrides": list(settings.overrides), "runs": [r.summary(settings.out) for r in results], **numbers,
     }
     (settings.out / "results.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
     say(f"wrote {settings.out / 'report.md'} and {settings.out / 'results.json'}")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise ExperimentFailed(
+            f"{len(failed)} of {len(trained)} training runs failed: "
+            + "; ".join(f"{r.spec.text} seed {r.seed} ({r.error}; log {r.dir / LOG})" for r in failed)
+            + f"; the report lists them; rerun the same command to retry them (from their checkpoints where kept)")
 
 
 def pyplot() -> Any:

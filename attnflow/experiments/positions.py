@@ -22,18 +22,30 @@ def _attention(spec: RunSpec, settings: Settings) -> str:
     return run_config(settings, spec, 0, 1.0)["model"].get("attention", "none")
 
 
-def run(settings: Settings) -> None:
-    plan: list[tuple[str, int | None, RunSpec]] = []
+def plan(settings: Settings) -> list[tuple[str, int | None, RunSpec]]:
+    """``(label, position, specification)`` of every run: each attention specification at
+    pos-1..4, each one without attention once (position ``None``)."""
+    rows: list[tuple[str, int | None, RunSpec]] = []
     for base in settings.specs:
         kind = _attention(base, settings)
         if kind == "none":
-            plan.append((f"{base.text} (no attention)", None, base))
+            rows.append((f"{base.text} (no attention)", None, base))
         else:
-            plan += [(f"{base.text}: {kind}", k, base.plus(f"model.positions=[{k}]")) for k in POSITIONS]
-    results = train_runs(settings, [spec for *_, spec in plan])
+            rows += [(f"{base.text}: {kind}", k, base.plus(f"model.positions=[{k}]")) for k in POSITIONS]
+    return rows
+
+
+def trained_specs(settings: Settings) -> list[RunSpec]:
+    """The specifications the experiment trains (each once per seed)."""
+    return [spec for *_, spec in plan(settings)]
+
+
+def run(settings: Settings) -> None:
+    runs_plan = plan(settings)
+    results = train_runs(settings, [spec for *_, spec in runs_plan])
     groups = group_by_spec(results)
     rows, numbers = [], {"rows": []}
-    for label, k, spec in plan:
+    for label, k, spec in runs_plan:
         runs = groups[spec.text]
         ok = [r for r in runs if r.ok]
         entry: dict[str, Any] = {"label": label, "position": k, "spec": spec.text}
@@ -42,9 +54,9 @@ def run(settings: Settings) -> None:
                          seconds_per_step=spread([r.summary(settings.out)["seconds_per_step"] for r in ok]),
                          steps=spread([r.results["step"] for r in ok]))
         else:
-            entry["error"] = runs[0].error
+            entry["error"] = runs[0].problem
         numbers["rows"].append(entry)
-        rows.append([label, "-" if k is None else f"pos-{k}", format_bpd(runs) if ok else f"refused: {runs[0].error}",
+        rows.append([label, "-" if k is None else f"pos-{k}", format_bpd(runs) if ok else runs[0].problem,
                      f"{entry['steps']['mean']:.0f}" if ok else "-",
                      f"{entry['seconds_per_step']['mean']:.3g}" if ok else "-"])
     _plot(numbers["rows"], settings)
