@@ -9,12 +9,13 @@ log-likelihood
     max  E[ lambda * log p(x) + log p(y | x) ],
 
 where ``log p(x)`` is the flow's exact (or unbiasedly estimated) log-density and
-``p(y | x) = softmax(head(f(x)))_y`` reads the flow's latent ``z = f(x)``. Residual Flows report
-``lambda = 0`` (a classifier only), ``lambda = 1/D`` and ``lambda = 1`` (``D`` data dimensions);
-``1/D`` balances a per-dimension likelihood against one label and is the default here. The
-weight is given per dimension, ``train.likelihood_weight = lambda * D`` (1 = ``lambda = 1/D``,
-0 = the classifier alone, ``D`` = ``lambda = 1``), and the loss is in bits, as in Residual Flows'
-training script::
+``p(y | x) = softmax(head(f(x)))_y`` reads the flow's latent ``z = f(x)``. Residual Flows compare
+``lambda = 0`` (a classifier only), ``lambda = 1/D`` and ``lambda = 1`` (``D`` data dimensions;
+their training script's classification task, and its hybrid task with and without scaling by
+the dimension); ``1/D`` balances a per-dimension likelihood against one label and is the default
+here. The weight is given per dimension, ``train.likelihood_weight = lambda * D`` (1 =
+``lambda = 1/D``, 0 = the classifier alone, ``D`` = ``lambda = 1``), and the loss is in bits, as
+in Residual Flows' training script::
 
     loss = likelihood_weight * bits/dim + cross_entropy / ln 2
          = -(lambda log p(x) + log p(y | x)) / ln 2 + const.
