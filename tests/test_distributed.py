@@ -21,7 +21,8 @@ from attnflow.train.distributed import Distributed, under_torchrun
 
 SMALL = ["model.hidden=8", "train.batch_size=16", "train.threads=1", "train.device=cpu", "train.optimizer=sgd",
          "train.lr=0.05", "train.warmup_steps=0", "train.log_every=1"]
-SIZES = {"glow-digits": ["model.steps=1"], "resflow-digits": ["model.blocks=1"]}
+SIZES = {"glow-digits": ["model.steps=1"], "resflow-digits": ["model.blocks=1"],
+         "resflow-digits-hybrid": ["model.blocks=1", "model.classifier_hidden=8"]}
 
 
 def _torchrun(preset: str, out: Path, settings: list[str], resume: bool = False,
@@ -53,10 +54,12 @@ def _assert_same_parameters(a: Path, b: Path) -> None:
     assert torch.equal(first["torch_rng"], second["torch_rng"])
 
 
-@pytest.mark.parametrize("preset", ["glow-digits", pytest.param("resflow-digits", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("preset", ["glow-digits", pytest.param("resflow-digits", marks=pytest.mark.slow),
+                                    pytest.param("resflow-digits-hybrid", marks=pytest.mark.slow)])
 def test_two_processes_train_as_one(tmp_path: Path, preset: str) -> None:
-    """Glow (ActNorm data initialisation over the global batch) and a Residual Flow (Hutchinson
-    vectors drawn per sample of the global batch, spectral-norm buffers) after 3 steps."""
+    """Glow (ActNorm data initialisation over the global batch), a Residual Flow (Hutchinson
+    vectors drawn per sample of the global batch, spectral-norm buffers) and the hybrid model
+    (its classifier head's gradients averaged too) after 3 steps."""
     settings = [*SMALL, *SIZES[preset], "train.steps=3"]
     done = _torchrun(preset, tmp_path / "ddp", settings)
     assert done.returncode == 0, done.stderr[-2000:]

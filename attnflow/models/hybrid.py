@@ -46,7 +46,7 @@ from ..core import Bijection, Flow, standard_normal_log_prob
 from ..evaluate.likelihood import log_prob_to_bits_per_dim
 from ..nn.glow import ActNorm
 
-__all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "latent_pieces", "check_labels"]
+__all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "training_outputs", "latent_pieces", "check_labels"]
 
 Shape = tuple[int, int, int]
 
@@ -142,13 +142,20 @@ def check_labels(model: Flow, labels: Tensor | None, dataset: str) -> None:
         )
 
 
-def hybrid_loss(model: HybridFlow, x: Tensor, labels: Tensor, levels: int, likelihood_weight: float,
-                context: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+def training_outputs(model: Flow, x: Tensor, context: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """What a training step differentiates: ``log p(x)`` [B] in nats, and for a
+    :class:`HybridFlow` also its logits, from one forward pass (the call that data-parallel
+    training wraps)."""
+    return model.log_prob_and_logits(x, context) if isinstance(model, HybridFlow) else model.log_prob(x, context)
+
+
+def hybrid_loss(log_prob: Tensor, logits: Tensor, labels: Tensor, dim: int, levels: int,
+                likelihood_weight: float) -> tuple[Tensor, dict[str, float]]:
     """Residual Flows' hybrid loss in bits, ``likelihood_weight * bits/dim + CE / ln 2`` (the
-    batch means; see the module docstring), and the batch's ``bpd``, cross-entropy ``ce`` (nats)
-    and ``accuracy``."""
-    log_prob, logits = model.log_prob_and_logits(x, context)
-    bpd = log_prob_to_bits_per_dim(log_prob, model.dim, levels).mean()
+    batch means; see the module docstring), from a :class:`HybridFlow`'s ``log p(x)`` and logits
+    for images of ``dim`` dimensions, and the batch's ``bpd``, cross-entropy ``ce`` (nats) and
+    ``accuracy``."""
+    bpd = log_prob_to_bits_per_dim(log_prob, dim, levels).mean()
     ce = F.cross_entropy(logits, labels)
     loss = likelihood_weight * bpd + ce / math.log(2.0)
     accuracy = (logits.detach().argmax(1) == labels).float().mean()

@@ -53,7 +53,7 @@ from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
 from ..precision import mixed_precision
 from ..sharding import batch_shard
-from ..models.hybrid import HybridFlow, check_labels, hybrid_loss
+from ..models.hybrid import HybridFlow, check_labels, hybrid_loss, training_outputs
 from .distributed import start as start_processes
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
@@ -186,8 +186,6 @@ class Trainer:
             raise ValueError("train.likelihood_weight weighs a hybrid model's likelihood; set model.classes > 0 "
                              "(model.family = residual) or leave it at 1")
         self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
-        if self.hybrid and self.dist.world_size > 1:
-            raise ValueError("a hybrid model (model.classes > 0) trains in one process; run it without torchrun")
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
         self.dist.split(t["batch_size"])
@@ -296,15 +294,17 @@ class Trainer:
         context = condition_batch(self.train_set, idx)  # None for unconditional data
         context = None if context is None else context.to(self.device)
         with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
+            outputs = training_outputs(self.model, x, context) if self.ddp is None else self.ddp(x, context)
             if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
                 labels = self.train_set.labels[idx].to(self.device)
-                loss, self.step_metrics = hybrid_loss(self.model, x, labels, self.levels, t["likelihood_weight"], context)
-                self.step_metrics["loss"] = float(loss.detach())
+                loss, metrics = hybrid_loss(*outputs, labels, self.model.dim, self.levels, t["likelihood_weight"])
+                # the global batch's means (every process holds an equal share of it)
+                self.step_metrics = {k: float(self.dist.mean(torch.tensor(v, device=self.device))) for k, v in metrics.items()}
             else:
-                log_prob = self.model.log_prob if self.ddp is None else self.ddp
-                bpd = log_prob_to_bits_per_dim(log_prob(x, context), self.model.dim, self.levels)
-                loss = bpd.mean()
+                loss = log_prob_to_bits_per_dim(outputs, self.model.dim, self.levels).mean()
         global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
+        if self.hybrid:
+            self.step_metrics["loss"] = float(global_loss)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(global_loss):
