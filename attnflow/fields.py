@@ -31,6 +31,8 @@ register(
     Field("data", "name", str, "dataset", choices=_dataset_names, default="digits"),
     Field("data", "root", str, "folder or file of the dataset; empty = its default place", default=""),
     Field("data", "n_bits", int, "reduce to 2**n_bits grey levels; 0 = keep the dataset's", lo=0, hi=8, default=0),
+    Field("data", "train_on", str, "images trained on: train, or train+test (AttnFlow Tables 2-3; test bits/dim "
+          "are then on seen images)", choices=("train", "train+test"), default="train"),
     # -- [train] ------------------------------------------------------------------------------
     Field("train", "steps", int, "optimizer steps", lo=1, hi=10**9, default=1000),
     Field("train", "batch_size", int, "images per step", lo=1, hi=2**16, default=64),

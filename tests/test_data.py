@@ -433,3 +433,25 @@ def test_sampler_resume_mid_epoch():
         other.load_state_dict(state)
     with pytest.raises(ValueError, match="out of range"):
         resumed.load_state_dict({**state, "position": 5})
+
+
+def test_train_on_train_plus_test_joins_the_splits():
+    from attnflow.config import resolve_config
+    from attnflow.data import load_configured
+
+    data = resolve_config("glow-digits", ["data.train_on=train+test"])["data"]
+    train, test = load_configured(data, "train"), load_configured(data, "test")
+    plain = load_configured({**data, "train_on": "train"}, "train")
+    assert len(train) == len(plain) + len(test) and train.split == "train+test"
+    assert torch.equal(train.images, torch.cat([plain.images, test.images]))
+    assert torch.equal(train.labels, torch.cat([plain.labels, test.labels]))
+    assert torch.equal(load_configured(data, "test").images, test.images)  # the test split is unchanged
+
+
+def test_concatenate_refuses_different_kinds():
+    from attnflow.data.dataset import ImageDataset, concatenate
+
+    a = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), None, 17, "x", "train")
+    b = ImageDataset(torch.zeros(2, 1, 5, 5, dtype=torch.uint8), None, 17, "x", "test")
+    with pytest.raises(ValueError, match="image shape"):
+        concatenate(a, b)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ImageDataset", "reduce_bits"]
+__all__ = ["ImageDataset", "reduce_bits", "concatenate"]
 
 
 @dataclass
@@ -105,4 +105,27 @@ def reduce_bits(dataset: ImageDataset, n_bits: int) -> ImageDataset:
     return ImageDataset(
         images, dataset.labels, new_levels, dataset.name, dataset.split, dataset.num_classes,
         dataset.conditions, dataset.condition_levels,
+    )
+
+
+def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
+    """The images (labels, conditions) of ``first`` followed by those of ``second``, e.g. the
+    train and test splits AttnFlow trains its Tables 2 and 3 models on; both must have the same
+    image shape, levels, and kinds of labels and conditions."""
+    def _same(what: str, a: object, b: object) -> None:
+        if a != b:
+            raise ValueError(f"cannot join {first.split!r} and {second.split!r} of {first.name!r}: {what} {a} vs {b}")
+
+    _same("image shape", first.shape, second.shape)
+    _same("levels", first.levels, second.levels)
+    _same("labels", first.labels is None, second.labels is None)
+    _same("conditions", first.condition_shape, second.condition_shape)
+
+    def join(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+        return None if a is None else torch.cat([a, b])
+
+    classes = None if first.labels is None else max(first.num_classes or 0, second.num_classes or 0)
+    return ImageDataset(
+        join(first.images, second.images), join(first.labels, second.labels), first.levels, first.name,
+        f"{first.split}+{second.split}", classes, join(first.conditions, second.conditions), first.condition_levels,
     )

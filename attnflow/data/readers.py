@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from attnflow.data.cifar import CIFAR_FILES, read_cifar_batches
-from attnflow.data.dataset import ImageDataset, reduce_bits
+from attnflow.data.dataset import ImageDataset, concatenate, reduce_bits
 from attnflow.data.folder import read_image_folder
 from attnflow.data.idx import find_idx_file, read_idx
 from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, read_imagenet_npz
@@ -178,8 +178,16 @@ def load_dataset(
 
 def load_configured(data: Mapping, split: str) -> ImageDataset:
     """The ``split`` of the dataset a resolved ``[data]`` section describes (its ``name``,
-    ``root``, ``n_bits`` and, for conditional models, ``condition``, ``scale`` and ``pad``)."""
-    return load_dataset(
-        data["name"], split, root=data["root"] or None, n_bits=data["n_bits"] or None,
-        condition=data.get("condition", "none"), scale=data.get("scale", 2), pad=data.get("pad", 0),
-    )
+    ``root``, ``n_bits`` and, for conditional models, ``condition``, ``scale`` and ``pad``).
+    With ``train_on = "train+test"`` the ``train`` split is the training images followed by the
+    test images (AttnFlow's protocol for its Tables 2 and 3; the test split is unchanged, so its
+    bits/dim are then on images seen in training)."""
+    def load(part: str) -> ImageDataset:
+        return load_dataset(
+            data["name"], part, root=data["root"] or None, n_bits=data["n_bits"] or None,
+            condition=data.get("condition", "none"), scale=data.get("scale", 2), pad=data.get("pad", 0),
+        )
+
+    if split == "train" and data.get("train_on", "train") == "train+test":
+        return concatenate(load("train"), load("test"))
+    return load(split)
