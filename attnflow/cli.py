@@ -562,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .evaluate.fidelity import FidelityUnavailable
-    from .nn.residual import InverseDidNotConverge
+    from .flows.residual_block import InverseDidNotConverge
     from .train import CheckpointError, NonFiniteTraining
     from .train.runlock import RunLocked
 

@@ -11,7 +11,7 @@ in which the prior is a standard normal, so that, exactly,
     log p(x) = log N(encode(x); 0, I) + log|det d encode / dx|.
 
 Learned (conditional) priors over factored-out latents are bijections inside the transform
-(see :class:`attnflow.nn.multiscale.FactorOut`), so temperature sampling, interpolation and
+(see :class:`attnflow.flows.multiscale.FactorOut`), so temperature sampling, interpolation and
 noise experiments all work in this one latent space.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Flow(nn.Module):
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise RuntimeError(
                 f"the transform must end in a flat latent [B, {self.latent_dim}], got {list(z.shape)}; "
-                "end it with attnflow.nn.Flatten"
+                "end it with attnflow.flows.Flatten"
             )
         return z, logdet
 

@@ -7,8 +7,8 @@ the Lipschitz normalisation and the fixed-point inverses need float32. The netwo
 bfloat16 changes the learned function, never the invertibility or the log-det formula. Those
 networks are:
 
-* the coupling networks of Glow, Flow++ and mARFlow (:class:`~attnflow.nn.glow.AffineCoupling`,
-  :class:`~attnflow.nn.mixture.MixtureCoupling`, including Flow++'s gated self-attention),
+* the coupling networks of Glow, Flow++ and mARFlow (:class:`~attnflow.flows.glow.AffineCoupling`,
+  :class:`~attnflow.flows.mixture_coupling.MixtureCoupling`, including Flow++'s gated self-attention),
 * DenseFlow's DenseNet + Nyström coupling networks and its cross-unit noise networks,
 * the conditional networks of SRFlow and Full-Glow (affine injector, condition encoder).
 

@@ -41,9 +41,9 @@ import time
 import torch
 
 from attnflow.config import resolve_config
+from attnflow.flows.residual_block import ResidualBlock
 from attnflow.models import build_from_config
-from attnflow.nn.lipschitz import SpectralNormConv2d
-from attnflow.nn.residual import ResidualBlock
+from attnflow.nets.lipschitz_layers import SpectralNormConv2d
 
 PRESET = "acf-resflow-l2-mnist"
 MAX_INVERSE_ERROR = 1e-5

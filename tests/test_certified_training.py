@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from attnflow.config import resolve_config
 from attnflow.evaluate.certificates import certify
-from attnflow.nn.attention import L2MultiheadSelfAttention, exact_spectral_norms
-from attnflow.nn.lipschitz import SpectralNormConv2d
-from attnflow.nn.operator_norm import gram_spectral_norm
+from attnflow.nets.lipschitz_attention import L2MultiheadSelfAttention, exact_spectral_norms
+from attnflow.nets.lipschitz_layers import SpectralNormConv2d
+from attnflow.nets.operator_norm import gram_spectral_norm
 from attnflow.train import Trainer, load_run
 
 STEPS = 100

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from attnflow.core import Chain, standard_normal_log_prob
+from attnflow.flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
+from attnflow.flows.glow import GlowStep
+from attnflow.flows.invertible_attention import IMap, ISDP
+from attnflow.flows.source_flow import SourceFlowEncoder
 from attnflow.models import build
 from attnflow.models.fullglow import fullglow
 from attnflow.models.srflow import srflow
-from attnflow.nn.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
-from attnflow.nn.encoders import RRDBEncoder, SourceFlowEncoder
-from attnflow.nn.glow import GlowStep
-from attnflow.nn.invattn import IMap, ISDP
+from attnflow.nets.rrdb_encoder import RRDBEncoder
 from attnflow.testing import check_bijection
 
 D = torch.float64

@@ -6,8 +6,8 @@ import torch
 
 from attnflow.core import Bijection, Chain, Flow, standard_normal_log_prob
 from attnflow.evaluate import bits_per_dim, evaluate_bits_per_dim, log_prob_to_bits_per_dim
+from attnflow.flows.multiscale import Flatten
 from attnflow.models import build, presets
-from attnflow.nn.multiscale import Flatten
 
 
 class NormalCDFInverse(Bijection):

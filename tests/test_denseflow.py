@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from attnflow.core import standard_normal_log_prob
 from attnflow.evaluate.importance import importance_weighted_bits_per_dim, importance_weighted_log_prob
 from attnflow.evaluate.likelihood import evaluate_bits_per_dim
+from attnflow.flows.denseflow_unit import invertible_unit
+from attnflow.flows.glow import AffineCoupling
+from attnflow.flows.noise_augmentation import CrossUnitCoupling, CrossUnitStage
 from attnflow.models.denseflow import DenseFlowModel, denseflow
 from attnflow.models.glow import glow
-from attnflow.nn.augment import CrossUnitCoupling, CrossUnitStage
-from attnflow.nn.dense import DenseBlock, DenseFlowCouplingNet, dense_net_factory, invertible_unit
-from attnflow.nn.glow import AffineCoupling
-from attnflow.nn.nystrom import NystromAttention, iterative_pinv
+from attnflow.nets.denseflow_coupling_net import DenseBlock, DenseFlowCouplingNet, dense_net_factory
+from attnflow.nets.nystrom_attention import NystromAttention, iterative_pinv
 from attnflow.testing import brute_force_logdet, check_bijection
 
 TINY = dict(shape=(1, 4, 4), units=(3, 2), modules=(1, 1), growth=2, hidden=4, depth=1, dense_growth=2,

@@ -9,8 +9,8 @@ from attnflow.cli import main
 from attnflow.config import resolve_config
 from attnflow.device import DeviceUnavailable, resolve_device
 from attnflow.evaluate.perturbation import noise_perturbation
+from attnflow.flows.invertible_attention import ISDP
 from attnflow.models.glow import glow
-from attnflow.nn.invattn import ISDP
 from attnflow.schema import ConfigError
 from attnflow.train import Trainer, load_checkpoint, load_run
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from attnflow.core import Chain
+from attnflow.flows.glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
+from attnflow.flows.multiscale import FactorOut, Flatten, Squeeze, multiscale_transform
+from attnflow.flows.preprocess import Logit, Shift
 from attnflow.models import build
-from attnflow.nn.glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
-from attnflow.nn.multiscale import FactorOut, Flatten, Squeeze, multiscale_transform
-from attnflow.nn.preprocess import Logit, Shift
 from attnflow.testing import check_bijection
 
 D = torch.float64
@@ -92,7 +92,7 @@ def test_preprocess(layer):
 @pytest.mark.parametrize("positions", [(), (1,), (2,), (3,), (4,), (1, 2, 3, 4)])
 @pytest.mark.parametrize("attention", ["imap", "isdp"])
 def test_glow_step_with_attention_positions(positions, attention):
-    from attnflow.nn.invattn import build_invertible_attention
+    from attnflow.flows.invertible_attention import build_invertible_attention
 
     factory = (lambda c: build_invertible_attention(attention, c, heads=2, patches=4)) if positions else None
     step = GlowStep(4, hidden=8, attention=factory, positions=positions).double()

@@ -12,9 +12,9 @@ from attnflow.config import resolve_config
 from attnflow.core import Flow
 from attnflow.data.dataset import ImageDataset
 from attnflow.evaluate.classification import accuracy_summary
+from attnflow.flows.multiscale import FactorOut, Flatten
 from attnflow.models import residual_flow
 from attnflow.models.hybrid import HybridFlow, check_labels, hybrid_loss, latent_pieces, training_outputs
-from attnflow.nn.multiscale import FactorOut, Flatten
 from attnflow.schema import ConfigError
 from attnflow.train import Trainer, load_run
 

@@ -1,11 +1,11 @@
-"""Spectral-norm layers and 1-Lipschitz activations (attnflow.nn.lipschitz)."""
+"""Spectral-norm layers and 1-Lipschitz activations (attnflow.nets.lipschitz_layers)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnflow.nn.lipschitz import (
+from attnflow.nets.lipschitz_layers import (
     CLipSwish,
     LipSwish,
     SpectralNormConv2d,

@@ -1,4 +1,4 @@
-"""Log-det estimators of residual blocks (attnflow.nn.logdet)."""
+"""Log-det estimators of residual blocks (attnflow.flows.residual_logdet)."""
 from __future__ import annotations
 
 import math
@@ -6,18 +6,17 @@ import math
 import pytest
 import torch
 
-from attnflow.nn.branches import build_branch, linearize
-from attnflow.nn.lipschitz import SpectralNormConv2d
-from attnflow.nn.logdet import (
-    Linearization,
+from attnflow.flows.residual_logdet import (
     LogDetConfig,
-    autograd_linearization,
     estimate_logdet,
     exact_logdet,
     hutchinson_vectors,
     power_series_coefficients,
     series_logdet,
 )
+from attnflow.nets.linearization import Linearization, autograd_linearization
+from attnflow.nets.lipschitz_layers import SpectralNormConv2d
+from attnflow.nets.residual_branches import build_branch, linearize
 from attnflow.testing import brute_force_logdet
 
 DT = torch.float64

@@ -6,11 +6,11 @@ import torch
 
 from attnflow.config import preset_names, resolve_config
 from attnflow.core import standard_normal_log_prob
+from attnflow.flows.autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
+from attnflow.flows.multiscale import Flatten
 from attnflow.models.flowpp import flowpp
 from attnflow.models.glow import glow
 from attnflow.models.marflow import marflow
-from attnflow.nn.autoregressive import AutoregressiveFactorOut, ChannelAutoregressive
-from attnflow.nn.multiscale import Flatten
 from attnflow.testing import check_bijection
 
 FAMILIES = {"glow": glow, "flowpp": flowpp, "marflow": marflow}

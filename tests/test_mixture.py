@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from attnflow.core import Flow
-from attnflow.models.flowpp import VariationallyDequantizedFlow, flowpp
-from attnflow.nn.mixture import (
+from attnflow.flows.invertible_attention import IMap
+from attnflow.flows.mixture_coupling import (
     MixtureCoupling,
     MixtureStep,
-    VariationalDequantizer,
     bisect_increasing,
     mixture_logistic_logit_cdf,
 )
-from attnflow.nn.invattn import IMap
+from attnflow.flows.variational_dequantization import VariationalDequantizer
+from attnflow.models.flowpp import VariationallyDequantizedFlow, flowpp
 from attnflow.testing import brute_force_logdet, check_bijection
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnflow.nn.operator_norm import GRAM_ITERATIONS, gram_looseness, gram_spectral_norm, power_iteration
+from attnflow.nets.operator_norm import GRAM_ITERATIONS, gram_looseness, gram_spectral_norm, power_iteration
 
 DT = torch.float64
 

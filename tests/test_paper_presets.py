@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from attnflow.config import preset_names, resolve_config
+from attnflow.flows.invertible_attention import IMap, ISDP
 from attnflow.models import build_from_config
-from attnflow.nn.attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
-from attnflow.nn.invattn import IMap, ISDP
-from attnflow.nn.nystrom import NystromAttention
+from attnflow.nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
+from attnflow.nets.nystrom_attention import NystromAttention
 
 # the [model] key that switches a family's attention off, and its "off" value
 ATTENTION_OFF = {"flowpp": ("coupling_heads", 0), "marflow": ("coupling_heads", 0), "denseflow": ("heads", 0),

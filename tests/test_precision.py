@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from attnflow.config import resolve_config
-from attnflow.nn.dense import DenseFlowCouplingNet
-from attnflow.nn.glow import AffineCoupling
+from attnflow.flows.glow import AffineCoupling
+from attnflow.nets.denseflow_coupling_net import DenseFlowCouplingNet
 from attnflow.precision import inner_network, mixed_precision
 from attnflow.testing import check_bijection
 from attnflow.train import Trainer
@@ -75,17 +75,17 @@ def test_bf16_keeps_contractive_branches_float32(tmp_path: Path, monkeypatch: py
     """A residual preset under bf16: its branches compute in float32 with autocast off (the
     branch output and the autocast state seen where each block linearizes its branch), also
     under a caller's own autocast."""
-    from attnflow.nn import residual
+    from attnflow.flows import residual_block
 
     seen: list[tuple[torch.dtype, bool]] = []
-    linearize = residual.linearize
+    linearize = residual_block.linearize
 
     def recording(branch: nn.Module, x: torch.Tensor):
         lin = linearize(branch, x)
         seen.append((lin.output.dtype, torch.is_autocast_enabled("cpu")))
         return lin
 
-    monkeypatch.setattr(residual, "linearize", recording)
+    monkeypatch.setattr(residual_block, "linearize", recording)
     trainer = _train("resflow-digits", tmp_path, steps=1)
     trainer.run(stop_at=1)
     assert seen and set(seen) == {(torch.float32, False)}

@@ -1,15 +1,16 @@
-"""ResidualBlock and the contractive branches (attnflow.nn.residual, attnflow.nn.branches)."""
+"""ResidualBlock and the contractive branches (attnflow.flows.residual_block, attnflow.nets.residual_branches)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from attnflow.nn.attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
-from attnflow.nn.branches import AttentionMix, DenseLayer, build_branch, linearize
-from attnflow.nn.lipschitz import CLipSwish, LipSwish, SpectralNormConv2d, SpectralNormLinear
-from attnflow.nn.logdet import Linearization, LogDetConfig, autograd_linearization
-from attnflow.nn.residual import InverseDidNotConverge, ResidualBlock, full_float32
+from attnflow.flows.residual_block import InverseDidNotConverge, ResidualBlock, full_float32
+from attnflow.flows.residual_logdet import LogDetConfig
+from attnflow.nets.linearization import Linearization, autograd_linearization
+from attnflow.nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
+from attnflow.nets.lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d, SpectralNormLinear
+from attnflow.nets.residual_branches import AttentionMix, DenseLayer, build_branch, linearize
 from attnflow.testing import brute_force_logdet, check_bijection, empirical_lipschitz
 
 DT = torch.float64

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from attnflow.evaluate import noise_perturbation
+from attnflow.flows.residual_block import InverseDidNotConverge, ResidualBlock
 from attnflow.models import build
 from attnflow.models.residual_flow import residual_flow
-from attnflow.nn.lipschitz import SpectralNormConv2d
-from attnflow.nn.residual import InverseDidNotConverge, ResidualBlock
+from attnflow.nets.lipschitz_layers import SpectralNormConv2d
 from attnflow.testing import check_bijection
 
 BRANCHES = ("iresnet", "residual_flow", "idensenet")

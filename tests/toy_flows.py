@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from attnflow.core import Bijection, Chain, Flow
-from attnflow.nn.multiscale import Flatten
-from attnflow.nn.residual import ResidualBlock
+from attnflow.flows.multiscale import Flatten
+from attnflow.flows.residual_block import ResidualBlock
 
 
 class OverflowingInverse(Bijection):

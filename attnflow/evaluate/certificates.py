@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from ..nn.lipschitz import SpectralNormConv2d, SpectralNormLinear
-from ..nn.residual import ResidualBlock
+from ..flows.residual_block import ResidualBlock
+from ..nets.lipschitz_layers import SpectralNormConv2d, SpectralNormLinear
 
 __all__ = ["certify", "certificate_summary", "uncertified_message"]
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
-from ..nn.residual import InverseDidNotConverge
+from ..flows.residual_block import InverseDidNotConverge
 
 __all__ = ["DEFAULT_TOLERANCE", "Reconstruction", "max_error_per_image", "reconstruct"]
 

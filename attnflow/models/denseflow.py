@@ -7,9 +7,9 @@ Architecture (``S = len(units)`` scales)::
     preprocess -> [squeeze -> stage_s -> factor-out half (learned prior)] x (S-1)
                -> squeeze -> stage_S -> flatten
 
-Stage ``s`` (:class:`~attnflow.nn.augment.CrossUnitStage`) holds ``units[s]`` invertible units of
+Stage ``s`` (:class:`~attnflow.flows.noise_augmentation.CrossUnitStage`) holds ``units[s]`` invertible units of
 ``modules[s]`` Glow-like modules (ActNorm, 1x1 convolution, affine coupling with
-:class:`~attnflow.nn.dense.DenseFlowCouplingNet`), and widens the latent by ``growth`` noise
+:class:`~attnflow.nets.denseflow_coupling_net.DenseFlowCouplingNet`), and widens the latent by ``growth`` noise
 channels before every unit but the first. The paper's DenseFlow-74-10 has
 ``units = (6, 4, 1)``, ``modules = (5, 6, 20)`` (6*5 + 4*6 + 1*20 = 74 Glow-like modules) and
 ``growth = 10`` noise channels per cross-unit coupling; coupling networks of width 48 with a
@@ -19,19 +19,20 @@ channels before every unit but the first. The paper's DenseFlow-74-10 has
 :mod:`attnflow.evaluate.importance` for the tighter importance-weighted estimate.
 
 Deviations from the paper: uniform instead of variational dequantization (the library's data
-pipeline); Glow's sigmoid coupling scale (:class:`~attnflow.nn.glow.AffineCoupling`) instead of
+pipeline); Glow's sigmoid coupling scale (:class:`~attnflow.flows.glow.AffineCoupling`) instead of
 ``exp(2 tanh(s/2))``; factor-out with a learned conditional prior where the reference code uses a
-standard normal; no BatchNorm in the coupling network (see :mod:`attnflow.nn.dense`).
+standard normal; no BatchNorm in the coupling network (see :mod:`attnflow.nets.denseflow_coupling_net`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ..core import Bijection, Chain, Flow
-from ..nn.augment import CrossUnitStage
-from ..nn.dense import dense_net_factory, invertible_unit
-from ..nn.multiscale import FactorOut, Flatten, Squeeze
-from ..nn.preprocess import build_preprocess
+from ..flows.denseflow_unit import invertible_unit
+from ..flows.multiscale import FactorOut, Flatten, Squeeze
+from ..flows.noise_augmentation import CrossUnitStage
+from ..flows.preprocess import build_preprocess
+from ..nets.denseflow_coupling_net import dense_net_factory
 
 __all__ = ["DenseFlowModel", "denseflow"]
 

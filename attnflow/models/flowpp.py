@@ -7,10 +7,11 @@ import torch
 from torch import Tensor
 
 from ..core import Bijection, Chain, Flow, check_images, standard_normal_log_prob
-from ..nn.invattn import invertible_attention_factory
-from ..nn.mixture import MixtureStep, VariationalDequantizer
-from ..nn.multiscale import Flatten, Squeeze
-from ..nn.preprocess import build_preprocess
+from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.mixture_coupling import MixtureStep
+from ..flows.multiscale import Flatten, Squeeze
+from ..flows.preprocess import build_preprocess
+from ..flows.variational_dequantization import VariationalDequantizer
 
 __all__ = ["flowpp", "VariationallyDequantizedFlow"]
 
@@ -19,7 +20,7 @@ DEQUANTIZATIONS = ("uniform", "variational")
 
 class VariationallyDequantizedFlow(Flow):
     """A :class:`Flow` trained with Flow++'s variational dequantization (see
-    :class:`~attnflow.nn.mixture.VariationalDequantizer` for the ELBO).
+    :class:`~attnflow.flows.variational_dequantization.VariationalDequantizer` for the ELBO).
 
     :meth:`log_prob` takes images in [0, 1] as the rest of the library does (the trainer's
     uniformly dequantized ``x = (k + u0) / L``), recovers the integer levels
@@ -74,7 +75,7 @@ def flowpp(
     -> flatten``, without factor-out (Flow++ keeps every dimension to the end).
 
     Scale 0 is not squeezed and alternates checkerboard masks; later scales squeeze and alternate
-    channel masks. The coupling network is :class:`~attnflow.nn.mixture.GatedAttentionNet` of
+    channel masks. The coupling network is :class:`~attnflow.nets.flowpp_coupling_net.GatedAttentionNet` of
     width ``hidden`` with ``blocks`` blocks and ``coupling_heads`` attention heads
     (``coupling_heads=0``: gated convolutions without self-attention, the baseline); the mixture
     has ``components`` logistics. ``attention``/``positions``/``heads``/``patches`` add AttnFlow's

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core import Bijection, Chain, Flow
-from ..nn.conditional import ConditionedTransform
-from ..nn.encoders import SourceFlowEncoder
-from ..nn.invattn import invertible_attention_factory
-from ..nn.multiscale import multiscale_transform
-from ..nn.preprocess import build_preprocess
+from ..flows.conditional import ConditionedTransform
+from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.multiscale import multiscale_transform
+from ..flows.preprocess import build_preprocess
+from ..flows.source_flow import SourceFlowEncoder
 from .srflow import conditional_level, level_sizes
 
 __all__ = ["fullglow"]

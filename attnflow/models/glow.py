@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core import Chain, Flow
-from ..nn.glow import GlowStep
-from ..nn.invattn import invertible_attention_factory
-from ..nn.multiscale import multiscale_transform
-from ..nn.preprocess import build_preprocess
+from ..flows.glow import GlowStep
+from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.multiscale import multiscale_transform
+from ..flows.preprocess import build_preprocess
 
 __all__ = ["glow"]
 

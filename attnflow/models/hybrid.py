@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..core import Bijection, Flow, standard_normal_log_prob
 from ..evaluate.likelihood import log_prob_to_bits_per_dim
-from ..nn.glow import ActNorm
+from ..flows.glow import ActNorm
 
 __all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "training_outputs", "latent_pieces", "check_labels"]
 
@@ -53,7 +53,7 @@ Shape = tuple[int, int, int]
 
 def latent_pieces(shape: Sequence[int], scales: int, squeeze_first: bool, factor_out: bool) -> list[Shape]:
     """Shapes ``(C, H, W)`` of the pieces of the flat latent of
-    :func:`attnflow.nn.multiscale.multiscale_transform`, in their order in ``z``: with factor-out
+    :func:`attnflow.flows.multiscale.multiscale_transform`, in their order in ``z``: with factor-out
     the half factored out at each scale, then the last scale; without, the last scale alone."""
     c, h, w = shape
     if squeeze_first:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core import Bijection, Chain, Flow
-from ..nn.autoregressive import AutoregressiveFactorOut, ChannelAutoregressive
-from ..nn.glow import GlowStep
-from ..nn.invattn import invertible_attention_factory
-from ..nn.mixture import GatedAttentionNet, MixtureStep
-from ..nn.multiscale import FactorOut, multiscale_transform
-from ..nn.preprocess import build_preprocess
+from ..flows.autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
+from ..flows.glow import GlowStep
+from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.mixture_coupling import MixtureStep
+from ..flows.multiscale import FactorOut, multiscale_transform
+from ..flows.preprocess import build_preprocess
+from ..nets.flowpp_coupling_net import GatedAttentionNet
 
 __all__ = ["marflow"]
 
@@ -20,7 +21,7 @@ COUPLING_MASKS = ("channel", "checkerboard")
 
 
 def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Chain:
-    """Turn a :func:`~attnflow.nn.multiscale.multiscale_transform` (built with
+    """Turn a :func:`~attnflow.flows.multiscale.multiscale_transform` (built with
     ``learned_prior=False``) into mARFlow's: every :class:`FactorOut` becomes an
     :class:`AutoregressiveFactorOut` over the same inner transform, and the last scale gets an
     unconditional :class:`ChannelAutoregressive` prior before its final ``Flatten``."""

@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..core import Bijection, Chain, Flow
-from ..nn.attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
-from ..nn.branches import BRANCH_KINDS, build_branch
-from ..nn.glow import ActNorm
-from ..nn.lipschitz import POWER_MAX_ITER, POWER_TOL
-from ..nn.logdet import LogDetConfig
-from ..nn.multiscale import multiscale_transform
-from ..nn.preprocess import build_preprocess
-from ..nn.residual import ResidualBlock
+from ..flows.glow import ActNorm
+from ..flows.multiscale import multiscale_transform
+from ..flows.preprocess import build_preprocess
+from ..flows.residual_block import ResidualBlock
+from ..flows.residual_logdet import LogDetConfig
+from ..nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
+from ..nets.lipschitz_layers import POWER_MAX_ITER, POWER_TOL
+from ..nets.residual_branches import BRANCH_KINDS, build_branch
 from .hybrid import HybridFlow, latent_pieces
 
 __all__ = ["residual_flow", "ATTENTION_KINDS", "lipschitz_attention"]
@@ -78,9 +78,9 @@ def residual_flow(
     whenever the weights change; scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
     flat latent. ``attention`` in {none, l2, lipnorm, dot} puts ACF's attention inside the
     branches of the scales listed in ``attention_scales`` (empty = every scale), mixed in by the
-    contractive :class:`attnflow.nn.branches.AttentionMix`; ``heads`` is at most the branch's
+    contractive :class:`attnflow.nets.residual_branches.AttentionMix`; ``heads`` is at most the branch's
     hidden width (heads that do not divide it pad the attention's inner width, see
-    :mod:`attnflow.nn.attention`).
+    :mod:`attnflow.nets.lipschitz_attention`).
 
     Log-det: ``estimator`` (``russian_roulette`` with ``n_exact`` exact terms and geometric
     ``geom_p``, or ``power_series`` with ``n_terms``; ``exact`` for tiny inputs) with the

@@ -5,7 +5,7 @@ a conditional flow of the high-resolution image given the low-resolution one,
 Architecture: ``preprocess -> [squeeze -> transition steps -> K conditional steps
 (ActNorm, 1x1 convolution, affine injector, conditional affine coupling) -> factor-out] x L``,
 every level conditioned on the RRDB encoder's features of the LR image resized to that level
-(:class:`~attnflow.nn.encoders.RRDBEncoder`). cAttnFlow inserts iMap or iSDP "after the
+(:class:`~attnflow.nets.rrdb_encoder.RRDBEncoder`). cAttnFlow inserts iMap or iSDP "after the
 existing flow layers in each level" (position 0 here); positions 1-5 put one in every step
 instead (1 before ActNorm, 2 after ActNorm, 3 after the 1x1 convolution, 4 after the injector,
 5 after the coupling).
@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..core import Bijection, Chain, Flow
-from ..nn.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
-from ..nn.encoders import RRDBEncoder
-from ..nn.glow import ActNorm, GlowStep, InvertibleConv1x1
-from ..nn.invattn import invertible_attention_factory
-from ..nn.multiscale import multiscale_transform
-from ..nn.preprocess import build_preprocess
+from ..flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
+from ..flows.glow import ActNorm, GlowStep, InvertibleConv1x1
+from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.multiscale import multiscale_transform
+from ..flows.preprocess import build_preprocess
+from ..nets.rrdb_encoder import RRDBEncoder
 
 __all__ = ["srflow", "conditional_level", "level_sizes", "CONDITIONAL_POSITIONS"]
 

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection, Chain
+from ..nets.glow_coupling_net import CouplingNetFactory, conv_coupling_net
 from ..precision import inner_network
 from ..sharding import shard_mean
 from .multiscale import checkerboard_mask
 
-__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "conv_coupling_net"]
+__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep"]
 
 
 def _spatial_size(x: Tensor) -> int:
@@ -103,24 +104,6 @@ class InvertibleConv1x1(Bijection):
         return torch.einsum("ij,bj...->bi...", w_inv, z)
 
 
-def conv_coupling_net(in_channels: int, out_channels: int, hidden: int) -> nn.Module:
-    """Glow's coupling network: conv3x3 - ReLU - conv1x1 - ReLU - zero-initialised conv3x3, so
-    every coupling starts as the identity."""
-    last = nn.Conv2d(hidden, out_channels, 3, padding=1)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 1),
-        nn.ReLU(),
-        last,
-    )
-
-
-CouplingNetFactory = Callable[[int, int], nn.Module]
-
-
 class AffineCoupling(Bijection):
     """Affine coupling (RealNVP / Glow): the input is split by a binary mask ``m`` into a
     conditioning part ``x_a = m * x`` and a transformed part ``x_b``;
@@ -130,8 +113,9 @@ class AffineCoupling(Bijection):
     Masks: ``"channel"`` (first ``C // 2`` channels condition the rest; odd ``C`` allowed) and
     ``"checkerboard"`` / ``"checkerboard-inv"`` (spatial, any ``H, W``).
     ``net_factory(in_channels, out_channels)`` builds the network; by default
-    :func:`conv_coupling_net` of width ``hidden``. With ``context_channels > 0`` the context (an
-    image-shaped tensor of the same spatial size) is concatenated to the network input.
+    :func:`~attnflow.nets.glow_coupling_net.conv_coupling_net` of width ``hidden``. With
+    ``context_channels > 0`` the context (an image-shaped tensor of the same spatial size) is
+    concatenated to the network input.
     """
 
     MASKS = ("channel", "channel-inv", "checkerboard", "checkerboard-inv")
@@ -210,9 +194,9 @@ class GlowStep(Chain):
     ``attention(channels) -> Bijection`` builds one attention layer per requested position.
     ``coupling`` replaces the default :class:`AffineCoupling` (``hidden``, ``mask``,
     ``net_factory`` and ``context_channels`` configure that default), e.g. Flow++'s mixture
-    coupling in :class:`~attnflow.nn.mixture.MixtureStep`.
+    coupling in :class:`~attnflow.flows.mixture_coupling.MixtureStep`.
 
-    ``injector`` (e.g. :class:`~attnflow.nn.conditional.ConditionalAffineInjector`) is inserted
+    ``injector`` (e.g. :class:`~attnflow.flows.conditional.ConditionalAffineInjector`) is inserted
     between the 1x1 convolution and the coupling: SRFlow's conditional step (AttnFlow, Table 1).
     The positions then run 1..5 (4 after the injector, 5 after the coupling).
     """

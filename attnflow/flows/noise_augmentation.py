@@ -5,7 +5,7 @@ Between invertible units ``f_i`` of a stage, the latent ``z_i`` is widened with 
 
     z_i^aug = [z_i, sigma * e_i + mu],     (mu, log sigma) = g_i([z_0, z_1, ..., z_{i-1}]),
 
-where ``g_i`` is a densely connected network (:class:`~attnflow.nn.dense.DenseBlock`) on the
+where ``g_i`` is a densely connected network (:class:`~attnflow.nets.denseflow_coupling_net.DenseBlock`) on the
 concatenation of the stage input and all earlier unit outputs (dense connectivity across units).
 The noise ``eta = sigma * e + mu`` has density ``q(eta | x) = N(e; 0, I) / prod(sigma)``, so
 
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection, standard_normal_log_prob
+from ..nets.denseflow_coupling_net import DenseBlock
 from ..precision import inner_network
 from ..sharding import per_sample_draw
-from .dense import DenseBlock
 
 __all__ = ["CrossUnitCoupling", "CrossUnitStage"]
 

@@ -20,32 +20,30 @@ estimated without building the graph of the series by differentiating the surrog
 ``estimate.detach() + surrogate - surrogate.detach()``. With exact traces (``v`` over a basis) its
 gradient equals the gradient of the series term by term; with random ``v`` in expectation.
 
-The estimators see ``g`` only through a :class:`Linearization`: ``g(x)`` and the products
-``w^T J`` and ``J v``. The series terms are computed without recording a graph (or through every
-term when the full-series gradient is wanted), and the surrogate is ``(w * J v).sum()`` with a
-differentiable Jacobian-vector product, so training needs a first-order backward pass only.
-Residual branches provide explicit per-layer products (:func:`attnflow.nn.branches.linearize`);
-:func:`autograd_linearization` serves any other function. Gradients follow the grad mode: under
-``torch.no_grad()`` nothing is recorded.
+The estimators see ``g`` only through a :class:`~attnflow.nets.linearization.Linearization`:
+``g(x)`` and the products ``w^T J`` and ``J v``. The series terms are computed without recording a
+graph (or through every term when the full-series gradient is wanted), and the surrogate is
+``(w * J v).sum()`` with a differentiable Jacobian-vector product, so training needs a first-order
+backward pass only. Residual branches provide explicit per-layer products
+(:func:`attnflow.nets.residual_branches.linearize`);
+:func:`~attnflow.nets.linearization.autograd_linearization` serves any other function. Gradients
+follow the grad mode: under ``torch.no_grad()`` nothing is recorded.
 
 The estimators assume ``g`` acts on each sample separately (no mixing across the batch).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..nets.linearization import Linearization
 from ..sharding import per_sample_draw
 
 __all__ = [
-    "Linearization",
     "LogDetConfig",
-    "autograd_linearization",
-    "compose_linearizations",
-    "diagonal_linearization",
     "estimate_logdet",
     "exact_logdet",
     "series_logdet",
@@ -96,64 +94,6 @@ class LogDetConfig:
             raise ValueError(f"n_samples must be >= 1 Hutchinson vector, got {self.n_samples}")
         if self.neumann_grad and self.estimator == "exact":
             raise ValueError("neumann_grad applies to the series estimators; use power_series or russian_roulette")
-
-
-@dataclass(frozen=True)
-class Linearization:
-    """A function ``g`` at a point ``x``: ``output = g(x)``, ``vjp(w) = w^T J`` and ``jvp(v) = J v``
-    with ``J = dg/dx``, for batches shaped like the output (``w``) or the input (``v``); ``J`` is
-    block diagonal over the batch. Both products are differentiable (in ``x`` and the parameters)
-    when called with grad mode enabled on a linearization built with grad mode enabled."""
-
-    output: Tensor
-    vjp: Callable[[Tensor], Tensor]
-    jvp: Callable[[Tensor], Tensor]
-
-
-def compose_linearizations(parts: Sequence[Linearization]) -> Linearization:
-    """``f_n o ... o f_1`` from the linearizations of ``f_1 .. f_n`` (each at the previous output):
-    ``J = J_n ... J_1``."""
-
-    def vjp(w: Tensor) -> Tensor:
-        for part in reversed(parts):
-            w = part.vjp(w)
-        return w
-
-    def jvp(v: Tensor) -> Tensor:
-        for part in parts:
-            v = part.jvp(v)
-        return v
-
-    return Linearization(parts[-1].output, vjp, jvp)
-
-
-def diagonal_linearization(output: Tensor, slope: Tensor) -> Linearization:
-    """An elementwise function with derivative ``slope`` (``J = diag(slope)``)."""
-    return Linearization(output, vjp=lambda w: w * slope, jvp=lambda v: v * slope)
-
-
-def autograd_linearization(fn: Callable[[Tensor], Tensor], x: Tensor) -> Linearization:
-    """Linearization of any ``fn`` by autograd, for layers without explicit products.
-
-    ``fn(x)`` is recorded (even under ``torch.no_grad()``, locally); ``vjp`` is a backward pass
-    through that record and ``jvp`` the double-VJP ``J v = d/du [(u^T J) v]``, so ``fn`` is not
-    re-evaluated (it may have side effects such as power-iteration updates).
-    """
-    record = torch.is_grad_enabled()
-    with torch.enable_grad():
-        xg = x if record and x.requires_grad else x.detach().requires_grad_(True)
-        out = fn(xg)
-
-    def pullback(w: Tensor, create_graph: bool) -> Tensor:
-        return torch.autograd.grad(out, xg, w, retain_graph=True, create_graph=create_graph, materialize_grads=True)[0]
-
-    def jvp(v: Tensor) -> Tensor:
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            u = torch.zeros_like(out, requires_grad=True)
-            return torch.autograd.grad(pullback(u, True), u, v, create_graph=create_graph, materialize_grads=True)[0]
-
-    return Linearization(out if record else out.detach(), lambda w: pullback(w, torch.is_grad_enabled()), jvp)
 
 
 def exact_logdet(lin: Linearization) -> Tensor:

@@ -18,7 +18,7 @@ generator, which gives every layer its own mask. Masks depend on the spatial siz
 known at the first call, so they are built on demand from the seed and cached per size and device.
 
 Differences from the paper's pseudo-code (its Fig. 15), all checked against the brute-force
-Jacobian in ``tests/test_invattn.py``:
+Jacobian in ``tests/test_invertible_attention.py``:
 
 * iMap: the reverse pass multiplies by the attention weights instead of dividing; the log-det's
   factor ``C // 2`` assumes exactly half of the channels are unmasked at every position, which a

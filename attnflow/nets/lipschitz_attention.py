@@ -14,7 +14,7 @@ and ``d = C / heads``; otherwise the inner width is padded up to the next multip
 (at most ``heads - 1`` extra columns: 16 channels with 5 heads give ``d = 4``, ``C' = 20``), so
 head counts such as ACF's and AttnFlow's 5 or 7 work for any width. Every bound below is stated
 per head in the spectral norms of the ``C x d`` head blocks and the head width ``d``, and holds
-for any ``d``, so the certificates are unchanged by the padding (``tests/test_attention.py``
+for any ``d``, so the certificates are unchanged by the padding (``tests/test_lipschitz_attention.py``
 checks them against empirical Lipschitz estimates with uneven heads). ``1 <= heads <= C``. No
 biases (a bias in a query, key or value projection would break the bounds of
 :class:`LipNormSelfAttention`).
@@ -29,12 +29,12 @@ With ``normalize=True`` (the ACF usage, default) the first two divide their outp
 certified bound, so they are 1-Lipschitz and ``lipschitz_bound()`` is ``1.0``. The bounds are
 differentiable functions of the weights, so the normalisation is trained through. The spectral
 norms in them are certified upper bounds from Gram iteration
-(:func:`attnflow.nn.operator_norm.gram_spectral_norm`: a dozen products of ``d x d`` matrices,
+(:func:`attnflow.nets.operator_norm.gram_spectral_norm`: a dozen products of ``d x d`` matrices,
 within 0.1% of the exact norm, no SVD and no host synchronisation); every monotone bound stays
 valid with upper bounds in place of the norms. The residual branch that holds one of these
 modules multiplies ``lipschitz_bound()`` into its own bound.
 
-Each module also has ``linearize(x)`` (:class:`attnflow.nn.logdet.Linearization`): the output with
+Each module also has ``linearize(x)`` (:class:`attnflow.nets.linearization.Linearization`): the output with
 explicit Jacobian-vector and vector-Jacobian products for the log-det estimators, first-order
 expressions in the saved attention matrix ``P = softmax(S)`` of every head (``O = P Z``)::
 
@@ -53,7 +53,7 @@ import torch
 from scipy.special import lambertw
 from torch import Tensor, nn
 
-from .logdet import Linearization
+from .linearization import Linearization
 from .operator_norm import gram_spectral_norm, tensor_state
 
 __all__ = [
@@ -287,7 +287,7 @@ class L2MultiheadSelfAttention(_TokenSelfAttention):
     root, not ``||W^{Q,h}||^2`` as printed in the theorem (ACF eq. 12 even has
     ``||W^Q||`` to the first power). ``f^h`` is quadratic in ``W^{Q,h}``: replacing ``W^Q`` by
     ``t W^Q`` gives ``f_t(X) = t f_1(t X)``, so ``Lip(f_t) = t^2 Lip(f_1)`` and a bound linear in
-    ``||W^Q||`` fails for large ``t`` (``tests/test_attention.py`` shows it). Kim et al.'s
+    ``||W^Q||`` fails for large ``t`` (``tests/test_lipschitz_attention.py`` shows it). Kim et al.'s
     single-head lemma gives ``sqrt(N/d) (4 phi^{-1}(N-1) + 1) ||W^{Q,h}||^2`` for ``f^h``; the
     concatenation adds squares. (2) ``phi^{-1}(N-1) = W0((N-1)/e)`` exactly, where ACF writes the
     looser ``W0(N/e)``.

@@ -3,8 +3,8 @@ with Multi-Scale Autoregressive Priors", CVPR 2020), as bijections.
 
 mARFlow models each factored-out latent ``x_out [B, C, H, W]`` with a channel-wise
 autoregressive Gaussian: channel group ``g`` (``group`` channels) has mean and log-scale computed
-by a convolutional LSTM that has read the groups ``< g`` and an embedding of the kept half
-``x_keep``. Written as a bijection that standardises ``x_out``::
+by a convolutional LSTM (:class:`~attnflow.nets.conv_lstm.ConvLSTMCell`) that has read the groups
+``< g`` and an embedding of the kept half ``x_keep``. Written as a bijection that standardises ``x_out``::
 
     (mu_g, log_sigma_g) = out(h_g),   (h_g, c_g) = ConvLSTM([x_{g-1}, embed(x_keep)], (h_{g-1}, c_{g-1}))
     e_g = (x_g - mu_g) * exp(-log_sigma_g),         x_{-1} = 0,  h_{-1} = c_{-1} = 0
@@ -14,7 +14,7 @@ so ``e`` is standard normal exactly when ``x_out`` follows the autoregressive pr
 learned priors live inside the transform). The inverse runs group by group:
 ``x_g = e_g exp(log_sigma_g) + mu_g``, then feeds ``x_g`` to the next LSTM step.
 The output convolution is zero-initialised, so training starts from ``N(0, I)`` like
-:class:`~attnflow.nn.multiscale.FactorOut`.
+:class:`~attnflow.flows.multiscale.FactorOut`.
 """
 from __future__ import annotations
 
@@ -25,28 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..nets.conv_lstm import ConvLSTMCell
 from .multiscale import FactorOut
 
-__all__ = ["ConvLSTMCell", "ChannelAutoregressive", "AutoregressiveFactorOut"]
-
-
-class ConvLSTMCell(nn.Module):
-    """Convolutional LSTM cell (Shi et al. 2015):
-    ``(i, f, o, g) = conv([input, h])``, ``c' = sigma(f) c + sigma(i) tanh(g)``,
-    ``h' = sigma(o) tanh(c')``."""
-
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 3) -> None:
-        super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
-        self.hidden = hidden
-        self.gates = nn.Conv2d(in_channels + hidden, 4 * hidden, kernel_size, padding=kernel_size // 2)
-
-    def forward(self, inp: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        h, c = state
-        i, f, o, g = self.gates(torch.cat([inp, h], 1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+__all__ = ["ChannelAutoregressive", "AutoregressiveFactorOut"]
 
 
 class ChannelAutoregressive(Bijection):
@@ -125,7 +107,7 @@ class ChannelAutoregressive(Bijection):
 
 
 class AutoregressiveFactorOut(FactorOut):
-    """mARFlow's factor-out: :class:`~attnflow.nn.multiscale.FactorOut` whose conditional prior on
+    """mARFlow's factor-out: :class:`~attnflow.flows.multiscale.FactorOut` whose conditional prior on
     the factored-out half is the channel-autoregressive :class:`ChannelAutoregressive`
     conditioned on the kept half, instead of a factorised Gaussian::
 

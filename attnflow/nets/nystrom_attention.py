@@ -58,7 +58,7 @@ class NystromAttention(nn.Module):
     Queries, keys and values are 1x1-convolution projections ``C -> C' = heads * d`` split into
     ``heads`` heads of ``d = ceil(C / heads)`` channels (``C' = C`` when ``heads`` divides ``C``;
     otherwise the projection width is padded up to the next multiple of ``heads``, as in
-    :mod:`attnflow.nn.attention`); each head computes the Nyström approximation in the module
+    :mod:`attnflow.nets.lipschitz_attention`); each head computes the Nyström approximation in the module
     docstring with ``landmarks`` segment-mean landmarks; heads are concatenated and mixed by an
     output 1x1 convolution ``C' -> C``. ``landmarks >= N`` gives exact softmax attention.
     ``1 <= heads <= C``.

@@ -3,15 +3,16 @@ Full-Glow, Sorkhei et al. 2021): the conditional affine injector, and the plumbi
 the condition's features once and hands each level (or step) its own.
 
 The other conditional layer of Table 1, the *conditional affine coupling*
-``(log s, t) = NN(x_b, c)``, is :class:`attnflow.nn.glow.AffineCoupling` with
+``(log s, t) = NN(x_b, c)``, is :class:`attnflow.flows.glow.AffineCoupling` with
 ``context_channels > 0`` (the condition features are concatenated to the network input). iMap and
 iSDP go into conditional steps unchanged: they ignore the condition, which therefore does not
 affect their invertibility (AttnFlow, Sec. 5).
 
 Inside a conditional transform the context is a *list* of feature tensors, one per level (or per
-step), computed from the raw condition by an encoder (:mod:`attnflow.nn.encoders`) in
-:class:`ConditionedTransform`; :class:`PickCondition` hands entry ``index`` to its layers, so
-every layer below it receives an image-shaped ``[B, F, H, W]`` context of its own size.
+step), computed from the raw condition by an encoder (SRFlow's :mod:`attnflow.nets.rrdb_encoder`,
+Full-Glow's :mod:`attnflow.flows.source_flow`) in :class:`ConditionedTransform`;
+:class:`PickCondition` hands entry ``index`` to its layers, so every layer below it receives an
+image-shaped ``[B, F, H, W]`` context of its own size.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..nets.glow_coupling_net import conv_coupling_net
 from ..precision import inner_network
-from .glow import conv_coupling_net
 
 __all__ = ["ConditionalAffineInjector", "PickCondition", "ConditionedTransform", "check_context"]
 
@@ -50,7 +51,7 @@ class ConditionalAffineInjector(Bijection):
     a scale and shift of every channel and position computed from the condition ``c`` alone, so
     the Jacobian is diagonal and ``log|det dy/dx| = sum log s`` (the same for every ``x``).
     The stable scale ``sigmoid(h + 2)`` in (0, 1) is SRFlow's and Glow's. ``NN`` is Glow's coupling
-    network (:func:`~attnflow.nn.glow.conv_coupling_net`) on the ``context_channels`` features,
+    network (:func:`~attnflow.nets.glow_coupling_net.conv_coupling_net`) on the ``context_channels`` features,
     with a zero-initialised last layer.
     """
 

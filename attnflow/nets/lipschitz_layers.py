@@ -8,7 +8,7 @@
   2021): smooth activations with Lipschitz constant at most 1.
 
 Every layer also has ``linearize(x)``, its output with explicit Jacobian products
-(:class:`attnflow.nn.logdet.Linearization`) for the log-det estimators: the normalised weight and
+(:class:`attnflow.nets.linearization.Linearization`) for the log-det estimators: the normalised weight and
 its transpose for the spectral-norm layers, the elementwise slopes for the activations.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .logdet import Linearization, diagonal_linearization
+from .linearization import Linearization, diagonal_linearization
 from .operator_norm import (
     DENSE_NORM_LIMIT,
     conv_operator_norm_bound,
@@ -44,7 +44,7 @@ __all__ = [
 
 # Defaults of the power iteration behind every spectral-normalised layer: stop when one more step
 # moves the unit vectors by at most POWER_TOL (stricter than Residual Flows' atol = rtol = 1e-3,
-# see attnflow.nn.operator_norm.power_iteration), after at most POWER_MAX_ITER steps.
+# see attnflow.nets.operator_norm.power_iteration), after at most POWER_MAX_ITER steps.
 POWER_TOL, POWER_MAX_ITER = 1e-3, 1000
 # Operators with a side of at most this many dimensions are normalised by the Gram-iteration bound
 # of their explicit matrix (certified and within 0.1% of the norm) instead of power iteration.
@@ -60,7 +60,7 @@ class _SpectralNorm(nn.Module):
 
     * small operators (a side of at most ``explicit_side`` = :data:`EXPLICIT_SIDE` dimensions, or a
       1x1 convolution): ``sigma_hat`` is the Gram-iteration bound of the explicit matrix
-      (:func:`attnflow.nn.operator_norm.gram_spectral_norm`), a certified upper bound within 0.1%
+      (:func:`attnflow.nets.operator_norm.gram_spectral_norm`), a certified upper bound within 0.1%
       of the norm, so ``||W_used|| <= coeff`` holds exactly; no state.
     * larger ones: ``sigma_hat = u^T A(W) v``, the power-iteration estimate with ``u``, ``v`` held
       fixed (Miyato et al. 2018), a lower estimate accurate to about ``tol``.
@@ -68,7 +68,7 @@ class _SpectralNorm(nn.Module):
     Power iteration: whenever ``W`` has changed since ``u``, ``v`` were last computed (an optimizer step, a loaded
     state dict or EMA average, a device move), the next use continues the power iteration from
     the persistent buffers ``u``, ``v`` until it is converged to ``tol`` (at most ``max_iter``
-    steps; :func:`attnflow.nn.operator_norm.power_iteration`) and stores them. Changes are seen
+    steps; :func:`attnflow.nets.operator_norm.power_iteration`) and stores them. Changes are seen
     through the weight's version counter, which in-place updates under ``torch.no_grad()`` (what
     optimizers and ``load_state_dict`` do) and new storage both change; an edit through
     ``weight.data`` is not seen: call :meth:`refresh_normalization` after one. The converged

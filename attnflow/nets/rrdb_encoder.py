@@ -1,14 +1,13 @@
-"""Conditioning encoders of the conditional flows: each maps a raw condition (a low-resolution
-image, a label map) to the list of feature tensors that the levels or steps of a conditional
-transform receive (see :class:`attnflow.nn.conditional.ConditionedTransform`).
+"""SRFlow's conditioning encoder: it maps the low-resolution image to the list of feature tensors
+that the levels of a conditional transform receive (see
+:class:`attnflow.flows.conditional.ConditionedTransform`).
 
 * :class:`RRDBEncoder` -- SRFlow's low-resolution encoder (Lugmayr et al. 2020, Sec. 3.3): an
   ESRGAN Residual-in-Residual Dense Block trunk (Wang et al. 2018) on the LR image; the outputs of
   every other block and the trunk's last features are concatenated (SRFlow's ``stackRRDB``,
   blocks 1, 3, 5, 7 of 8) and resized to the spatial size of every flow level.
-* :class:`SourceFlowEncoder` -- Full-Glow's source flow (Sorkhei et al. 2021): a multi-scale Glow
-  on the source image whose activation after every step conditions the matching step of the
-  target flow. Being invertible, it passes all of the source's information on.
+
+Full-Glow's encoder, a flow itself, is :class:`attnflow.flows.source_flow.SourceFlowEncoder`.
 """
 from __future__ import annotations
 
@@ -18,10 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .glow import GlowStep
-from .multiscale import Squeeze
-
-__all__ = ["ResidualDenseBlock", "RRDB", "RRDBEncoder", "SourceFlowEncoder", "resize_features"]
+__all__ = ["ResidualDenseBlock", "RRDB", "RRDBEncoder", "resize_features"]
 
 
 def resize_features(features: Tensor, size: tuple[int, int]) -> Tensor:
@@ -107,46 +103,3 @@ class RRDBEncoder(nn.Module):
                 stack.append(h)
         features = torch.cat([*stack, fea + self.trunk_conv(h)], 1)
         return [resize_features(features, size) for size in self.level_sizes]
-
-
-class SourceFlowEncoder(nn.Module):
-    """Full-Glow's source flow, used as the conditioning encoder of the target flow.
-
-    ``x_a - 1/2 -> [squeeze -> steps x GlowStep -> keep half of the channels] x levels``; the
-    activation after every step is returned, so step ``k`` of level ``l`` of the target flow is
-    conditioned on the source's step ``k`` of level ``l`` (same spatial size). ``step_channels``
-    lists the channels of those activations.
-
-    Full-Glow also trains the source flow as a density model of ``x_a`` (joint likelihood); here
-    it is trained through the conditional likelihood ``log p(x_b | x_a)`` only, the figure the
-    papers report. The half of the channels dropped at each level is still seen by the target
-    through the activations of that level.
-    """
-
-    def __init__(self, shape: Sequence[int], levels: int, steps: int, hidden: int = 64) -> None:
-        super().__init__()
-        c, h, w = shape
-        if h % (1 << levels) or w % (1 << levels):
-            raise ValueError(f"a {levels}-level source flow needs H and W divisible by {1 << levels}, got {h}x{w}")
-        self.squeeze = Squeeze()
-        self.levels = nn.ModuleList()
-        self.step_channels: list[int] = []
-        self.keep: list[int] = []
-        for level in range(levels):
-            c = 4 * c
-            masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(steps)]
-            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))
-            self.step_channels += [c] * steps
-            self.keep.append(c // 2)
-            c = c // 2
-
-    def forward(self, source: Tensor) -> list[Tensor]:
-        h = source - 0.5
-        activations = []
-        for steps, keep in zip(self.levels, self.keep):
-            h, _ = self.squeeze(h)
-            for step in steps:
-                h, _ = step(h)
-                activations.append(h)
-            h = h[:, :keep]
-        return activations

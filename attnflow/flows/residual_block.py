@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection
+from ..nets.residual_branches import linearize
 from ..precision import full_precision
-from .branches import linearize
-from .logdet import LogDetConfig, estimate_logdet
+from .residual_logdet import LogDetConfig, estimate_logdet
 
 __all__ = ["ResidualBlock", "InverseDidNotConverge", "full_float32"]
 
@@ -43,9 +43,9 @@ class InverseDidNotConverge(RuntimeError):
 class ResidualBlock(Bijection):
     """``y = x + g(x)``, invertible when ``Lip(g) < 1``.
 
-    ``log|det dy/dx| = log det(I + J_g(x))`` comes from :func:`attnflow.nn.logdet.estimate_logdet`
+    ``log|det dy/dx| = log det(I + J_g(x))`` comes from :func:`attnflow.flows.residual_logdet.estimate_logdet`
     with ``train_logdet`` in training mode and ``eval_logdet`` in evaluation mode, on the
-    branch's :func:`attnflow.nn.branches.linearize` (explicit per-layer Jacobian products, autograd
+    branch's :func:`attnflow.nets.residual_branches.linearize` (explicit per-layer Jacobian products, autograd
     for layers without them). Under ``torch.no_grad()`` only those layers record a (local) graph.
 
     The inverse is Banach's fixed-point iteration ``x_{k+1} = y - g(x_k)``, ``x_0 = y``, which
@@ -56,7 +56,7 @@ class ResidualBlock(Bijection):
     stall just above a tight ``atol`` forever. It raises
     :class:`InverseDidNotConverge` after ``max_iter`` steps. It runs without autograd and with the
     branch in evaluation mode; the branch is the same function as in the forward pass (spectral
-    normalisation depends on the weights only, see :class:`attnflow.nn.lipschitz.SpectralNormConv2d`).
+    normalisation depends on the weights only, see :class:`attnflow.nets.lipschitz_layers.SpectralNormConv2d`).
     ``last_iterations`` holds the number of steps the last inverse took.
 
     TF32 policy: the branch is evaluated in full float32 precision. On CUDA, TF32 (on by default
@@ -91,7 +91,7 @@ class ResidualBlock(Bijection):
         if not callable(getattr(branch, "lipschitz_bound", None)):
             raise TypeError(
                 f"the branch ({type(branch).__name__}) must expose lipschitz_bound(); "
-                "build it with attnflow.nn.branches.build_branch"
+                "build it with attnflow.nets.residual_branches.build_branch"
             )
         if atol < 0 or rtol < 0 or (atol == 0 and rtol == 0):
             raise ValueError(f"need atol >= 0, rtol >= 0 and not both zero, got atol={atol}, rtol={rtol}")

@@ -1,5 +1,6 @@
 """DenseFlow's coupling network (Grcić, Grubišić & Šegvić 2021, "Densely connected normalizing
-flows", Sec. 3.3) and the intra-unit coupling built from it.
+flows", Sec. 3.3), the network of the intra-unit couplings
+(:func:`attnflow.flows.denseflow_unit.invertible_unit`).
 
 *Dense block* (Huang et al. 2017): ``depth`` layers, layer ``l`` sees the concatenation of the
 block input and all earlier layer outputs and adds ``growth`` channels,
@@ -9,17 +10,11 @@ block input and all earlier layer outputs and adds ``growth`` channels,
 followed by a gated 1x1 projection ``a + b * sigmoid(c)`` of ``h_depth`` to the output width.
 
 *Coupling network*: ``h = conv1x1(x)``; a local branch (dense block) and a global branch
-(:class:`~attnflow.nn.nystrom.NystromAttention`) run in parallel on ``h``; their outputs are
+(:class:`~attnflow.nets.nystrom_attention.NystromAttention`) run in parallel on ``h``; their outputs are
 concatenated and fused, ``f = conv1x1(ReLU([dense(h), nystrom(h)]))``, and a zero-initialised
 ``conv1x1(f)`` gives the coupling's scale and shift, so every coupling starts as the identity.
 Without attention (``heads=0``, the attention-free baseline) the global branch is absent and
 ``f = conv1x1(ReLU(dense(h)))``.
-
-*Intra-unit coupling* (the slides' "second level of skip connections"): the affine couplings of
-the Glow-like modules inside each invertible unit use this network, so the transformed half of
-the latent is coupled to the conditioning half through densely connected (concatenative skip)
-paths plus global attention. The first level is the cross-unit coupling of
-:mod:`attnflow.nn.augment`, which connects the units themselves.
 
 Deviation from the reference implementation: the fusion has no BatchNorm (``BN-ReLU-conv`` in
 the paper's code). A batch-statistics layer makes a sample's transform depend on the rest of the
@@ -30,11 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..core import Chain
-from .glow import CouplingNetFactory, GlowStep
-from .nystrom import NystromAttention
+from .glow_coupling_net import CouplingNetFactory
+from .nystrom_attention import NystromAttention
 
-__all__ = ["GatedConv1x1", "DenseBlock", "DenseFlowCouplingNet", "dense_net_factory", "invertible_unit"]
+__all__ = ["GatedConv1x1", "DenseBlock", "DenseFlowCouplingNet", "dense_net_factory"]
 
 
 def _zero_(conv: nn.Conv2d) -> nn.Conv2d:
@@ -127,17 +121,6 @@ def dense_net_factory(
     heads: int = 1,
     landmarks: int = 4,
 ) -> CouplingNetFactory:
-    """``net_factory(in_channels, out_channels)`` for :class:`~attnflow.nn.glow.AffineCoupling`
+    """``net_factory(in_channels, out_channels)`` for :class:`~attnflow.flows.glow.AffineCoupling`
     that builds a :class:`DenseFlowCouplingNet` of the given sizes."""
     return lambda i, o: DenseFlowCouplingNet(i, o, hidden, depth, growth, heads, landmarks)
-
-
-def invertible_unit(channels: int, modules: int, net_factory: CouplingNetFactory) -> Chain:
-    """One DenseFlow invertible unit: ``modules`` Glow-like modules (ActNorm, invertible 1x1
-    convolution, affine coupling whose network comes from ``net_factory``), the coupling masks
-    alternating between the two channel halves. With :func:`dense_net_factory` these are the
-    intra-unit couplings."""
-    if modules < 1:
-        raise ValueError(f"an invertible unit needs at least 1 module, got {modules}")
-    masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(modules)]
-    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in masks])

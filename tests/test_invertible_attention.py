@@ -1,10 +1,10 @@
-"""Tests of the invertible attention bijections iMap and iSDP (attnflow.nn.invattn)."""
+"""Tests of the invertible attention bijections iMap and iSDP (attnflow.flows.invertible_attention)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnflow.nn.invattn import IMap, ISDP, build_invertible_attention
+from attnflow.flows.invertible_attention import IMap, ISDP, build_invertible_attention
 from attnflow.testing import check_bijection
 
 DT = torch.float64

@@ -1,4 +1,4 @@
-"""Tests of the Lipschitz self-attention modules of ACF (``attnflow/nn/attention.py``)."""
+"""Tests of the Lipschitz self-attention modules of ACF (``attnflow/nets/lipschitz_attention.py``)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from scipy.special import lambertw
 from torch.func import functional_call
 
-from attnflow.nn.attention import (
+from attnflow.nets.lipschitz_attention import (
     DotProductSelfAttention,
     L2MultiheadSelfAttention,
     LipNormSelfAttention,

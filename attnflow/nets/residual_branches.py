@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lipschitz import POWER_MAX_ITER, POWER_TOL, CLipSwish, LipSwish, SpectralNormConv2d
-from .logdet import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
+from .lipschitz_layers import POWER_MAX_ITER, POWER_TOL, CLipSwish, LipSwish, SpectralNormConv2d
+from .linearization import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
 
 __all__ = [
     "AttentionMix",

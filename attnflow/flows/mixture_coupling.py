@@ -1,8 +1,9 @@
-"""Flow++ building blocks (Ho et al., "Flow++: Improving Flow-Based Generative Models with
-Variational Dequantization and Architecture Design", ICML 2019): the mixture-of-logistics CDF
-coupling, its gated-convolution + self-attention coupling network, and variational
-dequantization. mARFlow (Bhattacharyya et al. 2020) and AttnFlow's image models use the same
-coupling (AttnFlow, Table 1 "mixture affine coupling").
+"""Flow++'s mixture-of-logistics CDF coupling (Ho et al., "Flow++: Improving Flow-Based Generative
+Models with Variational Dequantization and Architecture Design", ICML 2019, Sec. 3.2) and the step
+built on it; its coupling network is :mod:`attnflow.nets.flowpp_coupling_net`, its variational
+dequantization :mod:`attnflow.flows.variational_dequantization`. mARFlow (Bhattacharyya et al.
+2020) and AttnFlow's image models use the same coupling (AttnFlow, Table 1 "mixture affine
+coupling").
 """
 from __future__ import annotations
 
@@ -10,22 +11,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..core import Chain, standard_normal_log_prob
+from ..nets.flowpp_coupling_net import GatedAttentionNet
+from ..nets.glow_coupling_net import CouplingNetFactory
 from ..precision import inner_network
-from ..sharding import per_sample_draw
-from .attention import DotProductSelfAttention
-from .glow import AffineCoupling, AttentionFactory, CouplingNetFactory, GlowStep
+from .glow import AffineCoupling, AttentionFactory, GlowStep
 from .multiscale import checkerboard_mask
 
 __all__ = [
     "mixture_logistic_logit_cdf",
     "bisect_increasing",
-    "GatedAttentionNet",
     "MixtureCoupling",
     "MixtureStep",
-    "VariationalDequantizer",
 ]
 
 
@@ -78,58 +76,6 @@ def bisect_increasing(
     )
 
 
-class _GatedResidual(nn.Module):
-    """``h + a * sigmoid(g)`` with ``(a, g) = branch(h)`` (Flow++'s gated residual connection)."""
-
-    def __init__(self, branch: nn.Module) -> None:
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, h: Tensor) -> Tensor:
-        a, g = self.branch(h).chunk(2, dim=1)
-        return h + a * torch.sigmoid(g)
-
-
-class GatedAttentionNet(nn.Module):
-    """Flow++ coupling network (Ho et al. 2019, Sec. 3.3): a 3x3 input convolution, ``blocks``
-    blocks of
-
-        h <- norm(h + gate(conv3x3(elu(conv3x3(elu(h))))))          (gated convolution)
-        h <- norm(h + gate(W [MHSA(h)]))                              (gated self-attention)
-
-    with ``gate(a, g) = a * sigmoid(g)``, then a zero-initialised 3x3 output convolution. The
-    attention is plain multi-head scaled dot-product attention over the ``H*W`` positions
-    (:class:`~attnflow.nn.attention.DotProductSelfAttention`); it needs no invertibility since
-    it only parametrises the coupling. ``heads=0`` drops the attention sub-blocks (the
-    gated-convolution network alone: the attention-free baseline). Differences from Flow++: group
-    normalisation over each sample instead of per-position layer norm, no positional encoding
-    and no dropout.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 1, heads: int = 1) -> None:
-        super().__init__()
-        if blocks < 1:
-            raise ValueError(f"blocks must be >= 1, got {blocks}")
-        if heads < 0:
-            raise ValueError(f"coupling heads must be >= 0 (0 = no self-attention), got {heads}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1)]
-        for _ in range(blocks):
-            conv = nn.Sequential(
-                nn.ELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ELU(), nn.Conv2d(hidden, 2 * hidden, 3, padding=1)
-            )
-            layers += [_GatedResidual(conv), nn.GroupNorm(1, hidden)]
-            if heads:
-                attn = nn.Sequential(DotProductSelfAttention(hidden, heads), nn.Conv2d(hidden, 2 * hidden, 1))
-                layers += [_GatedResidual(attn), nn.GroupNorm(1, hidden)]
-        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, nn.ELU(), last)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 class MixtureCoupling(AffineCoupling):
     """Mixture-of-logistics CDF coupling (Flow++, Sec. 3.2; AttnFlow Table 1)::
 
@@ -143,7 +89,7 @@ class MixtureCoupling(AffineCoupling):
     exact bracket ``[min_k, max_k] (mu_k + exp(log_s_k) y)`` (every component CDF is below /
     above ``sigma(y)`` at its ends); it is not differentiable with respect to the parameters.
 
-    Masks and context work as in :class:`~attnflow.nn.glow.AffineCoupling` (this class reuses
+    Masks and context work as in :class:`~attnflow.flows.glow.AffineCoupling` (this class reuses
     its split and merge). ``net_factory(in_channels, out_channels)`` builds the network; the
     default is :class:`GatedAttentionNet` (``hidden``, ``blocks``, ``heads``; ``heads=0``
     has no self-attention). The component means get fixed offsets ``linspace(-1, 1, K)`` so the ``K``
@@ -226,7 +172,7 @@ class MixtureCoupling(AffineCoupling):
 class MixtureStep(GlowStep):
     """A Flow++ / mARFlow step ``ActNorm -> InvertibleConv1x1 -> MixtureCoupling`` with AttnFlow's
     invertible attention at ``positions`` (1 before ActNorm, 2 after ActNorm, 3 after the 1x1
-    convolution, 4 after the coupling), exactly as :class:`~attnflow.nn.glow.GlowStep`.
+    convolution, 4 after the coupling), exactly as :class:`~attnflow.flows.glow.GlowStep`.
 
     A :class:`GlowStep` (its position validation and layer order) with a :class:`MixtureCoupling`
     as its coupling; ``coupling_kwargs`` go to :class:`MixtureCoupling`.
@@ -244,51 +190,3 @@ class MixtureStep(GlowStep):
     ) -> None:
         coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)  # type: ignore[arg-type]
         super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels, coupling=coupling)
-
-
-class VariationalDequantizer(nn.Module):
-    """Variational dequantization (Flow++, Sec. 3.1): a conditional flow ``q(u | k)`` on the
-    dequantization noise ``u in (0, 1)^D`` of integer images ``k``.
-
-    With ``L`` levels, data ``x = (k + u) / L`` in [0, 1] and the model density ``p`` on [0, 1]^D,
-    the discrete likelihood satisfies (Jensen)::
-
-        log P(k) = log E_{u ~ q}[ p((k + u) / L) L^{-D} / q(u | k) ]
-                 >= E_{u ~ q}[ log p((k + u) / L) - log q(u | k) ] - D log L,
-
-    the ELBO; uniform dequantization is ``q = 1``. Sampling: ``eps ~ N(0, I)``,
-    ``y = g(eps; k)`` a chain of conditional :class:`MixtureCoupling` layers (alternating
-    checkerboards) whose context is a convolutional embedding of ``k / L - 1/2``, and
-    ``u = sigmoid(y)``, so ``log q(u | k) = log N(eps) - log|det dy/deps| - sum log sigmoid'(y)``.
-
-    :meth:`forward` takes the integer levels as a float tensor ``[B, C, H, W]`` and returns
-    ``(u, log q(u | k))``.
-    """
-
-    def __init__(
-        self, channels: int, levels: int, steps: int = 2, hidden: int = 16, components: int = 4, heads: int = 1
-    ) -> None:
-        super().__init__()
-        if levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        if steps < 1:
-            raise ValueError(f"dequantizer steps must be >= 1, got {steps}")
-        self.levels = levels
-        self.embed = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1), nn.ELU(), nn.Conv2d(hidden, hidden, 3, padding=1)
-        )
-        masks = ["checkerboard" if i % 2 == 0 else "checkerboard-inv" for i in range(steps)]
-        self.flow = Chain(
-            [MixtureCoupling(channels, hidden, m, components, context_channels=hidden, heads=heads) for m in masks]
-        )
-
-    def context(self, k: Tensor) -> Tensor:
-        """Embedding of the integer image that conditions every coupling."""
-        return self.embed(k / self.levels - 0.5)
-
-    def forward(self, k: Tensor) -> tuple[Tensor, Tensor]:
-        eps = per_sample_draw(k, lambda s: torch.randn(s, dtype=k.dtype, device=k.device))
-        y, logdet = self.flow(eps, self.context(k))
-        u = torch.sigmoid(y)
-        log_sigmoid_grad = (F.logsigmoid(y) + F.logsigmoid(-y)).flatten(1).sum(1)
-        return u, standard_normal_log_prob(eps) - logdet - log_sigmoid_grad

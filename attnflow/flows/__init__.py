@@ -1,0 +1,80 @@
+"""Bijections (``forward -> (z, logdet)``, ``inverse``; see :class:`attnflow.core.Bijection`) and
+their log-det machinery. The networks inside them, which are never inverted, are in
+:mod:`attnflow.nets`.
+
+=============================  ============================================  ==================================
+file                           holds                                         paper
+=============================  ============================================  ==================================
+glow.py                        ActNorm, InvertibleConv1x1 (LU),              Glow (Kingma & Dhariwal 2018);
+                               AffineCoupling, GlowStep (invertible          RealNVP
+                               attention at positions 1-4)
+invertible_attention.py        IMap, ISDP, build_invertible_attention        AttnFlow (Sukthanker et al. 2022)
+mixture_coupling.py            MixtureCoupling (mixture-of-logistics CDF),   Flow++ (Ho et al. 2019)
+                               MixtureStep
+variational_dequantization.py  VariationalDequantizer                        Flow++ (Ho et al. 2019)
+autoregressive_prior.py        ChannelAutoregressive,                        mARFlow (Bhattacharyya et al.
+                               AutoregressiveFactorOut                       2020)
+multiscale.py                  Squeeze, FactorOut, Flatten,                  RealNVP (Dinh et al. 2017); Glow
+                               checkerboard_mask, multiscale_transform
+preprocess.py                  Shift, Logit, build_preprocess                Glow; RealNVP
+residual_block.py              ResidualBlock x + g(x) with fixed-point       i-ResNet (Behrmann et al. 2019);
+                               inverse, InverseDidNotConverge, full_float32  Residual Flows (Chen et al. 2019)
+residual_logdet.py             LogDetConfig, estimate_logdet: exact, power   i-ResNet; Residual Flows
+                               series, Russian roulette, Neumann-series
+                               gradient
+noise_augmentation.py          CrossUnitCoupling, CrossUnitStage             DenseFlow (Grcić et al. 2021)
+                               (cross-unit coupling)
+denseflow_unit.py              invertible_unit (intra-unit coupling)         DenseFlow (Grcić et al. 2021)
+conditional.py                 ConditionalAffineInjector, PickCondition,     SRFlow (Lugmayr et al. 2020);
+                               ConditionedTransform                          AttnFlow's cAttnFlow
+source_flow.py                 SourceFlowEncoder (a Glow run forward as an   Full-Glow (Sorkhei et al. 2021)
+                               encoder)
+=============================  ============================================  ==================================
+"""
+from .autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
+from .conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
+from .denseflow_unit import invertible_unit
+from .glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
+from .invertible_attention import IMap, ISDP, build_invertible_attention
+from .mixture_coupling import MixtureCoupling, MixtureStep
+from .multiscale import FactorOut, Flatten, Squeeze, checkerboard_mask, multiscale_transform
+from .noise_augmentation import CrossUnitCoupling, CrossUnitStage
+from .preprocess import Logit, Shift, build_preprocess
+from .residual_block import InverseDidNotConverge, ResidualBlock
+from .residual_logdet import LogDetConfig, estimate_logdet
+from .source_flow import SourceFlowEncoder
+from .variational_dequantization import VariationalDequantizer
+
+__all__ = [
+    "ActNorm",
+    "AffineCoupling",
+    "AutoregressiveFactorOut",
+    "ChannelAutoregressive",
+    "ConditionalAffineInjector",
+    "ConditionedTransform",
+    "CrossUnitCoupling",
+    "CrossUnitStage",
+    "FactorOut",
+    "Flatten",
+    "GlowStep",
+    "IMap",
+    "ISDP",
+    "InverseDidNotConverge",
+    "InvertibleConv1x1",
+    "LogDetConfig",
+    "Logit",
+    "MixtureCoupling",
+    "MixtureStep",
+    "PickCondition",
+    "ResidualBlock",
+    "Shift",
+    "SourceFlowEncoder",
+    "Squeeze",
+    "VariationalDequantizer",
+    "build_invertible_attention",
+    "build_preprocess",
+    "checkerboard_mask",
+    "estimate_logdet",
+    "invertible_unit",
+    "multiscale_transform",
+]
