@@ -25,16 +25,18 @@ def list_images(directory: Path) -> list[Path]:
 def read_images(paths: list[Path]) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` from image files that must all share the size and mode of the first."""
     first, arrays = paths[0], []
+    reference: tuple[str, tuple[int, int]] | None = None  # mode and size of the first image
     for path in paths:
         mode, size, array = _read_image(path)
         if mode not in _MODES:
             raise ValueError(f"{path}: image mode {mode!r} is not supported; convert it to L or RGB")
-        if arrays and (mode, size) != reference:
+        if reference is None:
+            reference = (mode, size)
+        elif (mode, size) != reference:
             raise ValueError(
                 f"{path}: image is {mode} {size[0]}x{size[1]} but {first} is "
                 f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
             )
-        reference = (mode, size)
         arrays.append(array.reshape(size[1], size[0], -1))
     return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
 

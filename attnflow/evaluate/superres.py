@@ -188,8 +188,8 @@ def check_pairing(flow: Flow, dataset: ImageDataset) -> None:
     want, have = flow.context_shape, dataset.condition_shape
     if want is None and have is not None:
         raise ValueError(
-            f"the data has condition images (data.condition) but the model family is unconditional; "
-            f"set data.condition=\"none\" or use a conditional family (srflow, fullglow)"
+            "the data has condition images (data.condition) but the model family is unconditional; "
+            "set data.condition=\"none\" or use a conditional family (srflow, fullglow)"
         )
     if want is not None and have is None:
         raise ValueError(

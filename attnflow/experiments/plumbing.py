@@ -435,7 +435,7 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         f"- command: `{settings.command}`",
         f"- data: {settings.data}",
         f"- training budget: {budget}",
-        f"- bits/dim: test set of the run's data; `± s.e.` is the standard error over test images (one run), "
+        "- bits/dim: test set of the run's data; `± s.e.` is the standard error over test images (one run), "
         "`± sd` the standard deviation over seeds; `≤` marks upper bounds (noise-augmented DenseFlow)",
     ]
     if settings.jobs > 1:
@@ -457,7 +457,7 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         raise ExperimentFailed(
             f"{len(failed)} of {len(trained)} training runs failed: "
             + "; ".join(f"{r.spec.text} seed {r.seed} ({r.error}; log {r.dir / LOG})" for r in failed)
-            + f"; the report lists them; rerun the same command to retry them (from their checkpoints where kept)")
+            + "; the report lists them; rerun the same command to retry them (from their checkpoints where kept)")
 
 
 def pyplot() -> Any:
