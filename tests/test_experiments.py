@@ -276,3 +276,18 @@ def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_pat
     assert all(f"resuming into {run}" in text for run in runs)
     assert {r["dir"]: (r["status"], r["steps"]) for r in outputs(out)["runs"]} == \
         {f"runs/{run.name}": ("resumed", stopped[run]) for run in runs}
+
+
+def test_report_header_names_every_bound_family(tmp_path):
+    """The report legend says which bits/dim are bounds: Flow++ (variational dequantization) and
+    DenseFlow (noise augmentation) both give one-sample bounds (``log_prob_is_bound``), not
+    importance-weighted estimates."""
+    from attnflow.experiments.plumbing import write_outputs
+    from attnflow.models.denseflow import DenseFlowModel
+    from attnflow.models.flowpp import VariationallyDequantizedFlow
+
+    assert VariationallyDequantizedFlow.log_prob_is_bound and DenseFlowModel.log_prob_is_bound
+    settings = make_settings("samples", tmp_path, data="digits", command="attnflow experiment samples")
+    write_outputs(settings, "title", "description", [], {})
+    header = (tmp_path / "report.md").read_text()
+    assert "Flow++" in header and "DenseFlow" in header and "not importance-weighted" in header

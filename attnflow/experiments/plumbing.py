@@ -436,7 +436,8 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         f"- data: {settings.data}",
         f"- training budget: {budget}",
         "- bits/dim: test set of the run's data; `± s.e.` is the standard error over test images (one run), "
-        "`± sd` the standard deviation over seeds; `≤` marks upper bounds (noise-augmented DenseFlow)",
+        "`± sd` the standard deviation over seeds; `≤` marks upper bounds: the one-sample variational bound of "
+        "Flow++ (variational dequantization) and DenseFlow (noise augmentation), not importance-weighted",
     ]
     if settings.jobs > 1:
         header.append(f"- processes: up to {settings.jobs} runs trained at once, each in its own process "
