@@ -2,9 +2,10 @@
 attention with 1, 4 and 16 heads; AttnFlow Fig. 14: iSDP with 1, 3, 5 and 7 heads).
 
 Each base specification is trained with ``model.heads`` set to every count of its family's list
-(``DEFAULTS["heads"].heads``, or ``--heads`` for all); a count the model refuses (one that does
-not divide the width it splits) is recorded as a refused row with the model's message, not an
-error. iMap has no heads (its attention is a per-element map), so the Glow row uses iSDP as the
+(``DEFAULTS["heads"].heads``, or ``--heads`` for all). Counts that do not divide the width are
+trained with uneven (iSDP) or padded (Lipschitz attention) head groups; a count the model refuses
+(more heads than the width it splits) is recorded as a refused row with the model's message, not
+an error. iMap has no heads (its attention is a per-element map), so the Glow row uses iSDP as the
 paper's figure does.
 """
 from __future__ import annotations
