@@ -141,3 +141,37 @@ def test_time_limit_ends_training_early_and_counts_across_resume(tmp_path, clock
     # the spent time is part of the checkpoint: resuming with the same limit trains no further
     again = Trainer(cfg, tmp_path / "run", resume=True, progress=False).run()
     assert again["step"] == results["step"]
+
+
+def test_ema_is_bias_corrected_average_of_the_updates():
+    """e_t = sum_i d^(t-i) (1-d) p_i / (1 - d^t): no share of the initial weights, e_1 = p_1."""
+    from attnflow.train import ExponentialMovingAverage
+
+    layer = torch.nn.Linear(3, 2).double()
+    ema, d = ExponentialMovingAverage(layer, 0.9), 0.9
+    seen = []
+    for t in range(1, 8):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.normal_()
+        seen.append([p.detach().clone() for p in layer.parameters()])
+        ema.update(layer)
+        for j, (name, _) in enumerate(layer.named_parameters()):
+            expected = sum(d ** (t - i) * (1 - d) * ps[j] for i, ps in enumerate(seen, 1)) / (1 - d**t)
+            torch.testing.assert_close(ema.shadow[name], expected)
+    assert ema.updates == 7
+
+
+def test_trainer_ema_averages_the_trained_weights_only(tmp_path):
+    """The evaluation weights of a 10-step run at decay 0.999 are the bias-corrected average of
+    the 10 updated weights (uncorrected, they would be 99% the initial ones)."""
+    d = 0.999
+    trainer = Trainer(tiny_cfg("train.steps=10", "train.ema_decay=0.999"), tmp_path / "run", progress=False)
+    seen: list[dict[str, torch.Tensor]] = []
+    trainer.run(on_step=lambda step: seen.append({k: p.detach().clone() for k, p in trainer.model.named_parameters()}))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["ema_updates"] == len(seen) == 10
+    t = len(seen)
+    for k in seen[0]:
+        expected = sum(d ** (t - i) * (1 - d) * ps[k] for i, ps in enumerate(seen, 1)) / (1 - d**t)
+        torch.testing.assert_close(state["ema"][k], expected, rtol=1e-4, atol=1e-6, msg=k)

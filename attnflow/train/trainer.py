@@ -69,19 +69,34 @@ class NonFiniteTraining(RuntimeError):
 
 
 class ExponentialMovingAverage:
-    """EMA of a model's floating-point parameters, ``e <- d e + (1 - d) p``; buffers are taken
-    from the live model when the averaged copy is built."""
+    """Bias-corrected EMA of a model's floating-point parameters; buffers are taken from the live
+    model when the averaged copy is built.
+
+    After ``t`` updates with parameters ``p_1 .. p_t`` the average is
+    ``e_t = sum_i d^(t-i) (1 - d) p_i / (1 - d^t)``: the weights of the updates seen, normalised to
+    sum to one (the bias correction of Adam's moments, Kingma & Ba 2015). It is kept normalised by
+    ``e_t = b_t e_(t-1) + (1 - b_t) p_t`` with ``b_t = d (1 - d^(t-1)) / (1 - d^t)``, so
+    ``e_1 = p_1``. Without the correction (``e_0`` = the initial weights, ``b_t = d``) a run of
+    ``t`` steps would evaluate weights that are still ``d^t`` parts untrained: 70% after 350 steps
+    at ``d = 0.999``, the Fashion-MNIST Residual Flow presets' budget on 2 cores. ``updates`` is
+    part of the checkpoint; a checkpoint without it (written before the correction) continues
+    with ``b_t = d``.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
+        self.updates: float = 0  # math.inf for an average restored without its count
         self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d, t = self.decay, self.updates
+        keep = d * (1.0 - d ** (t - 1)) / (1.0 - d**t)  # b_t; d once d^t underflows
         for k, p in model.named_parameters():
-            self.shadow[k].lerp_(p.detach(), 1.0 - self.decay)
+            self.shadow[k].lerp_(p.detach(), 1.0 - keep)
 
     def state_dict_for(self, model: torch.nn.Module) -> dict[str, Tensor]:
         """The model's state dict with parameters replaced by their averages."""
@@ -227,6 +242,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict_for(self.model) if self.ema else {},
             "ema_shadow": self.ema.shadow if self.ema else {},
+            "ema_updates": self.ema.updates if self.ema else 0,
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "dequant_rng": self.dequant_gen.get_state(),
@@ -238,6 +254,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema and state.get("ema_shadow"):
             self.ema.shadow = {k: v.to(self.device, copy=True) for k, v in state["ema_shadow"].items()}
+            self.ema.updates = state.get("ema_updates", math.inf)
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.dequant_gen.set_state(state["dequant_rng"])
