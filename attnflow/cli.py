@@ -66,11 +66,12 @@ def _device_name(text: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> tuple[Flow, dict[str, Any]]:
-    """The trained model of ``args.run`` on ``args.device`` and its configuration."""
+    """The trained model of ``args.run`` on ``args.device`` (its EMA weights when kept, unless
+    ``--weights live``) and its configuration."""
     from .device import resolve_device
     from .train import load_run
 
-    return load_run(args.run, device=resolve_device(args.device))
+    return load_run(args.run, use_ema=getattr(args, "weights", "ema") == "ema", device=resolve_device(args.device))
 
 
 class CommandFailed(RuntimeError):
@@ -158,7 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
                                                   args.temperatures, args.samples, sr_scale(cfg["data"]),
                                                   seed=args.seed)
-    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels})
+    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": args.weights})
     report = certify(model)
     if report["blocks"]:  # contractive flows: are the trained blocks certified?
         res["certificates"] = certificate_summary(report)
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
            "output metrics", nargs="+")
     number(e, "--samples", "samples", 3, "conditional models: outputs per condition")
     number(e, "--sr-images", "sr_images", 500, "conditional models: test images for PSNR, SSIM, LR-PSNR")
+    e.add_argument("--weights", default="ema", choices=["ema", "live"],
+                   help="ema: the run's EMA weights when it kept them (default); live: the trained weights themselves")
     device_option(e)
     e.set_defaults(func=_cmd_eval)
 

@@ -68,3 +68,13 @@ def test_cli_errors(tmp_path, capsys, monkeypatch, argv, match):
         main(argv)
     assert exc.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def test_eval_weights_live_or_ema(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(capsys, "train", "--preset", "glow-digits", "--out", str(out), "--quiet", "--set", "train.steps=6",
+        "--set", "model.hidden=8", "--set", "model.steps=1", "--set", "train.ema_decay=0.5")
+    ema = json.loads(run(capsys, "eval", str(out), "--json", "--max-batches", "1"))
+    live = json.loads(run(capsys, "eval", str(out), "--json", "--max-batches", "1", "--weights", "live"))
+    assert (ema["weights"], live["weights"]) == ("ema", "live")
+    assert ema["bpd"] != live["bpd"]  # two different sets of weights
