@@ -52,6 +52,7 @@ OPTIONS = {
     "seeds": _option("seeds", int, "seeds (training runs) per preset", lo=1, hi=1000),
     "heads": _option("heads", int, "attention head counts", lo=1, hi=256),
     "jobs": _option("jobs", int, "training runs at once, each in its own process", lo=1, hi=256),
+    "importance_images": _option("importance_images", int, "test images; 0 = the whole test set", lo=0, hi=10**6),
 }
 
 
@@ -392,12 +393,15 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     argv = ["experiment", args.name, "--out", args.out, "--data", args.data]
     argv += [a for flag, values in given for v in values or () for a in (flag, str(v))]
     argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--clock", args.clock),
-                               ("--device", args.device), ("--jobs", args.jobs if args.jobs > 1 else None))
+                               ("--device", args.device), ("--jobs", args.jobs if args.jobs > 1 else None),
+                               ("--importance-samples", args.importance_samples),
+                               ("--importance-images", args.importance_images))
              if v is not None for a in (flag, str(v))]
     settings = make_settings(args.name, args.out, budget=args.budget, data=args.data, presets=args.preset,
                              seeds=args.seeds, clock=args.clock, device=args.device, overrides=args.set,
                              head_counts=args.heads, runs=args.run, command=command_line(argv),
-                             progress=not args.quiet, jobs=args.jobs)
+                             progress=not args.quiet, jobs=args.jobs, importance_samples=args.importance_samples,
+                             importance_images=args.importance_images)
     try:
         run_experiment(settings)
     except ExperimentInterrupted as exc:
@@ -558,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset", nargs="+")
     x.add_argument("--run", nargs="+", default=[], metavar="DIR",
                    help="interpolation / samples: use these trained run directories instead of training")
+    number(x, "--importance-samples", "importance_samples", None, "table: noise draws K of the importance-weighted "
+           "bits/dim of rows whose bits/dim are a bound (0 = none; default 16)")
+    number(x, "--importance-images", "importance_images", None, "table: the first N test images for the "
+           "importance-weighted bits/dim (default 0, the whole test set)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_experiment)
     return p

@@ -146,6 +146,45 @@ def test_samples_of_every_family(tmp_path, capsys):
             assert (tmp_path / png).is_file() and png in report
 
 
+def test_table_with_importance_weighted_bound_rows(tmp_path, capsys):
+    """Each family's rows: parameters of the built model, the difference to its no-attention row,
+    and for the DenseFlow rows (bits/dim a bound) the importance-weighted estimate on the first 50
+    test images, stored in results.json and reused by a rerun."""
+    argv = ["--preset", "glow-digits", "glow-digits-imap", "denseflow-digits-noattn", "denseflow-digits",
+            "--importance-samples", "2", "--importance-images", "50"]
+    experiment(capsys, "table", tmp_path, *argv)
+    res = outputs(tmp_path, "table.png")
+    rows = {r["spec"]: r for r in res["rows"]}
+    assert list(rows) == argv[1:5] and [r["family"] for r in res["rows"]] == ["glow"] * 2 + ["denseflow"] * 2
+    assert rows["glow-digits"]["attention"] == rows["denseflow-digits-noattn"]["attention"] == "none"
+    assert rows["glow-digits-imap"]["parameters"] > rows["glow-digits"]["parameters"] > 0  # iMap's weights
+    assert rows["denseflow-digits"]["parameters"] > rows["denseflow-digits-noattn"]["parameters"]  # Nyström's
+    runs = {r["spec"]: r for r in res["runs"]}
+    for spec, base in (("glow-digits-imap", "glow-digits"), ("denseflow-digits", "denseflow-digits-noattn")):
+        assert rows[spec]["delta_bpd"] == pytest.approx(runs[spec]["test_bpd"] - runs[base]["test_bpd"])
+        assert rows[spec]["baseline"] == base and rows[base]["delta_bpd"] == 0
+    for spec in ("glow-digits", "glow-digits-imap"):
+        assert not rows[spec]["upper_bound"] and "importance_weighted" not in rows[spec]
+    for spec in ("denseflow-digits-noattn", "denseflow-digits"):
+        iw = rows[spec]["importance_weighted"]
+        assert rows[spec]["upper_bound"] and iw["k"] == 2 and iw["n"] == 50 and finite(iw["bpd"], iw["bpd_stderr"])
+    assert rows["denseflow-digits"]["delta_iw_bpd"] == pytest.approx(
+        rows["denseflow-digits"]["importance_weighted"]["bpd"] - rows["denseflow-digits-noattn"]["importance_weighted"]["bpd"])
+    report = (tmp_path / "report.md").read_text()
+    assert "| importance-weighted, K = 2 | Δ vs no attention |" in report and "first 50 test images" in report
+    assert "every row is evaluated on its trained weights" in report
+    saved = tmp_path / "runs" / "glow-digits-seed0" / "config.json"  # a run saved before data.train_on existed
+    cfg = json.loads(saved.read_text())
+    del cfg["data"]["train_on"]
+    saved.write_text(json.dumps(cfg))
+    text = experiment(capsys, "table", tmp_path, *argv)
+    assert text.count("reusing its importance-weighted estimate") == 2 and "K = 2 on" not in text
+    again = outputs(tmp_path)["rows"]
+    assert [r["status"] for r in again] == ["reused"] * 4
+    assert [{k: v for k, v in r.items() if k != "status"} for r in again] == \
+        [{k: v for k, v in r.items() if k != "status"} for r in res["rows"]]
+
+
 def test_list(capsys):
     main(["experiment", "--list"])
     lines = capsys.readouterr().out.splitlines()
@@ -159,8 +198,9 @@ def test_list(capsys):
 
 
 def test_default_budgets_fit_a_session():
-    """The whole set on Fashion-MNIST needs about 260 minutes of training; no run gets under 2."""
-    assert sum(d.minutes for d in DEFAULTS.values()) == pytest.approx(260, abs=15)
+    """The whole set on Fashion-MNIST needs about 390 minutes of training (the results table 130);
+    no run gets under 2."""
+    assert sum(d.minutes for d in DEFAULTS.values()) == pytest.approx(390, abs=15)
     for name in EXPERIMENTS:
         assert DEFAULTS[name].minutes / count_runs(make_settings(name, "unused")) >= 2, name
 
@@ -171,6 +211,7 @@ def test_default_budgets_fit_a_session():
     (["positions", "--out", "x", "--heads", "2"], "--heads applies to the heads experiment only"),
     (["perturbation", "--out", "x", "--seeds", "2"], "one trained model per preset"),
     (["heads", "--out", "x", "--run", "y"], "--run applies to interpolation, samples"),
+    (["heads", "--out", "x", "--importance-samples", "4"], "apply to the table experiment only"),
     (["samples", "--out", "x", "--run", "no-such-run"], "is not a run directory"),
     (["convergence", "--out", "x", "--set", "train.time_limit_s=5"], "set by the experiment"),
     (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),

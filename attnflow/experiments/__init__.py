@@ -4,9 +4,10 @@ writes ``report.md``, its PNG figures and ``results.json`` into ``DIR``.
 
 :data:`DEFAULTS` is the one table of per-experiment defaults: training budget, run
 specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds, and head
-counts of the ``heads`` experiment. The budgets add up to 260 minutes of training for the whole
-set on Fashion-MNIST (every run at least 2.5 minutes); ``attnflow experiment --list`` prints them
-with each experiment's number of runs.
+counts of the ``heads`` experiment. The budgets add up to 390 minutes of training for the whole
+set on Fashion-MNIST (260 for the papers' figures and tables, 130 for the results ``table``; every
+run at least 2.5 minutes); ``attnflow experiment --list`` prints them with each experiment's
+number of runs.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from . import classification, convergence, heads, interpolation, perturbation, positions, samples
+from . import classification, convergence, heads, interpolation, perturbation, positions, samples, table
 from .plumbing import RunSpec, Settings
 
 __all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "make_settings", "run_experiment", "listing",
@@ -69,10 +70,21 @@ DEFAULTS: dict[str, Defaults] = {
         "glow-digits-imap", "flowpp-digits", "marflow-digits-imap", "acf-resflow-l2-digits", "denseflow-digits"),
         fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap", "acf-resflow-l2-fmnist-tiny",
                  "denseflow-fmnist-tiny")),
+    # the results table: each family without, then with its attention(s), 10 minutes per run on Fashion-MNIST;
+    # residual flows without EMA (train.ema_decay=0) so every row is evaluated on its trained weights
+    "table": Defaults(130, seeds=None, digits=(
+        "glow-digits", "glow-digits-imap", "glow-digits-isdp", "flowpp-digits-noattn", "flowpp-digits",
+        "marflow-digits+model.coupling_heads=0", "marflow-digits", "marflow-digits-imap",
+        "resflow-digits+train.ema_decay=0", "acf-resflow-l2-digits+train.ema_decay=0",
+        "acf-resflow-lipnorm-digits+train.ema_decay=0", "denseflow-digits-noattn", "denseflow-digits"), fashion=(
+        "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp", "flowpp-fmnist-tiny-noattn",
+        "flowpp-fmnist-tiny", "marflow-fmnist-tiny-noattn", "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap",
+        "resflow-fmnist-tiny+train.ema_decay=0", "acf-resflow-l2-fmnist-tiny+train.ema_decay=0",
+        "acf-resflow-lipnorm-fmnist-tiny+train.ema_decay=0", "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny")),
 }
 
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
-    convergence, heads, positions, perturbation, interpolation, classification, samples)}
+    convergence, heads, positions, perturbation, interpolation, classification, samples, table)}
 
 
 def count_runs(settings: Settings) -> int:
@@ -112,9 +124,12 @@ def make_settings(
     command: str = "",
     progress: bool = True,
     jobs: int = 1,
+    importance_samples: int | None = None,
+    importance_images: int | None = None,
 ) -> Settings:
     """The settings of experiment ``name`` from its options, with :data:`DEFAULTS` for those not
-    given (``clock``: ``cpu`` when ``jobs > 1``, runs then share the cores, else ``wall``);
+    given (``clock``: ``cpu`` when ``jobs > 1``, runs then share the cores, else ``wall``;
+    ``importance_samples`` / ``importance_images``: the table's, 16 draws on the whole test set);
     options an experiment does not take are one-line errors."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)} "
@@ -127,6 +142,11 @@ def make_settings(
                          f"{', '.join(n for n, x in DEFAULTS.items() if x.seeds is not None)}")
     if head_counts is not None and name != "heads":
         raise ValueError("--heads applies to the heads experiment only")
+    if (importance_samples is not None or importance_images is not None) and name != "table":
+        raise ValueError("--importance-samples and --importance-images apply to the table experiment only")
+    if (importance_samples or 0) < 0 or (importance_images or 0) < 0:
+        raise ValueError(f"--importance-samples and --importance-images must be >= 0 (0: none / the whole test set), "
+                         f"got {importance_samples} and {importance_images}")
     if runs and not getattr(EXPERIMENTS[name], "TAKES_RUNS", False):
         raise ValueError(f"--run applies to {', '.join(n for n, m in EXPERIMENTS.items() if getattr(m, 'TAKES_RUNS', False))}; "
                          f"experiment {name} trains its own runs")
@@ -141,7 +161,9 @@ def make_settings(
     return Settings(name=name, out=Path(out), budget_minutes=d.minutes if budget is None else budget, data=data,
                     specs=specs, seeds=seeds or d.seeds or 1, clock=clock or ("cpu" if jobs > 1 else "wall"), device=device, overrides=tuple(overrides),
                     heads=None if head_counts is None else tuple(head_counts), runs=tuple(Path(r) for r in runs),
-                    command=command, progress=progress, jobs=jobs)
+                    command=command, progress=progress, jobs=jobs,
+                    importance_samples=16 if importance_samples is None else importance_samples,
+                    importance_images=importance_images or 0)
 
 
 def run_experiment(settings: Settings) -> None:

@@ -114,6 +114,8 @@ class Settings:
     command: str = ""
     progress: bool = True
     jobs: int = 1  # runs trained at once, each in its own process when > 1
+    importance_samples: int = 16  # table: noise draws of the importance-weighted estimate (0: none)
+    importance_images: int = 0  # table: test images of that estimate (0: the whole test set)
 
     @property
     def eval_device(self) -> Any:
@@ -214,8 +216,12 @@ def _refusal(settings: Settings, spec: RunSpec, seed: int) -> str:
 
 
 def _same_setup(run_dir: Path, cfg: dict[str, Any]) -> None:
-    """A run directory being reused or resumed must hold the same model and data configuration."""
-    saved = json.loads((run_dir / "config.json").read_text())
+    """A run directory being reused or resumed must hold the same model and data configuration
+    (its ``config.json`` completed with today's defaults: a run saved before a key existed still
+    matches when the key's default is what the experiment asks for)."""
+    from ..config import read_config
+
+    saved = read_config(run_dir / "config.json")
     changed = [s for s in ("model", "data") if saved.get(s) != cfg[s]]
     if changed:
         raise ValueError(f"{run_dir} holds a run with a different {' and '.join(changed)} configuration than this "
