@@ -290,7 +290,8 @@ def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_pat
     """SIGINT to the experiment's process group (a terminal's Ctrl-C) stops both training
     processes of ``--jobs 2`` at a step boundary with a checkpoint; rerun, the runs resume."""
     out = tmp_path / "exp"
-    argv = ["convergence", "--out", str(out), *TINY, "--budget", "1", "--seeds", "2", "--set", "model.steps=1",
+    # a budget the runs cannot use up before the signal, even on a loaded machine (5 CPU-minutes each)
+    argv = ["convergence", "--out", str(out), *TINY, "--budget", "10", "--seeds", "2", "--set", "model.steps=1",
             "--preset", "glow-digits"]
     proc = subprocess.Popen([sys.executable, "-m", "attnflow.cli", "experiment", *argv, "--jobs", "2"], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
