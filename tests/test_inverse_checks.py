@@ -43,7 +43,7 @@ def toy_run(monkeypatch, trained_run):
     cfg = json.loads((trained_run / "config.json").read_text())
 
     def use(flow):
-        monkeypatch.setattr(attnflow.train, "load_run", lambda run, device: (flow, cfg))
+        monkeypatch.setattr(attnflow.train, "load_run", lambda run, device, use_ema=True: (flow, cfg))
 
     return use
 

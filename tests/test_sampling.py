@@ -84,7 +84,7 @@ def test_training_reports_non_finite_end_samples(tmp_path, capsys):
 
 def test_sample_command_counts_non_finite_samples(tmp_path, capsys, monkeypatch, trained_run):
     cfg = json.loads((trained_run / "config.json").read_text())
-    monkeypatch.setattr(attnflow.train, "load_run", lambda run, device: (overflowing_flow(), cfg))
+    monkeypatch.setattr(attnflow.train, "load_run", lambda run, device, use_ema=True: (overflowing_flow(), cfg))
     with pytest.raises(SystemExit) as exc:
         main(["sample", str(trained_run), "--n", "100", "--out", str(tmp_path / "s.png")])
     assert exc.value.code == 1
