@@ -301,12 +301,12 @@ def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_pat
         metrics = run / "metrics.jsonl"
         return metrics.is_file() and '"bpd"' in metrics.read_text()
 
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 300
     while not all(map(training, runs)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=150)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "stopped 2 training runs at a step boundary" in err
     stopped = {}
     for run in runs:
