@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, spread, train_runs, \
+from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread, train_runs, \
     write_outputs
 
 NAME = "convergence"
@@ -55,9 +55,7 @@ def _plot(family: str, curves: dict[str, dict[str, Any]], clock: str, path: Any)
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=8)
     fig.suptitle(f"{family}: convergence")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(settings: Settings) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, spread, train_runs, \
+from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread, train_runs, \
     write_outputs
 
 NAME = "heads"
@@ -67,9 +67,7 @@ def run(settings: Settings) -> None:
     ax.set_ylabel("test bits/dim")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(settings.out / "heads.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, settings.out / "heads.png")
     section = "\n".join([
         "## Test bits/dim by number of heads", "",
         markdown_table(["base", "heads", "test bits/dim", "steps", f"s/step ({settings.clock})"], rows), "",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .plumbing import RunResult, Settings, load_trained, markdown_table, pyplot, say, train_runs, write_outputs
+from .plumbing import RunResult, Settings, load_trained, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
 
 NAME = "interpolation"
 DESCRIPTION = "ACF Algorithm 2: latent interpolation strips between random test pairs, end-point errors and path bits/dim"
@@ -92,9 +92,7 @@ def run(settings: Settings) -> None:
     ax.set_ylabel("bits/dim of the decoded images (mean over pairs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(settings.out / "interpolation-bpd.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, settings.out / "interpolation-bpd.png")
     sections.append("## Bits/dim along the paths\n\n![bits/dim along the interpolation paths](interpolation-bpd.png)")
     write_outputs(settings, "Latent interpolation (ACF Algorithm 2)", DESCRIPTION + ". " + METHOD, sections, numbers,
                   results)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .plumbing import Settings, load_trained, markdown_table, pyplot, say, train_runs, write_outputs
+from .plumbing import Settings, load_trained, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
 
 NAME = "perturbation"
 DESCRIPTION = ("ACF Table 5 / Fig. 2: bits/dim, log-likelihood, log-det and reconstruction of test images "
@@ -121,6 +121,4 @@ def _plot(models: dict[str, list[dict[str, Any]]], settings: Settings) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(settings.out / "perturbation.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, settings.out / "perturbation.png")

@@ -41,7 +41,7 @@ from ..schema import ConfigError
 
 __all__ = [
     "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "ExperimentFailed", "train_runs", "group_by_spec",
-    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained", "pyplot",
+    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained", "pyplot", "save_figure",
     "TRAIN_STEPS", "LOG",
 ]
 
@@ -475,6 +475,13 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out ``fig``, write it as a PNG at ``path`` and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
 
 
 def command_line(argv: Sequence[str]) -> str:

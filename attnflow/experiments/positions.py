@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, run_config, spread, \
+from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, run_config, spread, \
     train_runs, write_outputs
 
 NAME = "positions"
@@ -88,6 +88,4 @@ def _plot(entries: list[dict[str, Any]], settings: Settings) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_bpd.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(settings.out / "positions.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, settings.out / "positions.png")

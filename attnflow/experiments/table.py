@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .plumbing import RunResult, Settings, markdown_table, pyplot, say, train_runs, write_outputs
+from .plumbing import RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "
@@ -228,6 +228,4 @@ def _plot(rows: list[dict[str, Any]], settings: Settings) -> None:
         ax.set_title(FAMILY_NAMES.get(family, family))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test bits/dim (± s.e.; y axis not from 0)")
-    fig.tight_layout()
-    fig.savefig(settings.out / "table.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, settings.out / "table.png")

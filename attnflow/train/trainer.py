@@ -315,8 +315,9 @@ class Trainer:
             if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
                 labels = self.train_set.labels[idx].to(self.device)
                 loss, metrics = hybrid_loss(*outputs, labels, self.model.dim, self.levels, t["likelihood_weight"])
-                # the global batch's means (every process holds an equal share of it)
-                self.step_metrics = {k: float(self.dist.mean(torch.tensor(v, device=self.device))) for k, v in metrics.items()}
+                # the global batch's means (every process holds an equal share of it), in one all-reduce
+                means = self.dist.mean(torch.tensor(list(metrics.values()), device=self.device))
+                self.step_metrics = dict(zip(metrics, means.tolist()))
             else:
                 loss = log_prob_to_bits_per_dim(outputs, self.model.dim, self.levels).mean()
         global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
