@@ -53,6 +53,7 @@ OPTIONS = {
     "heads": _option("heads", int, "attention head counts", lo=1, hi=256),
     "jobs": _option("jobs", int, "training runs at once, each in its own process", lo=1, hi=256),
     "importance_images": _option("importance_images", int, "test images; 0 = the whole test set", lo=0, hi=10**6),
+    "test_images": _option("test_images", int, "test images; 0 = the whole test set", lo=0, hi=10**9),
 }
 
 
@@ -395,13 +396,13 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--clock", args.clock),
                                ("--device", args.device), ("--jobs", args.jobs if args.jobs > 1 else None),
                                ("--importance-samples", args.importance_samples),
-                               ("--importance-images", args.importance_images))
+                               ("--importance-images", args.importance_images), ("--test-images", args.test_images))
              if v is not None for a in (flag, str(v))]
     settings = make_settings(args.name, args.out, budget=args.budget, data=args.data, presets=args.preset,
                              seeds=args.seeds, clock=args.clock, device=args.device, overrides=args.set,
                              head_counts=args.heads, runs=args.run, command=command_line(argv),
                              progress=not args.quiet, jobs=args.jobs, importance_samples=args.importance_samples,
-                             importance_images=args.importance_images)
+                             importance_images=args.importance_images, test_images=args.test_images)
     try:
         run_experiment(settings)
     except ExperimentInterrupted as exc:
@@ -566,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
            "bits/dim of rows whose bits/dim are a bound (0 = none; default 16)")
     number(x, "--importance-images", "importance_images", None, "table: the first N test images for the "
            "importance-weighted bits/dim (default 0, the whole test set)")
+    number(x, "--test-images", "test_images", None, "each run's test bits/dim over at most the first N test "
+           "images (0 = all; default: the experiment's, see --list)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_experiment)
     return p

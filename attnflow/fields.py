@@ -33,6 +33,8 @@ register(
     Field("data", "n_bits", int, "reduce to 2**n_bits grey levels; 0 = keep the dataset's", lo=0, hi=8, default=0),
     Field("data", "train_on", str, "images trained on: train, or train+test (AttnFlow Tables 2-3; test bits/dim "
           "are then on seen images)", choices=("train", "train+test"), default="train"),
+    Field("data", "test_images", int, "test images evaluated: at most the first N of the test split; 0 = all of them",
+          lo=0, hi=10**9, default=0),
     # -- [train] ------------------------------------------------------------------------------
     Field("train", "steps", int, "optimizer steps", lo=1, hi=10**9, default=1000),
     Field("train", "batch_size", int, "images per step", lo=1, hi=2**16, default=64),

@@ -448,6 +448,28 @@ def test_train_on_train_plus_test_joins_the_splits():
     assert torch.equal(load_configured(data, "test").images, test.images)  # the test split is unchanged
 
 
+def test_test_images_keeps_the_first_test_images_only():
+    from attnflow.config import resolve_config
+    from attnflow.data import load_configured
+
+    data = resolve_config("glow-digits", ["data.test_images=50"])["data"]
+    whole = load_configured({**data, "test_images": 0}, "test")
+    test = load_configured(data, "test")
+    assert len(test) == 50 and len(whole) == 360
+    assert torch.equal(test.images, whole.images[:50]) and torch.equal(test.labels, whole.labels[:50])
+    assert torch.equal(load_configured(data, "train").images, load_configured({**data, "test_images": 0}, "train").images)
+    assert torch.equal(load_configured({**data, "test_images": 361}, "test").images, whole.images)  # at most N
+
+
+def test_trained_run_evaluates_the_first_test_images(tmp_path):
+    from attnflow.train import Trainer
+    from attnflow.config import resolve_config
+
+    cfg = resolve_config("glow-digits", ["train.steps=2", "data.test_images=40", "train.threads=1"])
+    results = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert results["test"]["n"] == 40
+
+
 def test_concatenate_refuses_different_kinds():
     from attnflow.data.dataset import ImageDataset, concatenate
 

@@ -95,8 +95,12 @@ def test_heads_records_refused_counts(tmp_path, capsys):
 
 
 def test_positions(tmp_path, capsys):
-    experiment(capsys, "positions", tmp_path, "--set", "model.steps=1", "--preset", "glow-digits", "glow-digits-isdp")
-    rows = outputs(tmp_path, "positions.png")["rows"]
+    experiment(capsys, "positions", tmp_path, "--set", "model.steps=1", "--preset", "glow-digits", "glow-digits-isdp",
+               "--test-images", "50")
+    res = outputs(tmp_path, "positions.png")
+    assert res["test_images"] == 50 and {r["test_images"] for r in res["runs"]} == {50}
+    assert "the first 50 test images of each run's data (`--test-images 50`)" in (tmp_path / "report.md").read_text()
+    rows = res["rows"]
     assert [r["position"] for r in rows] == [None, 1, 2, 3, 4]
     assert all(finite(r["test_bpd"]["mean"], r["seconds_per_step"]["mean"]) for r in rows)
 
@@ -217,6 +221,7 @@ def test_default_budgets_fit_a_session():
     (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),
     (["convergence", "--out", "x", "--budget", "0"], "--budget"),
     (["convergence", "--out", "x", "--jobs", "0"], "--jobs"),
+    (["convergence", "--out", "x", "--test-images", "-1"], "--test-images"),
 ])
 def test_one_line_errors(argv, match, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -234,6 +239,18 @@ def test_default_runs_resolve(name, data):
     for spec in settings.specs:
         cfg = run_config(settings, spec, 0, 60.0)
         assert cfg["train"]["time_limit_s"] == 60.0 and cfg["train"]["clock"] == "wall"
+
+
+def test_test_images_defaults_and_overrides():
+    """Runs are evaluated on the first 2000 test images unless the experiment (positions, table)
+    keeps the whole test set, --test-images changes it, or a specification or --set gives it."""
+    spec, own = RunSpec.parse("glow-fmnist-tiny"), RunSpec.parse("glow-fmnist-tiny+data.test_images=300")
+    images = {name: run_config(make_settings(name, "unused"), spec, 0, 60.0)["data"]["test_images"] for name in EXPERIMENTS}
+    assert images == {name: 0 if name in ("positions", "table") else 2000 for name in EXPERIMENTS}
+    assert run_config(make_settings("heads", "unused", test_images=0), spec, 0, 60.0)["data"]["test_images"] == 0
+    assert run_config(make_settings("heads", "unused"), own, 0, 60.0)["data"]["test_images"] == 300
+    mine = make_settings("heads", "unused", overrides=["data.test_images=700"])
+    assert run_config(mine, spec, 0, 60.0)["data"]["test_images"] == 700
 
 
 def test_spec_syntax():

@@ -108,6 +108,20 @@ def reduce_bits(dataset: ImageDataset, n_bits: int) -> ImageDataset:
     )
 
 
+def first_images(dataset: ImageDataset, n: int) -> ImageDataset:
+    """The first ``n`` images of ``dataset`` (with their labels and conditions); ``n`` larger than
+    the dataset is an error that names its size."""
+    if not 1 <= n <= len(dataset):
+        raise ValueError(f"asked for the first {n} images of {dataset.name!r} split {dataset.split!r}, which has "
+                         f"{len(dataset)}; use a number from 1 to {len(dataset)}, or 0 for all")
+
+    def head(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[:n]
+
+    return ImageDataset(head(dataset.images), head(dataset.labels), dataset.levels, dataset.name, dataset.split,
+                        dataset.num_classes, head(dataset.conditions), dataset.condition_levels)
+
+
 def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     """The images (labels, conditions) of ``first`` followed by those of ``second``, e.g. the
     train and test splits AttnFlow trains its Tables 2 and 3 models on; both must have the same

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from attnflow.data.cifar import CIFAR_FILES, read_cifar_batches
-from attnflow.data.dataset import ImageDataset, concatenate, reduce_bits
+from attnflow.data.dataset import ImageDataset, concatenate, first_images, reduce_bits
 from attnflow.data.folder import read_image_folder
 from attnflow.data.idx import find_idx_file, read_idx
 from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, read_imagenet_npz
@@ -181,7 +181,9 @@ def load_configured(data: Mapping, split: str) -> ImageDataset:
     ``root``, ``n_bits`` and, for conditional models, ``condition``, ``scale`` and ``pad``).
     With ``train_on = "train+test"`` the ``train`` split is the training images followed by the
     test images (AttnFlow's protocol for its Tables 2 and 3; the test split is unchanged, so its
-    bits/dim are then on images seen in training)."""
+    bits/dim are then on images seen in training). ``test_images = N`` keeps at most the first ``N``
+    images of the test split (every evaluation of a run then uses those: a cheaper, noisier figure
+    whose standard error and image count the results give)."""
     def load(part: str) -> ImageDataset:
         return load_dataset(
             data["name"], part, root=data["root"] or None, n_bits=data["n_bits"] or None,
@@ -190,4 +192,7 @@ def load_configured(data: Mapping, split: str) -> ImageDataset:
 
     if split == "train" and data.get("train_on", "train") == "train+test":
         return concatenate(load("train"), load("test"))
+    if split == "test" and data.get("test_images", 0):
+        test = load("test")
+        return first_images(test, min(data["test_images"], len(test)))
     return load(split)

@@ -116,6 +116,7 @@ class Settings:
     jobs: int = 1  # runs trained at once, each in its own process when > 1
     importance_samples: int = 16  # table: noise draws of the importance-weighted estimate (0: none)
     importance_images: int = 0  # table: test images of that estimate (0: the whole test set)
+    test_images: int = 0  # the runs' data.test_images: at most the first N test images (0: all)
 
     @property
     def eval_device(self) -> Any:
@@ -155,7 +156,8 @@ class RunResult:
         if not self.ok:
             return {**row, "error": self.error}
         test, steps, secs = self.results["test"], self.results["step"], self.results.get("train_seconds")
-        row.update({"test_bpd": test["bpd"], "test_bpd_stderr": test["bpd_stderr"], "upper_bound": test["upper_bound"],
+        row.update({"test_bpd": test["bpd"], "test_bpd_stderr": test["bpd_stderr"], "test_images": test["n"],
+                    "upper_bound": test["upper_bound"],
                     "steps": steps, "train_seconds": secs,
                     "seconds_per_step": secs / steps if secs is not None and steps else None})
         if "accuracy" in test:
@@ -165,8 +167,8 @@ class RunResult:
 
 def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> list[str]:
     """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
-    run's family uses, then the experiment's own keys (``train.steps`` and, with ``jobs > 1``,
-    ``train.threads`` only where neither sets them)."""
+    run's family uses, then the experiment's own keys (``train.steps``, ``data.test_images`` and, with
+    ``jobs > 1``, ``train.threads`` only where neither sets them)."""
     from ..schema import model_fields
     from .parallel import child_threads
 
@@ -177,6 +179,7 @@ def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: fl
     own += [f"train.steps={TRAIN_STEPS}"] * ("train.steps" not in given)
     own += [f"train.threads={child_threads(settings.jobs)}"] * (settings.jobs > 1 and "train.threads" not in given)
     own += [f"train.device={settings.device!r}"] * bool(settings.device)
+    own += [f"data.test_images={settings.test_images}"] * (settings.test_images > 0 and "data.test_images" not in given)
     return [*spec.overrides, *used, *own]
 
 
@@ -427,6 +430,15 @@ def _runs_section(settings: Settings, results: Sequence[RunResult]) -> str:
         ["run", "preset + overrides", "seed", "status", "steps", f"train s ({settings.clock})", "test bits/dim"], rows))
 
 
+def _test_images(settings: Settings, results: Sequence[RunResult]) -> str:
+    """Which test images the runs' bits/dim are over, from their results (``n`` per run)."""
+    counts = sorted({r.results["test"]["n"] for r in results if r.ok})
+    which = "the first " if settings.test_images else ""
+    return (f"{which}{' / '.join(map(str, counts))} test images of each run's data"
+            + (f" (`--test-images {settings.test_images}`)" if settings.test_images else "") if counts
+            else "test set of the run's data")
+
+
 def write_outputs(settings: Settings, title: str, description: str, sections: Sequence[str],
                   numbers: dict[str, Any], results: Sequence[RunResult] = ()) -> None:
     """Write ``report.md`` (header, the experiment's sections, the table of training runs) and
@@ -441,7 +453,7 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         f"- command: `{settings.command}`",
         f"- data: {settings.data}",
         f"- training budget: {budget}",
-        "- bits/dim: test set of the run's data; `± s.e.` is the standard error over test images (one run), "
+        f"- bits/dim: {_test_images(settings, results)}; `± s.e.` is the standard error over those images (one run), "
         "`± sd` the standard deviation over seeds; `≤` marks upper bounds: the one-sample variational bound of "
         "Flow++ (variational dequantization) and DenseFlow (noise augmentation), not importance-weighted",
     ]
@@ -455,7 +467,7 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
         "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs, "seeds": settings.seeds,
-        "overrides": list(settings.overrides), "runs": [r.summary(settings.out) for r in results], **numbers,
+        "overrides": list(settings.overrides), "test_images": settings.test_images, "runs": [r.summary(settings.out) for r in results], **numbers,
     }
     (settings.out / "results.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
     say(f"wrote {settings.out / 'report.md'} and {settings.out / 'results.json'}")
