@@ -304,7 +304,7 @@ def _cmd_perturb(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'sigma':>8s}  {'bits/dim':>16s}  inverse (max reconstruction error)")
+    print(f"{'noise std':>9s}  {'bits/dim':>16s}  inverse (max reconstruction error)")
     for r in rows:
         if r["inverse"] == "did not converge":
             inverse = "did not converge"
@@ -312,9 +312,9 @@ def _cmd_perturb(args: argparse.Namespace) -> None:
             inverse = f"inverse wrong for {r['wrong_images']} of {args.n} images ({r['max_reconstruction_error']:.3g})"
         else:
             inverse = f"ok ({r['max_reconstruction_error']:.3g})"
-        print(f"{r['sigma']:8.0e}  {r['bpd']:8.4f} ± {r['bpd_stderr']:.4f}  {inverse}")
+        print(f"{r['noise_std']:9.0e}  {r['bpd']:8.4f} ± {r['bpd_stderr']:.4f}  {inverse}")
     if args.out:
-        print(f"wrote perturbed inputs and reconstructions (row pairs, one per sigma) to {args.out}")
+        print(f"wrote perturbed inputs and reconstructions (row pairs, one per noise std) to {args.out}")
 
 
 def _cmd_sr(args: argparse.Namespace) -> None:

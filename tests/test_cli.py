@@ -39,7 +39,7 @@ def test_train_eval_sample_reconstruct(tmp_path, capsys):
 
     noisy = json.loads(run(capsys, "perturb", str(out), "--n", "16", "--sigmas", "0", "0.1", "--json",
                            "--out", str(tmp_path / "perturb.png")))
-    assert [r["sigma"] for r in noisy] == [0.0, 0.1] and all(r["inverse_converged"] for r in noisy)
+    assert [r["noise_std"] for r in noisy] == [0.0, 0.1] and all(r["inverse_converged"] for r in noisy)
     assert noisy[0]["bpd"] < noisy[1]["bpd"] and (tmp_path / "perturb.png").is_file()
 
     rows = json.loads(run(capsys, "compare", str(out), str(out), "--json", "--out", str(tmp_path / "curves.png")))

@@ -110,7 +110,7 @@ def test_perturbation_noise_is_a_variance(tmp_path, capsys):
     res = outputs(tmp_path, "perturbation.png", "perturbation-acf-resflow-l2-digits.png")
     assert res["variances"] == [1e-4, 1e-3, 1e-2, 1e-1, 1.0] and "variance" in res["noise"]
     rows = res["models"]["acf-resflow-l2-digits"]
-    assert [r["sigma"] for r in rows] == pytest.approx([0.01, 10**-1.5, 0.1, 10**-0.5, 1.0])  # std = sqrt(variance)
+    assert [r["noise_std"] for r in rows] == pytest.approx([0.01, 10**-1.5, 0.1, 10**-0.5, 1.0])  # std = sqrt(variance)
     for r in rows:
         assert r["inverse"] == "ok" and finite(r["bpd"], r["reconstruction_bpd"], r["log_likelihood"], r["logdet"],
                                                r["max_reconstruction_error"])

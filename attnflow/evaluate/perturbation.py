@@ -1,7 +1,9 @@
 """Noise-perturbation analysis (ACF, Sec. 5): how a flow scores and reconstructs test images
 perturbed by additive white Gaussian noise.
 
-For each ``sigma``: ``x_sigma = clip(x + sigma * eps, 0, 1)``, ``eps ~ N(0, I)``; report the
+For each noise standard deviation ``sigma`` (the rows' ``noise_std``; ACF's own sigma is the
+variance, see :mod:`attnflow.experiments.perturbation`): ``x_sigma = clip(x + sigma * eps, 0, 1)``,
+``eps ~ N(0, I)``; report the
 bits/dim of ``x_sigma`` under the model, and the reconstruction ``decode(encode(x_sigma))`` with
 its largest error against ``x_sigma``. A model that is not invertible (ACF's plain dot-product
 attention) shows it here, in two ways reported apart: its fixed-point inverse does not converge
@@ -29,25 +31,25 @@ def noise_perturbation(
     flow: Flow,
     x: Tensor,
     levels: int,
-    sigmas: Sequence[float],
+    noise_stds: Sequence[float],
     generator: torch.Generator | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[list[dict[str, Any]], Tensor]:
-    """Returns one row per ``sigma`` (``sigma``, ``bpd``, ``bpd_stderr``, ``max_reconstruction_error``,
+    """Returns one row per noise standard deviation ``sigma`` of ``noise_stds`` (``noise_std``, ``bpd``, ``bpd_stderr``, ``max_reconstruction_error``,
     ``inverse`` in {"ok", "inverse wrong", "did not converge"}, ``inverse_converged``,
-    ``wrong_images``) and the images ``[len(sigmas), 2, B, C, H, W]`` (perturbed inputs and their
+    ``wrong_images``) and the images ``[len(noise_stds), 2, B, C, H, W]`` (perturbed inputs and their
     reconstructions; a reconstruction that failed to converge is shown as zeros)."""
-    if any(s < 0 for s in sigmas):
-        raise ValueError(f"noise levels must be >= 0, got {list(sigmas)}")
+    if any(s < 0 for s in noise_stds):
+        raise ValueError(f"noise standard deviations must be >= 0, got {list(noise_stds)}")
     rows, images = [], []
     draw_device = generator.device if generator is not None else x.device
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device).to(x.device)
-    for sigma in sigmas:
+    for sigma in noise_stds:
         x_sigma = (x + sigma * eps).clamp(0, 1)
         bpd = bits_per_dim(flow, x_sigma, levels)
         rec = reconstruct(flow, x_sigma)
         rows.append({
-            "sigma": float(sigma),
+            "noise_std": float(sigma),
             "bpd": float(bpd.mean()),
             "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else 0.0,
             "max_reconstruction_error": float(rec.errors.max()),
