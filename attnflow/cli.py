@@ -373,7 +373,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     else:
         print(f"{'run':28s} {'family':10s} {'steps':>6s} {'train s':>8s}  test bits/dim")
         for r in rows:
-            bpd = "-" if r["test_bpd"] is None else f"{r['test_bpd']:.4f} ± {r['test_bpd_stderr']:.4f}"
+            bound = "≤ " if r["upper_bound"] else ""
+            bpd = "-" if r["test_bpd"] is None else f"{bound}{r['test_bpd']:.4f} ± {r['test_bpd_stderr']:.4f}"
             secs = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
             print(f"{Path(r['run']).name:28s} {r['family']:10s} {r['steps']:6d} {secs:>8s}  {bpd}")
     if args.out:

@@ -1,5 +1,6 @@
 """The attnflow command end to end on the bundled digits."""
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -44,7 +45,14 @@ def test_train_eval_sample_reconstruct(tmp_path, capsys):
 
     rows = json.loads(run(capsys, "compare", str(out), str(out), "--json", "--out", str(tmp_path / "curves.png")))
     assert [r["steps"] for r in rows] == [30, 30] and rows[0]["test_bpd"] == pytest.approx(res["bpd"])
-    assert rows[0]["train_s"] > 0 and (tmp_path / "curves.png").is_file()
+    assert rows[0]["train_s"] > 0 and (tmp_path / "curves.png").is_file() and rows[0]["upper_bound"] is False
+    bound = tmp_path / "bound-run"  # the same run, as if its family's bits/dim were a bound
+    shutil.copytree(out, bound)
+    results = json.loads((bound / "results.json").read_text())
+    results["test"]["upper_bound"] = True
+    (bound / "results.json").write_text(json.dumps(results))
+    lines = run(capsys, "compare", str(out), str(bound)).splitlines()
+    assert "≤" not in lines[1] and f"≤ {res['bpd']:.4f}" in lines[2]
 
 
 def test_presets_listed(capsys):

@@ -18,7 +18,9 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Name, family, steps, training seconds and the last test bits/dim (± standard error) of a run."""
+    """Name, family, steps, training seconds and the last test bits/dim (± standard error) of a run;
+    ``upper_bound``: whether that figure is a bound (from ``results.json``; ``None`` before the run
+    has finished)."""
     run_dir = Path(run_dir)
     rows = _metrics(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -31,9 +33,15 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_s": last.get("train_s"),
         "test_bpd": last.get("test_bpd"),
         "test_bpd_stderr": last.get("test_bpd_stderr"),
+        "upper_bound": _upper_bound(run_dir),
         "skipped_steps": sum(r.get("event") == "skipped_non_finite" for r in rows),
         "rollbacks": sum(r.get("event") == "rollback" for r in rows),
     }
+
+
+def _upper_bound(run_dir: Path) -> bool | None:
+    results = run_dir / "results.json"
+    return json.loads(results.read_text())["test"]["upper_bound"] if results.is_file() else None
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> None:
