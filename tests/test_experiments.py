@@ -303,10 +303,9 @@ def test_jobs_give_the_same_numbers_and_failed_runs_become_rows(tmp_path, capsys
     assert "| failed: " in (tmp_path / "jobs2" / "report.md").read_text()
 
 
-def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_path, capsys):
-    """SIGINT to the experiment's process group (a terminal's Ctrl-C) stops both training
-    processes of ``--jobs 2`` at a step boundary with a checkpoint; rerun, the runs resume."""
-    out = tmp_path / "exp"
+def _two_training_children(out: Path) -> tuple[subprocess.Popen, list[Path]]:
+    """An experiment of two glow-digits runs with ``--jobs 2`` in its own session, returned once
+    both children are training."""
     # a budget the runs cannot use up before the signal, even on a loaded machine (5 CPU-minutes each)
     argv = ["convergence", "--out", str(out), *TINY, "--budget", "10", "--seeds", "2", "--set", "model.steps=1",
             "--preset", "glow-digits"]
@@ -322,6 +321,14 @@ def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_pat
     while not all(map(training, runs)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
+    return proc, runs
+
+
+def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_path, capsys):
+    """SIGINT to the experiment's process group (a terminal's Ctrl-C) stops both training
+    processes of ``--jobs 2`` at a step boundary with a checkpoint; rerun, the runs resume."""
+    out = tmp_path / "exp"
+    proc, runs = _two_training_children(out)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "stopped 2 training runs at a step boundary" in err
@@ -335,6 +342,21 @@ def test_ctrl_c_stops_every_child_at_a_step_boundary_and_a_rerun_resumes(tmp_pat
     assert all(f"resuming into {run}" in text for run in runs)
     assert {r["dir"]: (r["status"], r["steps"]) for r in outputs(out)["runs"]} == \
         {f"runs/{run.name}": ("resumed", stopped[run]) for run in runs}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux-only")
+def test_sigkill_of_the_experiment_stops_its_children_with_a_checkpoint(tmp_path):
+    """An experiment killed outright cannot forward a signal; its children get SIGTERM from the
+    kernel (stop_with_parent) and stop at a step boundary with a checkpoint."""
+    proc, runs = _two_training_children(tmp_path / "exp")
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 300
+    while not all("SIGTERM: stopped at step " in (run / "train.log").read_text() for run in runs):
+        assert time.monotonic() < deadline, [(run / "train.log").read_text()[-300:] for run in runs]
+        time.sleep(0.2)
+    for run in runs:
+        assert (run / "checkpoint.pt").is_file() and not (run / "results.json").exists()
 
 
 def test_report_header_names_every_bound_family(tmp_path):

@@ -11,6 +11,9 @@ once: each stops at its next step boundary with a checkpoint (``attnflow train``
 143), no further run starts, and rerunning the experiment resumes them. A second signal is sent
 on too and stops the children at once (each keeps its last checkpoint). A child that stops on a
 signal the experiment did not receive counts as failed (it resumes when the experiment is rerun).
+An experiment killed outright (SIGKILL) cannot forward anything: each child asks the kernel for
+SIGTERM on its parent's death (:func:`attnflow.train.signals.stop_with_parent`, Linux), so it
+still stops at a step boundary with a checkpoint.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.signals import StopRequests
+from ..train.signals import PARENT_PID_ENV, StopRequests
 
 __all__ = ["ChildRun", "run_children", "child_threads", "INTERRUPTED"]
 
@@ -55,7 +58,8 @@ class ChildRun:
             log.write(f"$ attnflow {shlex.join(self.argv)}\n".encode())
             offset = log.tell()
             proc = subprocess.Popen([sys.executable, "-m", "attnflow.cli", *self.argv], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, process_group=0,
+                                    env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
         return proc, offset
 
     def error(self, status: int, offset: int) -> str:

@@ -7,14 +7,25 @@ resumed run ends exactly where an uninterrupted one does. A second signal raises
 last one written, never the state of a half-done step. Outside the main thread (where Python
 cannot install handlers) nothing is installed, and a signal the process ignores (SIGINT of a
 job started in the background by a script) stays ignored.
+
+:func:`stop_with_parent` makes a training process that ``attnflow experiment --jobs N`` started
+receive SIGTERM when the experiment dies, even by SIGKILL (Linux), so it stops at a step boundary
+with a checkpoint instead of training on unattended.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
-__all__ = ["StopRequests"]
+__all__ = ["StopRequests", "stop_with_parent", "PARENT_PID_ENV"]
+
+#: Environment variable holding the pid of the process whose death should stop this one.
+PARENT_PID_ENV = "ATTNFLOW_STOP_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,3 +59,18 @@ class StopRequests:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def stop_with_parent() -> bool:
+    """When :data:`PARENT_PID_ENV` names this process's parent, ask the kernel for SIGTERM on the
+    parent's death (``prctl(PR_SET_PDEATHSIG)``, Linux only); a parent already gone sends it at
+    once. Returns whether the request was made (``False``: no variable, not Linux)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != int(parent):  # the parent died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
