@@ -467,7 +467,7 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
         "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs, "seeds": settings.seeds,
-        "overrides": list(settings.overrides), "test_images": settings.test_images, "runs": [r.summary(settings.out) for r in results], **numbers,
+        "overrides": list(settings.overrides), "test_images": settings.test_images if results else None, "runs": [r.summary(settings.out) for r in results], **numbers,
     }
     (settings.out / "results.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
     say(f"wrote {settings.out / 'report.md'} and {settings.out / 'results.json'}")
