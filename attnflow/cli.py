@@ -97,9 +97,6 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from .config import resolve_config
     from .train import Trainer
-    from .train.signals import stop_with_parent
-
-    stop_with_parent()  # a run of `attnflow experiment --jobs N` stops when the experiment dies
     cfg = resolve_config(args.preset, args.set)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()

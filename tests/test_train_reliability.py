@@ -163,6 +163,23 @@ def test_stop_requests_leave_an_ignored_signal_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_stop_requests_count_a_lost_parent_as_sigterm(monkeypatch):
+    """A run of `attnflow experiment --jobs N` whose experiment died (it has another parent now)
+    stops as on one SIGTERM; with its parent alive, or outside an experiment, nothing is requested."""
+    from attnflow.train.signals import PARENT_PID_ENV
+
+    monkeypatch.delenv(PARENT_PID_ENV, raising=False)
+    assert StopRequests().signal is None
+    monkeypatch.setenv(PARENT_PID_ENV, str(os.getppid()))
+    assert StopRequests().signal is None
+    monkeypatch.setenv(PARENT_PID_ENV, str(os.getppid() + 1))  # the experiment that started us is gone
+    with StopRequests() as stop:
+        assert stop.signal == signal.SIGTERM and stop.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt, match="second SIGTERM"):  # a real signal now is the second one
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+
+
 # -- one training per run directory; stale files; resumed settings -------------------------
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # the refused lock cleans up

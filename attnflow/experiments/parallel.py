@@ -11,9 +11,9 @@ once: each stops at its next step boundary with a checkpoint (``attnflow train``
 143), no further run starts, and rerunning the experiment resumes them. A second signal is sent
 on too and stops the children at once (each keeps its last checkpoint). A child that stops on a
 signal the experiment did not receive counts as failed (it resumes when the experiment is rerun).
-An experiment killed outright (SIGKILL) cannot forward anything: each child asks the kernel for
-SIGTERM on its parent's death (:func:`attnflow.train.signals.stop_with_parent`, Linux), so it
-still stops at a step boundary with a checkpoint.
+An experiment killed outright (SIGKILL) cannot forward anything: each child is given the
+experiment's pid (:data:`attnflow.train.signals.PARENT_PID_ENV`) and, once orphaned, stops at its
+next step boundary with a checkpoint as if it had received SIGTERM.
 """
 from __future__ import annotations
 

@@ -8,40 +8,52 @@ last one written, never the state of a half-done step. Outside the main thread (
 cannot install handlers) nothing is installed, and a signal the process ignores (SIGINT of a
 job started in the background by a script) stays ignored.
 
-:func:`stop_with_parent` makes a training process that ``attnflow experiment --jobs N`` started
-receive SIGTERM when the experiment dies, even by SIGKILL (Linux), so it stops at a step boundary
-with a checkpoint instead of training on unattended.
+A training process that ``attnflow experiment --jobs N`` started (its parent's pid in
+:data:`PARENT_PID_ENV`) treats the experiment's death, even by SIGKILL, as a SIGTERM: it stops at
+its next step boundary with a checkpoint instead of training on unattended. It watches its parent
+pid between steps rather than asking the kernel for a parent-death signal, which comes again each
+time an orphan's new parent thread exits and would count as the second, stop-at-once signal.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 
-__all__ = ["StopRequests", "stop_with_parent", "PARENT_PID_ENV"]
+__all__ = ["StopRequests", "PARENT_PID_ENV"]
 
 #: Environment variable holding the pid of the process whose death should stop this one.
 PARENT_PID_ENV = "ATTNFLOW_STOP_WITH_PARENT"
-_PR_SET_PDEATHSIG = 1
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequests:
     """Context manager installing the SIGINT / SIGTERM handlers; the previous handlers come back
-    on exit. :attr:`signal` is the number of the first signal received, or ``None``."""
+    on exit. :attr:`signal` is the number of the first signal received, or ``None``.
+
+    In a process whose environment names its parent in :data:`PARENT_PID_ENV` (a training run of
+    ``attnflow experiment --jobs N``), the parent's death counts as a SIGTERM: :attr:`signal`
+    becomes ``SIGTERM`` once this process has been handed to another parent (the experiment was
+    killed outright, e.g. by SIGKILL, and could not forward a signal)."""
 
     def __init__(self) -> None:
-        self.signal: int | None = None
+        self._signal: int | None = None
         self._previous: dict[int, object] = {}
+        parent = os.environ.get(PARENT_PID_ENV)
+        self._parent = int(parent) if parent else None
+
+    @property
+    def signal(self) -> int | None:
+        if self._signal is None and self._parent is not None and os.getppid() != self._parent:
+            self._signal = signal.SIGTERM
+        return self._signal
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None:
+        if self._signal is not None:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
-        self.signal = signum
+        self._signal = signum
 
     @property
     def name(self) -> str | None:
@@ -59,18 +71,3 @@ class StopRequests:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-
-
-def stop_with_parent() -> bool:
-    """When :data:`PARENT_PID_ENV` names this process's parent, ask the kernel for SIGTERM on the
-    parent's death (``prctl(PR_SET_PDEATHSIG)``, Linux only); a parent already gone sends it at
-    once. Returns whether the request was made (``False``: no variable, not Linux)."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent or not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        return False
-    if os.getppid() != int(parent):  # the parent died before the request
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
