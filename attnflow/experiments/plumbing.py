@@ -306,7 +306,7 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
 
 
 def _finished(spec: RunSpec, seed: int, run_dir: Path, status: str, tag: str) -> RunResult:
-    """A finished run from its ``results.json`` (the full test set's numbers, never recomputed)."""
+    """A finished run from its ``results.json`` (its test numbers, never recomputed)."""
     res = json.loads((run_dir / "results.json").read_text())
     test = res["test"]
     say(f"{tag}: done, test bits/dim {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} after {res['step']} steps "
