@@ -32,7 +32,7 @@ class Defaults:
     specification is evaluated, ``--seeds`` is refused); ``heads``: head counts per model family;
     ``test_images``: each run's test bits/dim is over at most the first that many test images (0: all;
     the digits' 360 are always all; 2000 of Fashion-MNIST's 10000 keep a residual flow's evaluation
-    near 3 CPU-minutes instead of 14, at a standard error near 0.01 bits/dim)."""
+    near 3 CPU-minutes instead of 14, at a standard error near 0.02 bits/dim)."""
 
     minutes: float
     digits: tuple[str, ...]
