@@ -97,6 +97,7 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from .config import resolve_config
     from .train import Trainer
+
     cfg = resolve_config(args.preset, args.set)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()

@@ -113,7 +113,7 @@ def first_images(dataset: ImageDataset, n: int) -> ImageDataset:
     the dataset is an error that names its size."""
     if not 1 <= n <= len(dataset):
         raise ValueError(f"asked for the first {n} images of {dataset.name!r} split {dataset.split!r}, which has "
-                         f"{len(dataset)}; use a number from 1 to {len(dataset)}, or 0 for all")
+                         f"{len(dataset)}; use a number from 1 to {len(dataset)}")
 
     def head(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[:n]

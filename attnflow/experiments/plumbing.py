@@ -433,10 +433,10 @@ def _runs_section(settings: Settings, results: Sequence[RunResult]) -> str:
 def _test_images(settings: Settings, results: Sequence[RunResult]) -> str:
     """Which test images the runs' bits/dim are over, from their results (``n`` per run)."""
     counts = sorted({r.results["test"]["n"] for r in results if r.ok})
-    which = "the first " if settings.test_images else ""
-    return (f"{which}{' / '.join(map(str, counts))} test images of each run's data"
-            + (f" (`--test-images {settings.test_images}`)" if settings.test_images else "") if counts
-            else "test set of the run's data")
+    if not counts:
+        return "test set of the run's data"
+    images = f"{' / '.join(map(str, counts))} test images of each run's data"
+    return f"the first {images} (`--test-images {settings.test_images}`)" if settings.test_images else images
 
 
 def write_outputs(settings: Settings, title: str, description: str, sections: Sequence[str],
@@ -467,7 +467,8 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
         "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs, "seeds": settings.seeds,
-        "overrides": list(settings.overrides), "test_images": settings.test_images if results else None, "runs": [r.summary(settings.out) for r in results], **numbers,
+        "overrides": list(settings.overrides), "test_images": settings.test_images if results else None,
+        "runs": [r.summary(settings.out) for r in results], **numbers,
     }
     (settings.out / "results.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
     say(f"wrote {settings.out / 'report.md'} and {settings.out / 'results.json'}")

@@ -1,6 +1,6 @@
 """The results table: every model family with and without its attention, one model per
 specification trained for the same time, evaluated on the whole test set (``--test-images N``: the
-first N).
+first N; the report's header names the images).
 
 Columns: family, specification, attention (from the run's model configuration), parameter count
 (of the model built from the run's ``config.json``), steps and seconds of training, test bits/dim
@@ -187,10 +187,9 @@ def run(settings: Settings) -> None:
         _table(rows, settings), "",
         "```bash", settings.command, "```", "",
         f"One model per preset, {settings.budget_minutes * 60 / max(1, trained):.4g} s of training each "
-        f"({settings.clock} clock, `train.time_limit_s`); test bits/dim on "
-        + (f"the first {settings.test_images} test images" if settings.test_images else "the whole test set")
-        + " with the standard error over those images. `≤`: an upper bound (the one-sample variational bound of noise augmentation or "
-        f"variational dequantization); its importance-weighted estimate uses K = {settings.importance_samples} "
+        f"({settings.clock} clock, `train.time_limit_s`); test bits/dim on the test images named above, with "
+        "the standard error over those images. `≤`: an upper bound (the one-sample variational bound of noise "
+        f"augmentation or variational dequantization); its importance-weighted estimate uses K = {settings.importance_samples} "
         "noise draws per image"
         + (f" on the first {iw_images[0]} test images" if settings.importance_images and iw_images else
            " on the whole test set")
