@@ -4,8 +4,8 @@ writes ``report.md``, its PNG figures and ``results.json`` into ``DIR``.
 
 :data:`DEFAULTS` is the one table of per-experiment defaults: training budget, run
 specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds, and head
-counts of the ``heads`` experiment. The budgets add up to 390 minutes of training for the whole
-set on Fashion-MNIST (260 for the papers' figures and tables, 130 for the results ``table``; every
+counts of the ``heads`` experiment. The budgets add up to 405 minutes of training for the whole
+set on Fashion-MNIST (275 for the papers' figures and tables, 130 for the results ``table``; every
 run at least 2.5 minutes); ``attnflow experiment --list`` prints them with each experiment's
 number of runs.
 """
@@ -43,13 +43,16 @@ class Defaults:
 
 
 DEFAULTS: dict[str, Defaults] = {
-    # ACF Fig. 3: pairs without / with attention, one plot per family (DenseFlow: without / with Nyström
-    # attention in its coupling networks; mARFlow: without / with iMap)
-    "convergence": Defaults(60, seeds=3, digits=(
-        "glow-digits", "glow-digits-imap", "resflow-digits", "acf-resflow-l2-digits",
-        "denseflow-digits-noattn", "denseflow-digits", "marflow-digits", "marflow-digits-imap"), fashion=(
-        "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "resflow-fmnist-tiny", "acf-resflow-l2-fmnist-tiny",
-        "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny", "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap")),
+    # ACF Fig. 3: pairs without / with attention, one plot per family (Flow++: without / with the self-attention
+    # of its coupling networks; DenseFlow: without / with Nyström attention in its coupling networks; mARFlow:
+    # without / with iMap); 2.5 minutes a run on Fashion-MNIST
+    "convergence": Defaults(75, seeds=3, digits=(
+        "glow-digits", "glow-digits-imap", "flowpp-digits-noattn", "flowpp-digits", "resflow-digits",
+        "acf-resflow-l2-digits", "denseflow-digits-noattn", "denseflow-digits", "marflow-digits",
+        "marflow-digits-imap"), fashion=(
+        "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "flowpp-fmnist-tiny-noattn", "flowpp-fmnist-tiny",
+        "resflow-fmnist-tiny", "acf-resflow-l2-fmnist-tiny", "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny",
+        "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap")),
     # ACF Table 2 (Residual Flow + L2: 1, 4, 16 heads); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7 heads)
     "heads": Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
                       fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"),
