@@ -63,6 +63,25 @@ def test_convergence(convergence):
     assert "min to max over seeds" in (convergence / "report.md").read_text()
 
 
+def test_convergence_compares_a_family_at_its_last_common_step(convergence):
+    res = outputs(convergence)
+    logged = {}  # run directory name -> [(step, training bits/dim)]
+    for run in res["runs"]:
+        rows = [json.loads(line) for line in (convergence / run["dir"] / "metrics.jsonl").read_text().splitlines()]
+        logged[Path(run["dir"]).name] = [(m["step"], m["bpd"]) for m in rows if "bpd" in m]
+    for family, specs in res["families"].items():
+        dirs = {spec: [d for d in logged if d.rsplit("-seed", 1)[0] == spec] for spec in specs}
+        common = min(max(s for s, _ in logged[d]) for ds in dirs.values() for d in ds)
+        for spec, entry in specs.items():
+            assert entry["common_step"] == common
+            per_seed = [sum(b for _, b in rows[-5:]) / len(rows[-5:])
+                        for rows in ([r for r in logged[d] if r[0] <= common] for d in dirs[spec])]
+            at_step = entry["train_bpd_at_common_step"]
+            assert at_step["n"] == 2 and at_step["mean"] == pytest.approx(sum(per_seed) / 2)
+            assert at_step["min"] == pytest.approx(min(per_seed)) and at_step["max"] == pytest.approx(max(per_seed))
+    assert f"training bits/dim at step {common}" in (convergence / "report.md").read_text()
+
+
 def test_resume_reuses_finished_runs_and_resumes_interrupted_ones(convergence, capsys):
     done = convergence / "runs" / "glow-digits-seed0"
     interrupted = convergence / "runs" / "glow-digits-seed1"

@@ -7,6 +7,11 @@ seeds, the step curves are averaged on the steps every seed logged; the time cur
 grid from the latest first logged time to the shortest run's time (each seed's curve linearly
 interpolated, never extrapolated). The band is the range (min to max) over seeds, not a standard
 deviation: with three seeds a range hides nothing.
+
+The table compares the models of a family at equal steps too (ACF's Fig. 3 is against
+iterations): at the last step ``S`` that every run of the family logged, each run's training
+bits/dim is the mean of its last :data:`WINDOW` logged values up to ``S`` (one batch each, so a
+single value is noisy); the table gives their mean and range over seeds.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_t
 NAME = "convergence"
 DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "
                "mean and min-max over seeds, one plot per family")
+#: logged training bits/dim averaged per run for the table's equal-step column
+WINDOW = 5
 
 
 def _curves(runs: list[RunResult]) -> dict[str, Any]:
@@ -68,20 +75,26 @@ def run(settings: Settings) -> None:
     sections = []
     for family, specs in families.items():
         curves = {text: c for text, runs in specs.items() if (c := _curves([r for r in runs if r.ok]))}
+        common = min((c["steps"][-1] for c in curves.values() if c["steps"]), default=None)
         rows, entry = [], {}
         for text, runs in specs.items():
             ok = [r for r in runs if r.ok]
-            last = [b for r in ok if (b := _last_bpd(r)) is not None]
+            last = [b for r in ok if (b := _mean_bpd(r)) is not None]
             final = spread(last) if last else None
+            equal = [b for r in ok if (b := _mean_bpd(r, common)) is not None] if common is not None else []
+            at_step = spread(equal) if equal else None
             steps = spread([r.results["step"] for r in ok]) if ok else None
             entry[text] = {"test_bpd": spread([r.results["test"]["bpd"] for r in ok]) if ok else None,
-                           "final_train_bpd": final, "steps": steps, "curves": curves.get(text),
-                           "not_trained": [r.problem for r in runs if not r.ok]}
-            rows.append([text, format_bpd(runs), "-" if final is None else f"{final['mean']:.4f} [{final['min']:.4f}, {final['max']:.4f}]",
+                           "final_train_bpd": final, "train_bpd_at_common_step": at_step, "common_step": common,
+                           "steps": steps, "curves": curves.get(text), "not_trained": [r.problem for r in runs if not r.ok]}
+            rows.append([text, format_bpd(runs), _range(at_step), _range(final),
                          "-" if steps is None else f"{steps['mean']:.0f}"])
         numbers["families"][family] = entry
         text = [f"## {family}", "", markdown_table(
-            ["preset + overrides", "test bits/dim", "last logged training bits/dim, mean [min, max]", "steps (mean)"], rows)]
+            ["preset + overrides", "test bits/dim", f"training bits/dim at step {common}", "at the end of training",
+             "steps (mean)"], rows), "",
+            f"Training bits/dim: each run's mean of its last {WINDOW} logged values (up to step {common}, the last "
+            "step every run of the family logged, or up to its end); mean [min, max] over seeds."]
         if curves:
             png = f"convergence-{family}.png"
             _plot(family, curves, settings.clock, settings.out / png)
@@ -93,6 +106,12 @@ def run(settings: Settings) -> None:
                   sections, numbers, results)
 
 
-def _last_bpd(run: RunResult) -> float | None:
-    rows = [m["bpd"] for m in run.metrics() if "bpd" in m]
-    return rows[-1] if rows else None
+def _mean_bpd(run: RunResult, step: int | None = None) -> float | None:
+    """Mean of the last :data:`WINDOW` logged training bits/dim of ``run`` up to ``step`` (its
+    end when ``None``)."""
+    rows = [m["bpd"] for m in run.metrics() if "bpd" in m and (step is None or m["step"] <= step)]
+    return float(np.mean(rows[-WINDOW:])) if rows else None
+
+
+def _range(values: dict[str, float] | None) -> str:
+    return "-" if values is None else f"{values['mean']:.4f} [{values['min']:.4f}, {values['max']:.4f}]"
