@@ -10,8 +10,10 @@ deviation: with three seeds a range hides nothing.
 
 The table compares the models of a family at equal steps too (ACF's Fig. 3 is against
 iterations): at the last step ``S`` that every run of the family logged, each run's training
-bits/dim is the mean of its last :data:`WINDOW` logged values up to ``S`` (one batch each, so a
-single value is noisy); the table gives their mean and range over seeds.
+bits/dim is the mean of its values logged over the last :data:`WINDOW` of the steps up to ``S``
+(steps above ``(1 - WINDOW) * S``; one batch each, so a single value is noisy; a window in steps,
+not in logged values, stays near ``S`` in short runs too); the table gives their mean and range
+over seeds. The end-of-training column is the same over each run's own last step.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_t
 NAME = "convergence"
 DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "
                "mean and min-max over seeds, one plot per family")
-#: logged training bits/dim averaged per run for the table's equal-step column
-WINDOW = 5
+#: the fraction of the steps (the last ones) over which the table averages a run's logged training bits/dim
+WINDOW = 0.1
 
 
 def _curves(runs: list[RunResult]) -> dict[str, Any]:
@@ -93,8 +95,9 @@ def run(settings: Settings) -> None:
         text = [f"## {family}", "", markdown_table(
             ["preset + overrides", "test bits/dim", f"training bits/dim at step {common}", "at the end of training",
              "steps (mean)"], rows), "",
-            f"Training bits/dim: each run's mean of its last {WINDOW} logged values (up to step {common}, the last "
-            "step every run of the family logged, or up to its end); mean [min, max] over seeds."]
+            f"Training bits/dim: each run's mean of the values it logged over the last {WINDOW:.0%} of the steps up to "
+            f"step {common} (the last step every run of the family logged), or up to its end; mean [min, max] over "
+            "seeds."]
         if curves:
             png = f"convergence-{family}.png"
             _plot(family, curves, settings.clock, settings.out / png)
@@ -107,10 +110,13 @@ def run(settings: Settings) -> None:
 
 
 def _mean_bpd(run: RunResult, step: int | None = None) -> float | None:
-    """Mean of the last :data:`WINDOW` logged training bits/dim of ``run`` up to ``step`` (its
-    end when ``None``)."""
-    rows = [m["bpd"] for m in run.metrics() if "bpd" in m and (step is None or m["step"] <= step)]
-    return float(np.mean(rows[-WINDOW:])) if rows else None
+    """Mean of the training bits/dim of ``run`` logged at steps in ``((1 - WINDOW) * end, end]``,
+    ``end`` being its last logged step up to ``step`` (its last logged step when ``None``)."""
+    rows = [(m["step"], m["bpd"]) for m in run.metrics() if "bpd" in m and (step is None or m["step"] <= step)]
+    if not rows:
+        return None
+    end = rows[-1][0]
+    return float(np.mean([b for s, b in rows if s > (1 - WINDOW) * end or s == end]))
 
 
 def _range(values: dict[str, float] | None) -> str:
