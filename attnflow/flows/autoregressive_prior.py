@@ -10,8 +10,8 @@ by a convolutional LSTM (:class:`~attnflow.nets.conv_lstm.ConvLSTMCell`) that ha
     e_g = (x_g - mu_g) * exp(-log_sigma_g),         x_{-1} = 0,  h_{-1} = c_{-1} = 0
     log|det de/dx| = -sum_g sum log_sigma_g          (block-triangular Jacobian)
 
-so ``e`` is standard normal exactly when ``x_out`` follows the autoregressive prior (DESIGN.md:
-learned priors live inside the transform). The inverse runs group by group:
+so ``e`` is standard normal exactly when ``x_out`` follows the autoregressive prior (learned priors
+live inside the transform: :mod:`attnflow.core`). The inverse runs group by group:
 ``x_g = e_g exp(log_sigma_g) + mu_g``, then feeds ``x_g`` to the next LSTM step.
 The output convolution is zero-initialised, so training starts from ``N(0, I)`` like
 :class:`~attnflow.flows.multiscale.FactorOut`.
