@@ -37,8 +37,9 @@ def noise_perturbation(
 ) -> tuple[list[dict[str, Any]], Tensor]:
     """Returns one row per noise standard deviation ``sigma`` of ``noise_stds`` (``noise_std``,
     ``bpd``, ``bpd_stderr``, ``max_reconstruction_error``, ``inverse`` in {"ok", "inverse wrong",
-    "did not converge"}, ``inverse_converged``, ``wrong_images``) and the images ``[len(noise_stds), 2, B, C, H, W]`` (perturbed inputs and their
-    reconstructions; a reconstruction that failed to converge is shown as zeros)."""
+    "did not converge"}, ``inverse_converged``, ``wrong_images``) and the images
+    ``[len(noise_stds), 2, B, C, H, W]`` (perturbed inputs and their reconstructions; a
+    reconstruction that failed to converge is shown as zeros)."""
     if any(s < 0 for s in noise_stds):
         raise ValueError(f"noise standard deviations must be >= 0, got {list(noise_stds)}")
     rows, images = [], []

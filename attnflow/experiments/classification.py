@@ -42,7 +42,8 @@ def run(settings: Settings) -> None:
     section = "\n".join([
         "## Test accuracy and bits/dim", "",
         markdown_table(["data", "model", "test accuracy (%)", "test bits/dim", "steps"], rows), "",
-        "Accuracy: the classifier head's most likely class on the test images of the bits/dim; `± s.e.` is its standard error "
-        "over test images (one seed), `± sd` the standard deviation over seeds. Equal training time per run.",
+        "Accuracy: the classifier head's most likely class on the test images of the bits/dim; `± s.e.` is its "
+        "standard error over test images (one seed), `± sd` the standard deviation over seeds. Equal training time "
+        "per run.",
     ])
     write_outputs(settings, "Hybrid classification (ACF Table 3)", DESCRIPTION + ".", [section], numbers, results)

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .plumbing import RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread, train_runs, \
-    write_outputs
+from .plumbing import (RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread,
+                       train_runs, write_outputs)
 
 NAME = "convergence"
 DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "
@@ -31,9 +31,17 @@ DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, wi
 WINDOW = 0.1
 
 
-def _curves(runs: list[RunResult]) -> dict[str, Any]:
-    """Mean and min-max of the training bits/dim over the seeds of one specification, by step and by time."""
-    logs = [[(m["step"], m["train_s"], m["bpd"]) for m in r.metrics() if "bpd" in m] for r in runs]
+Logged = list[tuple[int, float, float]]  # (step, training seconds, training bits/dim) per logged step
+
+
+def _logged(run: RunResult) -> Logged:
+    """The logged training bits/dim of ``run``, read once from its ``metrics.jsonl``."""
+    return [(m["step"], m["train_s"], m["bpd"]) for m in run.metrics() if "bpd" in m]
+
+
+def _curves(logs: list[Logged]) -> dict[str, Any]:
+    """Mean and min-max of the training bits/dim over the seeds of one specification (one log per
+    seed), by step and by time."""
     logs = [rows for rows in logs if rows]
     if not logs:
         return {}
@@ -76,19 +84,22 @@ def run(settings: Settings) -> None:
     numbers: dict[str, Any] = {"families": {}}
     sections = []
     for family, specs in families.items():
-        curves = {text: c for text, runs in specs.items() if (c := _curves([r for r in runs if r.ok]))}
+        logs = {text: [_logged(r) for r in runs if r.ok] for text, runs in specs.items()}
+        curves = {text: c for text, seeds in logs.items() if (c := _curves(seeds))}
         common = min((c["steps"][-1] for c in curves.values() if c["steps"]), default=None)
         rows, entry = [], {}
         for text, runs in specs.items():
             ok = [r for r in runs if r.ok]
-            last = [b for r in ok if (b := _mean_bpd(r)) is not None]
+            last = [b for rows in logs[text] if (b := _mean_bpd(rows)) is not None]
             final = spread(last) if last else None
-            equal = [b for r in ok if (b := _mean_bpd(r, common)) is not None] if common is not None else []
+            equal = ([b for rows in logs[text] if (b := _mean_bpd(rows, common)) is not None]
+                     if common is not None else [])
             at_step = spread(equal) if equal else None
             steps = spread([r.results["step"] for r in ok]) if ok else None
             entry[text] = {"test_bpd": spread([r.results["test"]["bpd"] for r in ok]) if ok else None,
                            "final_train_bpd": final, "train_bpd_at_common_step": at_step, "common_step": common,
-                           "steps": steps, "curves": curves.get(text), "not_trained": [r.problem for r in runs if not r.ok]}
+                           "steps": steps, "curves": curves.get(text),
+                           "not_trained": [r.problem for r in runs if not r.ok]}
             rows.append([text, format_bpd(runs), _range(at_step), _range(final),
                          "-" if steps is None else f"{steps['mean']:.0f}"])
         numbers["families"][family] = entry
@@ -109,10 +120,10 @@ def run(settings: Settings) -> None:
                   sections, numbers, results)
 
 
-def _mean_bpd(run: RunResult, step: int | None = None) -> float | None:
-    """Mean of the training bits/dim of ``run`` logged at steps in ``((1 - WINDOW) * end, end]``,
-    ``end`` being its last logged step up to ``step`` (its last logged step when ``None``)."""
-    rows = [(m["step"], m["bpd"]) for m in run.metrics() if "bpd" in m and (step is None or m["step"] <= step)]
+def _mean_bpd(logged: Logged, step: int | None = None) -> float | None:
+    """Mean of a run's training bits/dim logged at steps in ``((1 - WINDOW) * end, end]``, ``end``
+    being its last logged step up to ``step`` (its last logged step when ``None``)."""
+    rows = [(s, b) for s, _, b in logged if step is None or s <= step]
     if not rows:
         return None
     end = rows[-1][0]

@@ -189,8 +189,8 @@ def run(settings: Settings) -> None:
         f"One model per preset, {settings.budget_minutes * 60 / max(1, trained):.4g} s of training each "
         f"({settings.clock} clock, `train.time_limit_s`); test bits/dim on the test images named above, with "
         "the standard error over those images. `≤`: an upper bound (the one-sample variational bound of noise "
-        f"augmentation or variational dequantization); its importance-weighted estimate uses K = {settings.importance_samples} "
-        "noise draws per image"
+        "augmentation or variational dequantization); its importance-weighted estimate uses "
+        f"K = {settings.importance_samples} noise draws per image"
         + (f" on the first {iw_images[0]} test images" if settings.importance_images and iw_images else
            " on the whole test set")
         + " (still an upper bound, tighter as K grows). Δ: bits/dim minus the family's no-attention row "

@@ -62,7 +62,8 @@ class FactorOut(Bijection):
         z = [flatten(e), inner(x_keep)].
 
     The prior is thus part of the transform and ``z`` is standard normal under the model
-    (the contract of :mod:`attnflow.core`). With ``learned_prior=False``, ``e = x_out`` (RealNVP's fixed prior).
+    (the contract of :mod:`attnflow.core`). With ``learned_prior=False``, ``e = x_out`` (RealNVP's
+    fixed prior).
     The prior network is a zero-initialised 3x3 convolution, so training starts from N(0, I).
     """
 
