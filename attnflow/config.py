@@ -68,6 +68,12 @@ def _families(families: dict[str, Callable[..., Any]] | None) -> dict[str, Calla
     return families
 
 
+#: Model keys of earlier versions that no longer configure anything: the power iteration whose
+#: estimate the spectral-norm layers divided by (they now divide by a certified bound). A saved run
+#: that has them loads without them; a preset or an override that sets them is refused as unknown.
+RETIRED_MODEL_KEYS = ("power_tol", "power_max_iter")
+
+
 def check_config(cfg: Any, families: dict[str, Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
     """A complete, validated copy of a configuration: ``[data]`` and ``[train]`` keys it lacks
     (for instance keys added to the schema since a run was written) take their defaults, and every
@@ -112,6 +118,8 @@ def read_config(path: str | os.PathLike, families: dict[str, Callable[..., Any]]
         raise ConfigError(
             f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
         ) from None
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k not in RETIRED_MODEL_KEYS}
     try:
         return check_config(cfg, families)
     except ConfigError as exc:

@@ -7,7 +7,7 @@ import re
 import torch
 from torch import nn
 
-__all__ = ["DEVICE_PATTERN", "DeviceUnavailable", "resolve_device", "module_device"]
+__all__ = ["DEVICE_PATTERN", "DeviceUnavailable", "resolve_device", "module_device", "module_dtype"]
 
 #: The accepted device names (``train.device`` and ``--device``).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -40,3 +40,10 @@ def module_device(module: nn.Module) -> torch.device:
     """The device of the module's first parameter (the CPU for a module without parameters)."""
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's first floating-point parameter (float32 for a module without
+    one): the dtype its inputs must have."""
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32

@@ -16,12 +16,13 @@ from attnflow.nets.operator_norm import gram_spectral_norm
 from attnflow.train import Trainer, load_run
 
 STEPS = 100
+ROUND_OFF = 1e-6  # the divisor is certified; float32 rounding of the scaled weight is far below this
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Small matrix factorisations and power steps are fastest on one thread (and multi-threaded
-    LAPACK stalls on a loaded 2-core machine)."""
+    """Small matrix factorisations are fastest on one thread (and multi-threaded LAPACK stalls on a
+    loaded 2-core machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -42,11 +43,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trainer:
 def exact_used_norm(layer: SpectralNormConv2d) -> float:
     """Operator norm of the convolution as the layer uses it, by SVD of its explicit matrix
     (float64, "same" padding, built from the smaller side), independent of the layer's own
-    bound. ``normalized_weight()`` is the weight of the last forward pass: the test checks that
-    asking for it recomputes nothing."""
-    u, v = layer.u.clone(), layer.v.clone()
-    weight = layer.normalized_weight().detach().double()
-    assert torch.equal(layer.u, u) and torch.equal(layer.v, v), "the forward pass left a stale normalisation"
+    bound. ``normalized_weight()`` is the weight the next forward pass uses."""
+    with torch.no_grad():
+        weight = layer.normalized_weight().double()
     size, pad = layer.input_size, layer.padding
     if layer.kernel_size == (1, 1):  # the same C_out x C_in block at every position
         return float(torch.linalg.matrix_norm(weight.flatten(1), ord=2))
@@ -64,7 +63,7 @@ def assert_used_norms_within_coeff(model: torch.nn.Module) -> None:
     layers = [m for m in model.modules() if isinstance(m, SpectralNormConv2d)]
     assert len(layers) == 24  # 2 scales x 4 blocks x 3 convolutions
     ratios = [exact_used_norm(m) / m.coeff for m in layers]
-    assert max(ratios) <= 1 + layers[0].tol, f"used operator norms up to {max(ratios):.5f} x coeff"
+    assert max(ratios) <= 1 + ROUND_OFF, f"used operator norms up to {max(ratios):.7f} x coeff"
 
 
 def run_forward(model: torch.nn.Module, train: bool) -> None:
@@ -124,10 +123,10 @@ def test_attention_norms_bound_the_exact_norms_within_tolerance(trained: Trainer
             assert torch.all(gram <= exact * (1 + 1e-3))
 
 
-def test_power_iteration_path_after_training() -> None:
-    """Layers too large for the explicit Gram bound are normalised by power iteration to ``tol``:
-    after 40 Adam steps (and for weights averaged as by EMA, loaded into a copy) every used norm
-    is within ``tol`` of ``coeff``. Here on 1x16x16 with the explicit path switched off."""
+def test_circulant_path_after_training() -> None:
+    """Layers too large for the explicit Gram bound are divided by the Gram bound of their circulant
+    embedding: after 40 Adam steps (and for weights averaged as by EMA, loaded into a copy) every
+    used norm is at most ``coeff``. Here on 1x16x16 with the explicit path switched off."""
     from attnflow.models.residual_flow import residual_flow
     from attnflow.train.trainer import ExponentialMovingAverage
 
@@ -145,14 +144,16 @@ def test_power_iteration_path_after_training() -> None:
         opt.step()
         ema.update(model)
     run_forward(model, train=True)
-    assert max(layer.power_steps for layer in layers) > 0
     ratios = [exact_used_norm(m) / m.coeff for m in layers]
-    assert max(ratios) <= 1 + layers[0].tol, f"used operator norms up to {max(ratios):.5f} x coeff"
+    assert max(ratios) <= 1 + ROUND_OFF, f"used operator norms up to {max(ratios):.7f} x coeff"
     averaged = copy.deepcopy(model)
     averaged.load_state_dict(ema.state_dict_for(model))
+    for layer in averaged.modules():
+        if isinstance(layer, SpectralNormConv2d):
+            layer.explicit_side = 0
     run_forward(averaged, train=False)
     ratios = [exact_used_norm(m) / m.coeff for m in averaged.modules() if isinstance(m, SpectralNormConv2d)]
-    assert max(ratios) <= 1 + layers[0].tol, f"EMA: used operator norms up to {max(ratios):.5f} x coeff"
+    assert max(ratios) <= 1 + ROUND_OFF, f"EMA: used operator norms up to {max(ratios):.7f} x coeff"
 
 
 def test_uncertified_blocks_are_named_after_training_in_eval_and_certify(tmp_path, capsys) -> None:

@@ -1,10 +1,18 @@
-"""Operator-norm tools: certified Gram bounds and the idempotent power iteration."""
+"""Operator-norm tools: certified Gram bounds of matrices and of convolutions."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnflow.nets.operator_norm import GRAM_ITERATIONS, gram_looseness, gram_spectral_norm, power_iteration
+from attnflow.nets.operator_norm import (
+    GRAM_ITERATIONS,
+    circulant_grid,
+    circulant_norm_bound,
+    conv_operator_norm_bound,
+    gram_looseness,
+    gram_spectral_norm,
+    kernel_spectrum,
+)
 
 DT = torch.float64
 
@@ -35,17 +43,58 @@ def test_gram_bound_gradient_matches_the_norm_gradient() -> None:
     torch.testing.assert_close(g_bound, g_exact, rtol=1e-4, atol=1e-8)
 
 
-def test_power_iteration_result_is_a_fixed_point() -> None:
-    """Run again on its own result, the iteration returns it unchanged after one step."""
-    torch.manual_seed(2)
-    a = torch.randn(2, 30, 20, dtype=DT)  # a batch of two maps
-    op = lambda v: (a @ v.unsqueeze(-1)).squeeze(-1)  # noqa: E731
-    adjoint = lambda u: (a.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)  # noqa: E731
-    u, v = torch.randn(2, 30, dtype=DT), torch.randn(2, 20, dtype=DT)
-    first = power_iteration(op, adjoint, u, v, tol=1e-6, max_iter=10_000)
-    assert first.converged and first.steps > 1
-    again = power_iteration(op, adjoint, first.u, first.v, tol=1e-6, max_iter=10_000)
-    assert again.converged and again.steps == 1
-    assert torch.equal(again.u, first.u) and torch.equal(again.v, first.v)
-    sigma = (first.u * op(first.v)).sum(-1)
-    torch.testing.assert_close(sigma, torch.linalg.matrix_norm(a, ord=2), rtol=1e-6, atol=0)
+@pytest.mark.parametrize("shape", [(5, 3), (16, 4, 4), (30, 1, 64)])
+def test_gram_bound_of_complex_matrices(shape: tuple[int, ...]) -> None:
+    """The Fourier blocks of a convolution are complex: the bound holds there too (G -> G^H G)."""
+    torch.manual_seed(3)
+    w = torch.complex(torch.randn(*shape, dtype=DT), torch.randn(*shape, dtype=DT))
+    exact = torch.linalg.matrix_norm(w, ord=2)
+    bound = gram_spectral_norm(w)
+    assert bound.dtype == DT
+    assert torch.all(bound >= exact)
+    assert torch.all(bound <= exact * gram_looseness(min(shape[-2:])) * (1 + 2e-6))
+
+
+def explicit_conv_norm(weight: torch.Tensor, size: tuple[int, int], padding: int) -> float:
+    """The exact operator norm of the zero-padded convolution, by SVD of its explicit matrix."""
+    c_in = weight.shape[1]
+    d_in = c_in * size[0] * size[1]
+    basis = torch.eye(d_in, dtype=DT).reshape(d_in, c_in, *size)
+    matrix = torch.nn.functional.conv2d(basis, weight.double(), padding=padding).reshape(d_in, -1)
+    return torch.linalg.matrix_norm(matrix, ord=2).item()
+
+
+@pytest.mark.parametrize("c_out,c_in,k,size", [(6, 1, 3, (7, 7)), (5, 4, 3, (6, 9)), (3, 3, 5, (8, 8)), (4, 2, 1, (5, 5))])
+def test_circulant_bound_is_above_the_zero_padded_norm(c_out: int, c_in: int, k: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(4)
+    for trial in range(3):
+        weight = torch.randn(c_out, c_in, k, k, dtype=DT) * 10.0**trial
+        exact = explicit_conv_norm(weight, size, k // 2)
+        circulant = conv_operator_norm_bound(weight, size, (k // 2, k // 2), dense_limit=0).item()
+        bound = circulant_norm_bound(weight, size, (k // 2, k // 2)).item()
+        assert exact <= circulant * (1 + 1e-12)
+        assert circulant <= bound <= circulant * gram_looseness(min(c_in, c_out)) * (1 + 2e-6)
+
+
+def test_circulant_bound_on_its_own_grid_is_the_circular_norm() -> None:
+    """On the grid M the circulant embedding is the circular convolution itself: the per-frequency
+    norms are its exact norm (checked against the explicit circular-convolution matrix)."""
+    torch.manual_seed(5)
+    weight = torch.randn(3, 2, 3, 3, dtype=DT)
+    grid = circulant_grid((6, 6), (3, 3), (1, 1))
+    d_in = 2 * grid[0] * grid[1]
+    basis = torch.eye(d_in, dtype=DT).reshape(d_in, 2, *grid)
+    circular = torch.nn.functional.conv2d(torch.nn.functional.pad(basis, (1, 1, 1, 1), mode="circular"), weight)
+    exact = torch.linalg.matrix_norm(circular.reshape(d_in, -1), ord=2)
+    spectrum = torch.linalg.matrix_norm(kernel_spectrum(weight, grid), ord=2).max()
+    torch.testing.assert_close(spectrum, exact, rtol=1e-10, atol=0)
+
+
+def test_circulant_bound_gradient_matches_the_norm_gradient() -> None:
+    torch.manual_seed(6)
+    weight = torch.randn(8, 2, 3, 3, dtype=DT, requires_grad=True)
+    (g_bound,) = torch.autograd.grad(circulant_norm_bound(weight, (12, 12), (1, 1)), weight)
+    grid = circulant_grid((12, 12), (3, 3), (1, 1))
+    exact = torch.linalg.matrix_norm(kernel_spectrum(weight, grid), ord=2).max()
+    (g_exact,) = torch.autograd.grad(exact, weight)
+    torch.testing.assert_close(g_bound, g_exact, rtol=1e-3, atol=1e-6)

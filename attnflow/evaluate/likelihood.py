@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
-from ..device import module_device
+from ..device import module_device, module_dtype
 
 __all__ = ["log_prob_to_bits_per_dim", "bits_per_dim", "evaluate_bits_per_dim", "check_levels"]
 
@@ -78,7 +78,7 @@ def evaluate_bits_per_dim(
     was_training = flow.training
     flow.eval()
     gen = torch.Generator().manual_seed(seed)
-    device = module_device(flow)
+    device, dtype = module_device(flow), module_dtype(flow)  # a float64 model is evaluated in float64
     starts = range(0, len(images), batch_size)
     if max_batches:
         starts = starts[:max_batches]
@@ -90,7 +90,7 @@ def evaluate_bits_per_dim(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for start in starts:
-            x = dequantize(images[start : start + batch_size], levels, generator=gen).to(device)
+            x = dequantize(images[start : start + batch_size], levels, generator=gen, dtype=dtype).to(device)
             lp = log_prob(x) if contexts is None else log_prob(x, contexts[start : start + batch_size].to(device))
             values.append(log_prob_to_bits_per_dim(lp, flow.dim, levels).double().cpu())
     flow.train(was_training)

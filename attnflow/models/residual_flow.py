@@ -15,7 +15,6 @@ from ..flows.preprocess import build_preprocess
 from ..flows.residual_block import ResidualBlock
 from ..flows.residual_logdet import LogDetConfig
 from ..nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
-from ..nets.lipschitz_layers import POWER_MAX_ITER, POWER_TOL
 from ..nets.residual_branches import BRANCH_KINDS, build_branch
 from .hybrid import HybridFlow, latent_pieces
 
@@ -47,8 +46,6 @@ def residual_flow(
     growth: int = 32,
     depth: int = 3,
     coeff: float = 0.97,
-    power_tol: float = POWER_TOL,
-    power_max_iter: int = POWER_MAX_ITER,
     attention: str = "none",
     heads: int = 1,
     attention_scales: Sequence[int] = (),
@@ -74,8 +71,8 @@ def residual_flow(
 
     Each scale is ``blocks`` x ``[ActNorm, ResidualBlock(g)]`` where ``g`` is the ``branch``
     (``"iresnet"``, ``"residual_flow"`` or ``"idensenet"``) with spectral-norm coefficient
-    ``coeff``, normalised by power iteration to ``power_tol`` (at most ``power_max_iter`` steps)
-    whenever the weights change; scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
+    ``coeff``, each divided by a certified bound of its norm for the weights in use
+    (:class:`attnflow.nets.lipschitz_layers.SpectralNormConv2d`); scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
     flat latent. ``attention`` in {none, l2, lipnorm, dot} puts ACF's attention inside the
     branches of the scales listed in ``attention_scales`` (empty = every scale), mixed in by the
     contractive :class:`attnflow.nets.residual_branches.AttentionMix`; ``heads`` is at most the branch's
@@ -110,8 +107,7 @@ def residual_flow(
         for _ in range(blocks):
             if actnorm:
                 layers.append(ActNorm(channels))
-            g = build_branch(branch, channels, coeff=coeff, power_tol=power_tol, power_max_iter=power_max_iter,
-                             input_size=input_size,
+            g = build_branch(branch, channels, coeff=coeff, input_size=input_size,
                              attention=attention_factory if use_attention else None, mix_init=mix_init, **size_kwargs)
             layers.append(ResidualBlock(g, train_logdet, eval_logdet, atol=inverse_atol, rtol=0.0, max_iter=inverse_max_iter))
         return layers

@@ -54,7 +54,7 @@ def autograd_linearization(fn: Callable[[Tensor], Tensor], x: Tensor) -> Lineari
 
     ``fn(x)`` is recorded (even under ``torch.no_grad()``, locally); ``vjp`` is a backward pass
     through that record and ``jvp`` the double-VJP ``J v = d/du [(u^T J) v]``, so ``fn`` is not
-    re-evaluated (it may have side effects such as power-iteration updates).
+    re-evaluated.
     """
     record = torch.is_grad_enabled()
     with torch.enable_grad():

@@ -1,9 +1,10 @@
 """Lipschitz-constrained layers for contractive residual branches.
 
-* :class:`SpectralNormLinear` and :class:`SpectralNormConv2d`: weights rescaled by power
-  iteration so that the layer's operator norm stays below ``coeff`` (Miyato et al. 2018;
+* :class:`SpectralNormLinear` and :class:`SpectralNormConv2d`: weights rescaled so that the
+  layer's operator norm is at most ``coeff`` (spectral normalisation, Miyato et al. 2018;
   i-ResNet, Behrmann et al. 2019; Residual Flows' "induced" norm for convolutions, Chen et
-  al. 2019). Each layer has a :meth:`lipschitz_bound` that is *certified*, not estimated.
+  al. 2019), dividing by a *certified upper bound* of the norm rather than a power-iteration
+  estimate; each layer's :meth:`lipschitz_bound` is certified, not estimated.
 * :class:`LipSwish` (Residual Flows) and :class:`CLipSwish` (i-DenseNet, Perugachi-Diaz et al.
   2021): smooth activations with Lipschitz constant at most 1.
 
@@ -20,14 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linearization import Linearization, diagonal_linearization
-from .operator_norm import (
-    DENSE_NORM_LIMIT,
-    conv_operator_norm_bound,
-    gram_spectral_norm,
-    power_iteration,
-    tensor_state,
-    unit_vectors,
-)
+from .operator_norm import DENSE_NORM_LIMIT, circulant_norm_bound, conv_operator_norm_bound, gram_spectral_norm, tensor_state
 
 __all__ = [
     "SpectralNormLinear",
@@ -38,64 +32,50 @@ __all__ = [
     "conv_operator_norm_bound",
     "conv_transpose2d",
     "DENSE_NORM_LIMIT",
-    "POWER_MAX_ITER",
-    "POWER_TOL",
 ]
 
-# Defaults of the power iteration behind every spectral-normalised layer: stop when one more step
-# moves the unit vectors by at most POWER_TOL (stricter than Residual Flows' atol = rtol = 1e-3,
-# see attnflow.nets.operator_norm.power_iteration), after at most POWER_MAX_ITER steps.
-POWER_TOL, POWER_MAX_ITER = 1e-3, 1000
 # Operators with a side of at most this many dimensions are normalised by the Gram-iteration bound
-# of their explicit matrix (certified and within 0.1% of the norm) instead of power iteration.
+# of their explicit matrix (within 0.1% of the norm); larger convolutions by the Gram bound of
+# their circulant embedding (tight from 16x16 inputs on).
 EXPLICIT_SIDE = 256
 
 
 class _SpectralNorm(nn.Module):
     """Shared normalisation machinery of the spectral-norm layers.
 
-    The layer uses ``W_used = W * min(1, coeff / sigma_hat)`` with ``sigma_hat`` the operator norm
-    of the linear map ``A(W)`` (a matrix or a convolution), differentiable in ``W``, computed for
-    the current weights in training and in evaluation alike:
+    The layer uses ``W_used = W * min(1, coeff / sigma_hat)``, where ``sigma_hat`` is a *certified
+    upper bound* of the operator norm of the linear map ``A(W)`` (a matrix or a convolution),
+    differentiable in ``W`` and computed for the current weights in training and evaluation
+    alike, so ``||A(W_used)|| <= coeff`` holds for every weight the layer ever runs with (after an
+    optimizer step, a loaded checkpoint, an EMA average) with no state to go stale:
 
-    * small operators (a side of at most ``explicit_side`` = :data:`EXPLICIT_SIDE` dimensions, or a
-      1x1 convolution): ``sigma_hat`` is the Gram-iteration bound of the explicit matrix
-      (:func:`attnflow.nets.operator_norm.gram_spectral_norm`), a certified upper bound within 0.1%
-      of the norm, so ``||W_used|| <= coeff`` holds exactly; no state.
-    * larger ones: ``sigma_hat = u^T A(W) v``, the power-iteration estimate with ``u``, ``v`` held
-      fixed (Miyato et al. 2018), a lower estimate accurate to about ``tol``.
+    * small operators (a side of at most ``explicit_side`` = :data:`EXPLICIT_SIDE` dimensions, a
+      1x1 convolution, every linear layer): the Gram-iteration bound of the explicit matrix
+      (:func:`attnflow.nets.operator_norm.gram_spectral_norm`), within 0.1% of the norm;
+    * larger convolutions: the Gram bound of the circulant embedding
+      (:func:`attnflow.nets.operator_norm.circulant_norm_bound`).
 
-    Power iteration: whenever ``W`` has changed since ``u``, ``v`` were last computed (an optimizer step, a loaded
-    state dict or EMA average, a device move), the next use continues the power iteration from
-    the persistent buffers ``u``, ``v`` until it is converged to ``tol`` (at most ``max_iter``
-    steps; :func:`attnflow.nets.operator_norm.power_iteration`) and stores them. Changes are seen
-    through the weight's version counter, which in-place updates under ``torch.no_grad()`` (what
-    optimizers and ``load_state_dict`` do) and new storage both change; an edit through
-    ``weight.data`` is not seen: call :meth:`refresh_normalization` after one. The converged
-    state is a fixed point, so refreshing an up-to-date layer changes nothing.
+    Both are a fixed number of matrix products (no SVD, no host synchronisation, no iteration
+    that stops on a tolerance). Earlier versions divided large convolutions by a warm-started
+    power-iteration estimate, a lower bound that a weight update moving the top singular vector
+    could leave 16% short. The divisor of the latest forward pass is kept (with the weight state
+    it belongs to), so :meth:`lipschitz_bound` of the weights in use costs nothing, and without
+    autograd it is reused while the weights are unchanged (a fixed-point inverse's iterations).
 
-    Subclasses provide the map (:meth:`_op`), its adjoint (:meth:`_adjoint`) and a certified upper
-    bound of its norm (:meth:`_norm_bound`).
+    Subclasses provide the map (:meth:`_op`), its adjoint (:meth:`_adjoint`) and the certified
+    bound (:meth:`_certified_norm`).
     """
 
     weight: Tensor
-    u: Tensor
-    v: Tensor
 
-    def _init_spectral_norm(self, coeff: float, tol: float, max_iter: int) -> None:
+    def _init_spectral_norm(self, coeff: float) -> None:
         if not 0.0 < coeff < 1.0:
             raise ValueError(
                 f"coeff must lie in (0, 1) so that the layer is a contraction, got {coeff}; "
                 "use e.g. coeff=0.97"
             )
-        if not 0.0 < tol < 1.0:
-            raise ValueError(f"tol is the power-iteration tolerance and must lie in (0, 1), got {tol}; use e.g. 1e-3")
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1 power-iteration step, got {max_iter}")
-        self.coeff, self.tol, self.max_iter = float(coeff), float(tol), int(max_iter)
-        self._fresh_for: tuple | None = None  # the weight state u, v were last computed for
-        self._sigma_cache: tuple = (None, None)  # (weight state, sigma_hat) of the last no-grad use
-        self.power_steps = 0  # steps of the last refresh (diagnostics)
+        self.coeff = float(coeff)
+        self._sigma_cache: tuple = (None, None)  # (weight state, sigma_hat detached) of the last use
         self.explicit_side = EXPLICIT_SIDE
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
@@ -111,76 +91,39 @@ class _SpectralNorm(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         """Validate ``x`` (and set up what depends on its shape)."""
 
-    def _norm_bound(self, weight: Tensor) -> Tensor:
+    def _certified_norm(self, weight: Tensor) -> Tensor:
+        """A certified upper bound of ``||A(weight)||``, differentiable in ``weight``."""
         raise NotImplementedError
 
     def _weight_state(self) -> tuple:
-        return (self.tol, *tensor_state(self.weight, self.u))
+        return tensor_state(self.weight)
 
-    def _vectors(self, store: bool) -> tuple[Tensor, Tensor]:
-        """``u``, ``v`` for the current weights (copies): the buffers when they are up to date,
-        else the power iteration continued from them to ``tol``, stored back when ``store``."""
-        if self._fresh_for != self._weight_state():
-            w = self.weight.detach()
-            result = power_iteration(
-                lambda v: self._op(v, w), lambda u: self._adjoint(u, w), self.u, self.v, self.tol, self.max_iter
-            )
-            if not store:
-                return result.u.clone(), result.v.clone()
-            with torch.no_grad():
-                self.u.copy_(result.u)
-                self.v.copy_(result.v)
-            self.power_steps = result.steps
-            self._fresh_for = self._weight_state()
-        return self.u.clone(), self.v.clone()  # clones: a later refresh must not break a pending backward
-
-    def _small_matrix(self, weight: Tensor) -> Tensor | None:
-        """A matrix with the operator's singular values when one side of it has at most
-        ``explicit_side`` dimensions (and ``DENSE_NORM_LIMIT`` entries), else ``None``."""
-        raise NotImplementedError
-
-    def _sigma(self, store: bool) -> Tensor:
-        """The norm the weight is divided by, differentiable in ``W``: the Gram-iteration bound of
-        the explicit operator for small operators, else the power-iteration estimate
-        ``u^T A(W) v``. Without autograd it is reused while the weights are unchanged (the
-        iterations of a fixed-point inverse, repeated evaluation)."""
-        if not torch.is_grad_enabled() and self._sigma_cache[0] == self._weight_state():
+    def _sigma(self) -> Tensor:
+        """``sigma_hat`` for the current weights, differentiable in ``W`` when autograd is on; the
+        value is kept for :meth:`lipschitz_bound` and reused without autograd while the weights
+        are unchanged."""
+        state = self._weight_state()
+        if not torch.is_grad_enabled() and self._sigma_cache[0] == state:
             return self._sigma_cache[1]
-        matrix = self._small_matrix(self.weight)
-        if matrix is not None:
-            sigma = gram_spectral_norm(matrix)
-        else:
-            u, v = self._vectors(store)
-            sigma = (u * self._op(v, self.weight)).sum()
-        if not torch.is_grad_enabled() and (store or matrix is not None):  # a value the forward pass uses
-            self._sigma_cache = (self._weight_state(), sigma)
+        sigma = self._certified_norm(self.weight)
+        self._sigma_cache = (state, sigma.detach())
         return sigma
-
-    def refresh_normalization(self) -> None:
-        """Bring ``u``, ``v`` up to date with the weights now, even after an edit the version counter
-        does not show (``weight.data``)."""
-        self._fresh_for = None
-        self._vectors(store=True)
 
     def _scale(self, sigma: Tensor) -> Tensor:
         """``min(1, coeff / sigma_hat)``."""
         return 1.0 / torch.clamp(sigma / self.coeff, min=1.0)
 
     def normalized_weight(self) -> Tensor:
-        """The weight as used in the forward pass: ``W * min(1, coeff / sigma_hat)`` with
-        ``sigma_hat`` computed for the current weights (class docstring)."""
-        return self.weight * self._scale(self._sigma(store=True))
+        """The weight as used in the forward pass: ``W * min(1, coeff / sigma_hat)``."""
+        return self.weight * self._scale(self._sigma())
 
     def lipschitz_bound(self) -> float:
-        """Certified upper bound of the Lipschitz constant of the layer as the next forward pass
-        uses it: ``norm_bound(W) * min(1, coeff / sigma_hat)``, where ``norm_bound`` is a provable
-        upper bound of the operator norm (see the subclass) and ``sigma_hat`` the normalisation
-        the forward pass uses. Pure: it changes no buffer (a stale normalisation is recomputed
-        on copies, as the next forward pass would). A power-iteration ``sigma_hat`` is only a
-        lower estimate and is never used as the bound.
-        """
+        """Certified upper bound of the layer's Lipschitz constant as the forward pass uses it:
+        ``||A(W_used)|| = ||A(W)|| min(1, coeff / sigma_hat) <= min(sigma_hat, coeff)``, since
+        ``sigma_hat >= ||A(W)||``. Pure and cheap: the divisor of the latest forward pass when the
+        weights have not changed since, else the one the next forward pass will compute."""
         with torch.no_grad():
-            return float(self._norm_bound(self.weight) * self._scale(self._sigma(store=False)))
+            return min(float(self._sigma()), self.coeff)
 
     def linearize(self, x: Tensor) -> Linearization:
         """``y = A(W_used) x + b`` with ``J = A(W_used)``: ``jvp = A``, ``vjp = A^T``."""
@@ -195,35 +138,31 @@ class _SpectralNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.linearize(x).output
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Checkpoints written before the divisors were certified hold the power-iteration vectors
+        ``u``, ``v``: they are dropped (``v`` first gives a convolution its input size)."""
+        legacy_v = state_dict.pop(prefix + "v", None)
+        state_dict.pop(prefix + "u", None)
+        if legacy_v is not None and legacy_v.dim() == 4:
+            self._adopt_input_size(tuple(legacy_v.shape[-2:]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _adopt_input_size(self, size: tuple[int, int]) -> None:
+        """Record the input's spatial size (convolutions only)."""
+
 
 class SpectralNormLinear(_SpectralNorm, nn.Linear):
     """Linear layer ``y = W_used x + b`` with ``W_used = W * min(1, coeff / sigma_hat)`` and
-    ``sigma_hat`` a power-iteration estimate of ``||W||_2`` (spectral normalisation, Miyato et al.
-    2018, as used by i-ResNet and Residual Flows). Certified bound: ``||W||_2`` computed exactly
-    (SVD, float64) times the scale in use.
+    ``sigma_hat`` the Gram-iteration bound of ``||W||_2`` (spectral normalisation, Miyato et al.
+    2018, as used by i-ResNet and Residual Flows, with a certified divisor).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        coeff: float = 0.97,
-        tol: float = POWER_TOL,
-        max_iter: int = POWER_MAX_ITER,
-        bias: bool = True,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, coeff: float = 0.97, bias: bool = True) -> None:
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
-        self._init_spectral_norm(coeff, tol, max_iter)
-        w = self.weight
-        self.register_buffer("u", unit_vectors(torch.randn(1, out_features, dtype=w.dtype)))
-        self.register_buffer("v", unit_vectors(torch.randn(1, in_features, dtype=w.dtype)))
+        self._init_spectral_norm(coeff)
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         return F.linear(v, weight)
-
-    def _small_matrix(self, weight: Tensor) -> Tensor | None:
-        small = min(weight.shape) <= self.explicit_side and weight.numel() <= DENSE_NORM_LIMIT
-        return weight if small else None
 
     def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
         return u @ weight
@@ -231,8 +170,8 @@ class SpectralNormLinear(_SpectralNorm, nn.Linear):
     def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight, self.bias)
 
-    def _norm_bound(self, weight: Tensor) -> Tensor:
-        return torch.linalg.matrix_norm(weight.detach().double(), ord=2)
+    def _certified_norm(self, weight: Tensor) -> Tensor:
+        return gram_spectral_norm(weight)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: tuple[int, int] = (0, 0)) -> Tensor:
@@ -276,14 +215,13 @@ def conv_transpose2d(u: Tensor, weight: Tensor, padding: tuple[int, int] = (0, 0
 
 class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     """Stride-1 zero-padded convolution with its weight rescaled by ``min(1, coeff / sigma_hat)``,
-    where ``sigma_hat`` is the power-iteration estimate of the norm of the convolution as a linear
-    map on its input (``conv2d`` / ``conv_transpose2d`` on input-shaped vectors), the "induced"
-    spectral norm of Residual Flows (Chen et al. 2019) -- not the norm of the reshaped kernel.
+    where ``sigma_hat`` is a certified upper bound of the norm of the convolution as a linear map
+    on its input (the "induced" spectral norm of Residual Flows, Chen et al. 2019 -- not the norm
+    of the reshaped kernel): the Gram bound of the explicit matrix for a small operator or a 1x1
+    kernel, of the circulant embedding otherwise (:class:`_SpectralNorm`).
 
-    The input spatial size is fixed by ``input_size`` or recorded at the first forward pass (the
-    power-iteration buffers have the input's shape); later inputs must have the same size.
-    Certified bound: :func:`conv_operator_norm_bound` (exact for small operators, a circulant
-    upper bound for large ones) times the scale in use.
+    The input spatial size is fixed by ``input_size`` or recorded at the first forward pass; later
+    inputs must have the same size.
     """
 
     def __init__(
@@ -293,43 +231,37 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         kernel_size: int,
         padding: int,
         coeff: float = 0.97,
-        tol: float = POWER_TOL,
-        max_iter: int = POWER_MAX_ITER,
         bias: bool = True,
         input_size: tuple[int, int] | None = None,
     ) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         if not 0 <= padding < kernel_size:
             raise ValueError(f"padding must lie in [0, kernel_size - 1] = [0, {kernel_size - 1}], got {padding}")
-        self._init_spectral_norm(coeff, tol, max_iter)
-        # Empty until the input size is known; then shaped like one input / one output.
-        self.register_buffer("u", torch.empty(0, dtype=self.weight.dtype))
-        self.register_buffer("v", torch.empty(0, dtype=self.weight.dtype))
+        self._init_spectral_norm(coeff)
+        self.input_size: tuple[int, int] | None = None
         if input_size is not None:
-            self._init_vectors(tuple(input_size))
+            self._adopt_input_size(tuple(input_size))
 
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        """Spatial size ``(H, W)`` of the inputs, or ``None`` before the first use."""
-        return tuple(self.v.shape[-2:]) if self.v.numel() else None
-
-    def _init_vectors(self, size: tuple[int, int]) -> None:
-        w = self.weight
-        v = unit_vectors(torch.randn(1, self.in_channels, *size, dtype=w.dtype, device=w.device))
-        with torch.no_grad():
-            u = unit_vectors(self._op(v, w))
-        self.u, self.v = u, v
+    def _adopt_input_size(self, size: tuple[int, int]) -> None:
+        self.input_size = (int(size[0]), int(size[1]))
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         return conv2d(v, weight, padding=self.padding)
 
+    def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
+        return conv_transpose2d(u, weight, padding=self.padding)
+
+    def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
+        return conv2d(x, weight, self.bias, padding=self.padding)
+
     def _small_matrix(self, weight: Tensor) -> Tensor | None:
         """The kernel matrix of a 1x1 convolution without padding (block diagonal operator of
         identical blocks), or the images of a basis of the smaller side (input: rows ``A e_i``,
-        the matrix ``A^T``; output: rows ``A^T e_j``, the matrix ``A``)."""
+        the matrix ``A^T``; output: rows ``A^T e_j``, the matrix ``A``); ``None`` when both sides
+        have more than ``explicit_side`` dimensions."""
         c_out, c_in, kh, kw = weight.shape
         if (kh, kw) == (1, 1) and self.padding == (0, 0):
-            return weight.reshape(c_out, c_in) if min(c_out, c_in) <= self.explicit_side else None
+            return weight.reshape(c_out, c_in)
         (h, w), (ph, pw) = self.input_size, self.padding
         ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
         d_in, d_out = c_in * h * w, c_out * ho * wo
@@ -341,35 +273,25 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         basis = torch.eye(d_out, dtype=weight.dtype, device=weight.device).view(d_out, c_out, ho, wo)
         return self._adjoint(basis, weight).reshape(d_out, d_in)
 
-    def _adjoint(self, u: Tensor, weight: Tensor) -> Tensor:
-        return conv_transpose2d(u, weight, padding=self.padding)
-
-    def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
-        return conv2d(x, weight, self.bias, padding=self.padding)
-
-    def _norm_bound(self, weight: Tensor) -> Tensor:
-        return conv_operator_norm_bound(weight, self.input_size, self.padding)
-
-    def lipschitz_bound(self) -> float:
+    def _certified_norm(self, weight: Tensor) -> Tensor:
         if self.input_size is None:
             raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
-        return super().lipschitz_bound()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name in ("u", "v"):  # materialise lazily-shaped buffers before loading them
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(saved, dtype=self.weight.dtype, device=self.weight.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        matrix = self._small_matrix(weight)
+        if matrix is not None:
+            return gram_spectral_norm(matrix)
+        return circulant_norm_bound(weight, self.input_size, self.padding)
 
     def _check_input(self, x: Tensor) -> None:
         if self.input_size is None:
-            self._init_vectors(tuple(x.shape[-2:]))
+            self._adopt_input_size(tuple(x.shape[-2:]))
         elif tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"SpectralNormConv2d was set up for inputs of spatial size {self.input_size}, got "
                 f"{tuple(x.shape[-2:])}; use one layer per resolution"
             )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, coeff={self.coeff}, input_size={self.input_size}"
 
 
 # sup_t d/dt[t sigmoid(t)] = 1.0998393... (at t ~ 2.3994), hence LipSwish's 1/1.1.

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lipschitz_layers import POWER_MAX_ITER, POWER_TOL, CLipSwish, LipSwish, SpectralNormConv2d
+from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
 from .linearization import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
 
 __all__ = [
@@ -166,16 +166,13 @@ class DenseLayer(nn.Module):
         growth: int,
         activation: str = "clipswish",
         coeff: float = 0.97,
-        power_tol: float = POWER_TOL,
-        power_max_iter: int = POWER_MAX_ITER,
         input_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         act, multiplier = _activation(activation)
         if growth % multiplier:
             raise ValueError(f"growth ({growth}) must be divisible by {multiplier} for activation {activation!r}")
-        conv = SpectralNormConv2d(channels, growth // multiplier, 3, 1, coeff, power_tol, power_max_iter,
-                                  input_size=input_size)
+        conv = SpectralNormConv2d(channels, growth // multiplier, 3, 1, coeff, input_size=input_size)
         self.net = LipschitzSequential(conv, act)
         self.coeff = coeff
         self.k = nn.Parameter(torch.zeros(2))
@@ -215,8 +212,6 @@ def conv_branch(
     kernel_sizes: tuple[int, ...] = (3, 1, 3),
     activation: str = "lipswish",
     coeff: float = 0.97,
-    power_tol: float = POWER_TOL,
-    power_max_iter: int = POWER_MAX_ITER,
     input_size: tuple[int, int] | None = None,
     attention: AttentionFactory | None = None,
     mix_init: float = 0.1,
@@ -238,7 +233,7 @@ def conv_branch(
         if i == 1 and attention is not None:
             layers.append(AttentionMix(attention(c), mix_init))
         out = channels if i == len(kernel_sizes) - 1 else hidden
-        layers.append(SpectralNormConv2d(c, out, k, k // 2, coeff, power_tol, power_max_iter, input_size=input_size))
+        layers.append(SpectralNormConv2d(c, out, k, k // 2, coeff, input_size=input_size))
         c = out
     return LipschitzSequential(*layers)
 
@@ -249,8 +244,6 @@ def dense_branch(
     depth: int = 3,
     activation: str = "clipswish",
     coeff: float = 0.97,
-    power_tol: float = POWER_TOL,
-    power_max_iter: int = POWER_MAX_ITER,
     input_size: tuple[int, int] | None = None,
     attention: AttentionFactory | None = None,
     mix_init: float = 0.1,
@@ -263,11 +256,11 @@ def dense_branch(
     layers: list[nn.Module] = []
     c = channels
     for i in range(depth):
-        layers.append(DenseLayer(c, growth, activation, coeff, power_tol, power_max_iter, input_size))
+        layers.append(DenseLayer(c, growth, activation, coeff, input_size))
         c += growth
         if i == 0 and attention is not None:
             layers.append(AttentionMix(attention(c), mix_init))
-    layers.append(SpectralNormConv2d(c, channels, 1, 0, coeff, power_tol, power_max_iter, input_size=input_size))
+    layers.append(SpectralNormConv2d(c, channels, 1, 0, coeff, input_size=input_size))
     return LipschitzSequential(*layers)
 
 

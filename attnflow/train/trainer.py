@@ -55,6 +55,7 @@ from ..precision import mixed_precision
 from ..sharding import batch_shard
 from ..models.hybrid import HybridFlow, check_labels, hybrid_loss, training_outputs
 from .distributed import start as start_processes
+from .contraction import ContractionMonitor
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
 from .progress import TrainingBar
@@ -212,6 +213,8 @@ class Trainer:
         self.ddp = self.dist.data_parallel(self.model, self.device)  # None in one process
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
+        self.contraction = ContractionMonitor(self.model)  # certified Lip(g) of every block at every step
+        self.skip_reason = ""
         self.step = 0
         self.lr_scale = 1.0
         self.rollbacks = 0
@@ -246,6 +249,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "dequant_rng": self.dequant_gen.get_state(),
+            "contraction": self.contraction.state_dict(),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
@@ -258,6 +262,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.dequant_gen.set_state(state["dequant_rng"])
+        self.contraction.load_state_dict(state.get("contraction", {}))
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
@@ -325,7 +330,14 @@ class Trainer:
             self.step_metrics["loss"] = float(global_loss)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
+        self.skip_reason = "non-finite loss, gradient or weights"
         if not torch.isfinite(global_loss):
+            return None
+        refusal, note = self.contraction.check(self.step + 1)  # the blocks as this forward pass used them
+        if note:
+            self._note(note)
+        if refusal:
+            self.skip_reason = refusal
             return None
         loss.backward()  # DistributedDataParallel averages the gradients over the processes
         clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
@@ -423,8 +435,9 @@ class Trainer:
                 self.train_seconds += clock() - step_start
                 if result is None:
                     bad += 1
-                    self._note(f"step {self.step + 1}: non-finite loss, gradient or weights, step skipped ({bad}/{t['max_bad_steps']})")
-                    self._write_metrics({"step": self.step + 1, "event": "skipped_non_finite"})
+                    self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
+                    event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
+                    self._write_metrics({"step": self.step + 1, "event": event})
                     if bad >= t["max_bad_steps"]:
                         self._rollback(lr)
                         bar.update(self.step, self.train_seconds)
@@ -483,7 +496,7 @@ class Trainer:
                    "non_finite_samples": non_finite.count if non_finite else 0}
         report = certify(model)
         if report["blocks"]:  # contractive flows: the certificates of the trained (evaluation) weights
-            results["certificates"] = certificate_summary(report)
+            results["certificates"] = {**certificate_summary(report), **self.contraction.summary()}
             if message := uncertified_message(report):
                 _log(message)
         (self.out / "results.json").write_text(json.dumps(results, indent=2))
