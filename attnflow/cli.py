@@ -54,6 +54,7 @@ OPTIONS = {
     "jobs": _option("jobs", int, "training runs at once, each in its own process", lo=1, hi=256),
     "importance_images": _option("importance_images", int, "test images; 0 = the whole test set", lo=0, hi=10**6),
     "test_images": _option("test_images", int, "test images; 0 = the whole test set", lo=0, hi=10**9),
+    "search_images": _option("search_images", int, "test images", lo=0, hi=10**4),
 }
 
 
@@ -344,18 +345,28 @@ def _cmd_sr(args: argparse.Namespace) -> None:
 
 
 def _cmd_certify(args: argparse.Namespace) -> None:
+    from .data import dequantize, load_configured
+    from .device import module_device, module_dtype
     from .evaluate.certificates import certify, uncertified_message
 
-    model, _ = _load(args)
-    report = certify(model)
+    model, cfg = _load(args)
+    search = None
+    if args.search_images:  # the blocks' inputs on the first test images, for the empirical search
+        test = load_configured(cfg["data"], "test")
+        images = test.images[: args.search_images]
+        search = dequantize(images, test.levels, torch.Generator().manual_seed(0), module_dtype(model))
+        search = search.to(module_device(model))
+    report = certify(model, search)
     if args.json:
         print(json.dumps(report))
     elif not report["blocks"]:
         print(f"{args.run} has no contractive residual blocks: nothing to certify")
     else:
-        print(f"{'block':40s} certified Lip(g)")
+        searched = search is not None
+        print(f"{'block':40s} certified Lip(g)" + ("  largest |J| found  certificate/found" if searched else ""))
         for b in report["blocks"]:
-            print(f"{b['name']:40s} {b['bound']:.6f}")
+            found = f"  {b['empirical']:17.6f}  {b['ratio']:17.3f}" if searched else ""
+            print(f"{b['name']:40s} {b['bound']:16.6f}{found}")
         print(f"largest certified block bound: {report['max_block_bound']:.6f}")
         print(f"largest operator norm of a normalised layer as used: {report['max_layer_norm']:.6f} "
               f"({report['max_layer_norm_over_coeff']:.6f} x its coeff; {len(report['layers'])} layers)")
@@ -530,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(exit status 1 when a block is not certified)")
     cert.add_argument("run", help="run directory")
     cert.add_argument("--json", action="store_true", help="print one JSON object with every block and layer")
+    number(cert, "--search-images", "search_images", 16,
+           "test images whose block inputs start the search for large Jacobian norms (0: no search)")
     device_option(cert)
     cert.set_defaults(func=_cmd_certify)
 

@@ -134,9 +134,9 @@ def test_an_update_that_defeats_warm_started_power_iteration_does_not_pass_the_d
     assert worst_used <= 1 + 1e-12, f"used norm {worst_used:.7f} x coeff"
 
 
-def test_certified_bound_is_above_the_exact_norm_on_random_and_trained_weights(trained_run: Path) -> None:
+def test_certified_bound_is_above_the_exact_norm_on_random_and_trained_weights(trained_28: Path) -> None:
     """``lipschitz_bound()`` of every layer >= the exact norm of the weight it uses."""
-    model, _ = load_run(trained_run, use_ema=False)
+    model, _ = load_run(trained_28, use_ema=False)
     torch.manual_seed(0)
     layers = [m for m in model.modules() if isinstance(m, SpectralNormConv2d)]
     fresh = [SpectralNormConv2d(m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0], input_size=m.input_size)
@@ -170,7 +170,7 @@ STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_28(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``acf-resflow-l2-fmnist-tiny`` (28x28, its 3x3 convolutions too large for the explicit path)
     trained for real steps, recording the weight every spectral-normalised layer used in every
     training-mode forward pass (with its step); the records are stored beside the run for the tests below."""
@@ -206,8 +206,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_every_layer_at_every_training_step_runs_within_coeff(trained_run: Path) -> None:
-    record = torch.load(trained_run.parent / "used_weights.pt")
+def test_every_layer_at_every_training_step_runs_within_coeff(trained_28: Path) -> None:
+    record = torch.load(trained_28.parent / "used_weights.pt")
     worst = 0.0
     for name, weights in record["used"].items():
         assert [step for step, _ in weights] == list(range(1, STEPS + 1)), f"{name}: not every step recorded"
@@ -218,8 +218,8 @@ def test_every_layer_at_every_training_step_runs_within_coeff(trained_run: Path)
 
 
 @pytest.mark.parametrize("use_ema", [False, True])
-def test_reloaded_live_and_ema_weights_run_within_coeff(trained_run: Path, use_ema: bool) -> None:
-    model, _ = load_run(trained_run, use_ema=use_ema)
+def test_reloaded_live_and_ema_weights_run_within_coeff(trained_28: Path, use_ema: bool) -> None:
+    model, _ = load_run(trained_28, use_ema=use_ema)
     model.eval()
     with torch.no_grad():
         model.log_prob(torch.rand(2, *model.shape))
@@ -230,8 +230,8 @@ def test_reloaded_live_and_ema_weights_run_within_coeff(trained_run: Path, use_e
     assert worst <= 1 + ROUND_OFF, f"reloaded ({'EMA' if use_ema else 'live'}) layer at {worst:.7f} x coeff"
 
 
-def test_training_records_the_worst_certified_block_bound_of_every_step(trained_run: Path) -> None:
-    results = json.loads((trained_run / "results.json").read_text())["certificates"]
+def test_training_records_the_worst_certified_block_bound_of_every_step(trained_28: Path) -> None:
+    results = json.loads((trained_28 / "results.json").read_text())["certificates"]
     assert 0 < results["max_block_bound_in_training"] < 1
     assert 1 <= results["max_block_bound_step"] <= STEPS
     assert results["max_block_bound_block"].endswith(tuple("0123456789"))
@@ -299,3 +299,81 @@ def test_a_float64_model_evaluates_in_float64() -> None:
             figures[dtype] = (first, second)
         for a, b in zip(figures[torch.float32], figures[torch.float64]):  # other noise draws, same model
             assert np.isfinite(b["bpd"]) and abs(a["bpd"] - b["bpd"]) < 3 * math.hypot(a["bpd_stderr"], b["bpd_stderr"])
+
+
+# ------------------------------------------------------------------ the tighter (expansion) certificate
+
+
+def branch_with(kind: str, attention: str, size: tuple[int, int], scale: float, seed: int):
+    from attnflow.models.residual_flow import lipschitz_attention
+    from attnflow.nets.residual_branches import build_branch
+
+    torch.manual_seed(seed)
+    factory = lipschitz_attention(attention, 2) if attention != "none" else None
+    branch = build_branch(kind, 2, hidden=6, input_size=size, attention=factory).double()
+    with torch.no_grad():
+        for p in branch.parameters():
+            if p.dim() == 4:
+                p.mul_(scale)
+    return branch
+
+
+def exact_jacobian_norm(branch, x: torch.Tensor) -> float:
+    jac = torch.autograd.functional.jacobian(lambda v: branch(v).reshape(-1), x).reshape(x.numel(), -1)
+    return torch.linalg.matrix_norm(jac, ord=2).item()
+
+
+@pytest.mark.parametrize("kind,attention", [("iresnet", "none"), ("residual_flow", "none"), ("residual_flow", "l2"),
+                                            ("residual_flow", "lipnorm")])
+def test_expansion_bound_is_above_every_jacobian_norm_found(kind: str, attention: str) -> None:
+    """On random branches (weights scaled so the normalisation acts, and not), the certified bound
+    of the branch (the expansion bound where it is smaller than the product) is at least the exact
+    Jacobian norm at random points and at the points the search climbs to."""
+    from attnflow.evaluate.lipschitz_search import search_jacobian_norm
+    from attnflow.nets.branch_certificate import expansion_bound
+    from attnflow.nets.residual_branches import layer_lipschitz_bound
+
+    tighter = 0
+    for seed, scale in enumerate((0.3, 1.0, 8.0)):
+        branch = branch_with(kind, attention, (5, 6), scale, seed).eval()
+        x = torch.randn(4, 2, 5, 6, dtype=DT) * 2
+        with torch.no_grad():
+            branch(x)
+        bound = branch.lipschitz_bound()
+        product = math.prod(layer_lipschitz_bound(layer) for layer in branch)
+        tighter += expansion_bound(list(branch)) < product
+        found = max(search_jacobian_norm(branch, x, ascent_steps=15),
+                    max(exact_jacobian_norm(branch, x[i : i + 1]) for i in range(4)))
+        assert found <= bound * (1 + 1e-9), f"seed {seed}: |J| = {found} above the certificate {bound}"
+    assert tighter >= 1  # the expansion is the smaller certificate somewhere
+
+
+def test_expansion_bound_holds_where_the_branch_is_linear() -> None:
+    """Large positive biases make every ELU slope 1 on the image: the Jacobian is then the product
+    of the three zero-padded convolutions, the case that the constant terms of the expansion must
+    bound (an expansion that forgot the zero padding between the convolutions could miss it)."""
+    worst = 0.0
+    for seed in range(4):
+        branch = branch_with("iresnet", "none", (4, 4), 3.0, seed).eval()
+        with torch.no_grad():
+            for layer in branch:
+                if isinstance(layer, SpectralNormConv2d):
+                    layer.bias.fill_(50.0)
+        x = torch.full((1, 2, 4, 4), 60.0, dtype=DT)
+        with torch.no_grad():
+            branch(x)
+        worst = max(worst, exact_jacobian_norm(branch, x) / branch.lipschitz_bound())
+    assert worst <= 1 + 1e-9
+
+
+def test_certify_reports_empirical_estimates_below_each_trained_block_bound(trained_28: Path) -> None:
+    from attnflow.data import dequantize, load_configured
+    from attnflow.evaluate.certificates import certify
+
+    model, cfg = load_run(trained_28)
+    test = load_configured(cfg["data"], "test")
+    report = certify(model, dequantize(test.images[:4], test.levels, torch.Generator().manual_seed(0)))
+    assert len(report["blocks"]) == 6
+    for block in report["blocks"]:
+        assert 0 < block["empirical"] <= block["bound"] < 1
+        assert block["ratio"] == pytest.approx(block["bound"] / block["empirical"])

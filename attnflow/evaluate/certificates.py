@@ -12,16 +12,43 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..flows.residual_block import ResidualBlock
 from ..nets.lipschitz_layers import SpectralNormConv2d, SpectralNormLinear
+from .lipschitz_search import search_jacobian_norm
 
-__all__ = ["certify", "certificate_summary", "uncertified_message"]
+__all__ = ["block_inputs", "certify", "certificate_summary", "uncertified_message"]
 
 
-def certify(model: nn.Module) -> dict[str, Any]:
+def block_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The input of every :class:`ResidualBlock` of ``model`` when it computes ``log_prob(x)``
+    (evaluation mode, no gradients)."""
+    captured: dict[str, Tensor] = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda _, args, name=name: captured.setdefault(name, args[0].detach()))
+        for name, module in model.named_modules() if isinstance(module, ResidualBlock)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model.log_prob(x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def certify(model: nn.Module, search_inputs: Tensor | None = None) -> dict[str, Any]:
     """Certificates of every :class:`ResidualBlock` and spectral-normalised layer of ``model``.
+
+    With ``search_inputs`` (data images in [0, 1]) each block also gets ``empirical``, the largest
+    Jacobian norm :func:`attnflow.evaluate.lipschitz_search.search_jacobian_norm` finds from the
+    block's inputs on those images (a lower bound of ``Lip(g)``), and ``ratio`` = ``bound /
+    empirical`` (>= 1: how loose the certificate is at most).
 
     Returns ``{"blocks": [{"name", "bound"}], "layers": [{"name", "coeff", "norm"}],
     "max_block_bound", "max_layer_norm", "max_layer_norm_over_coeff", "uncertified"}`` where
@@ -36,6 +63,12 @@ def certify(model: nn.Module) -> dict[str, Any]:
         for name, module in model.named_modules()
         if isinstance(module, ResidualBlock)
     ]
+    if search_inputs is not None and blocks:
+        inputs = block_inputs(model, search_inputs)
+        modules = dict(model.named_modules())
+        for block in blocks:
+            empirical = search_jacobian_norm(modules[block["name"]].branch, inputs[block["name"]])
+            block.update(empirical=empirical, ratio=block["bound"] / empirical if empirical > 0 else math.inf)
     layers = [
         {"name": name, "coeff": module.coeff, "norm": module.lipschitz_bound()}
         for name, module in model.named_modules()

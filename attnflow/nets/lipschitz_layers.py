@@ -254,6 +254,21 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     def _affine(self, x: Tensor, weight: Tensor) -> Tensor:
         return conv2d(x, weight, self.bias, padding=self.padding)
 
+    def _sides(self) -> tuple[int, int, int, int]:
+        """``(H', W', d_in, d_out)``: the output size and the operator's input and output dimensions."""
+        (h, w), (ph, pw), (kh, kw) = self.input_size, self.padding, self.kernel_size
+        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+        return ho, wo, self.in_channels * h * w, self.out_channels * ho * wo
+
+    def divides_by_explicit_matrix(self) -> bool:
+        """Whether the divisor is the Gram bound of an explicit matrix of the whole operator (a
+        side of at most ``explicit_side`` dimensions, not a 1x1 kernel) rather than of the kernel
+        matrix (1x1) or of the circulant embedding."""
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            return False
+        _, _, d_in, d_out = self._sides()
+        return min(d_in, d_out) <= self.explicit_side and d_in * d_out <= DENSE_NORM_LIMIT
+
     def _small_matrix(self, weight: Tensor) -> Tensor | None:
         """The kernel matrix of a 1x1 convolution without padding (block diagonal operator of
         identical blocks), or the images of a basis of the smaller side (input: rows ``A e_i``,
@@ -262,11 +277,9 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         c_out, c_in, kh, kw = weight.shape
         if (kh, kw) == (1, 1) and self.padding == (0, 0):
             return weight.reshape(c_out, c_in)
-        (h, w), (ph, pw) = self.input_size, self.padding
-        ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-        d_in, d_out = c_in * h * w, c_out * ho * wo
-        if min(d_in, d_out) > self.explicit_side or d_in * d_out > DENSE_NORM_LIMIT:
+        if not self.divides_by_explicit_matrix():
             return None
+        (h, w), ho, wo, d_in, d_out = self.input_size, *self._sides()
         if d_in <= d_out:
             basis = torch.eye(d_in, dtype=weight.dtype, device=weight.device).view(d_in, c_in, h, w)
             return self._op(basis, weight).reshape(d_in, d_out)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
+from .branch_certificate import expansion_bound
 from .linearization import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
 
 __all__ = [
@@ -80,10 +81,13 @@ def linearize(layer: nn.Module, x: Tensor) -> Linearization:
 
 
 class LipschitzSequential(nn.Sequential):
-    """``g = f_n o ... o f_1`` with the certified bound ``Lip(g) <= prod_i Lip(f_i)``."""
+    """``g = f_n o ... o f_1`` with the certified bound ``Lip(g) <= prod_i Lip(f_i)``, or the
+    tighter expansion bound of :mod:`attnflow.nets.branch_certificate` where it applies."""
 
     def lipschitz_bound(self) -> float:
-        return math.prod(layer_lipschitz_bound(layer) for layer in self)
+        product = math.prod(layer_lipschitz_bound(layer) for layer in self)
+        expansion = expansion_bound(list(self))
+        return product if expansion is None else min(product, expansion)
 
     def linearize(self, x: Tensor) -> Linearization:
         """``J = J_n ... J_1``, each layer linearized at its input."""
