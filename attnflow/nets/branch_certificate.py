@@ -33,7 +33,8 @@ The parts, and why each is certified:
   and is absorbed into the activation's ``D`` (the reason ``0`` is added to ``[a, b]``). So every
   run is a product of circular convolutions on the same grid, which the 2-D DFT diagonalises
   into per-frequency products of ``C_out x C_in`` blocks: ``||A_run|| <= max_w ||K_n(w) ...
-  K_1(w)||`` (exact per-frequency SVDs in float64, rounded up by ``1 + 1e-9``).
+  K_1(w)||`` (exact per-frequency eigenvalues of the products' Gram matrices in float64, in
+  real arithmetic, rounded up by ``1 + 1e-9``).
 
 Branches with other layers (i-DenseNet's dense concatenations, CLipSwish) get no expansion bound.
 """
@@ -81,12 +82,13 @@ def _compose(element: tuple[float, float], layer: nn.Module) -> tuple[float, flo
 
 
 def _blocks(layer: SpectralNormConv2d, grid: tuple[int, int]) -> Tensor:
-    """The per-frequency ``C_out x C_in`` blocks of the layer's normalised kernel on ``grid``:
-    ``[F, C_out, C_in]``, or the ``[C_out, C_in]`` matrix of a 1x1 kernel (the same at every
-    frequency)."""
+    """The per-frequency blocks of the layer's normalised kernel on ``grid`` in the real form of
+    :func:`attnflow.nets.operator_norm.kernel_spectrum`, ``[F, 2 C_out, 2 C_in]``, or one
+    ``[2 C_out, 2 C_in]`` matrix for a 1x1 kernel (the same at every frequency, imaginary part 0)."""
     weight = layer.normalized_weight().double()
     if weight.shape[-2:] == (1, 1):
-        return weight.reshape(weight.shape[:2]).to(torch.complex128)
+        matrix = weight.reshape(weight.shape[:2])
+        return torch.block_diag(matrix, matrix)
     return kernel_spectrum(weight, grid)
 
 
@@ -101,9 +103,7 @@ def _then(block: Tensor, product: Tensor) -> Tensor:
 
 def _largest_singular_value(blocks: Tensor) -> float:
     """``max ||B||_2`` over ``[..., p, q]`` from the eigenvalues of the smaller Gram matrix."""
-    gram = blocks.mH @ blocks if blocks.shape[-1] <= blocks.shape[-2] else blocks @ blocks.mH
-    if gram.shape[-1] == 1:
-        return float(gram.real.max().clamp_min(0).sqrt())
+    gram = blocks.mT @ blocks if blocks.shape[-1] <= blocks.shape[-2] else blocks @ blocks.mT
     return float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp_min(0).sqrt())
 
 

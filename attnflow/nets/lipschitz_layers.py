@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linearization import Linearization, diagonal_linearization
-from .operator_norm import DENSE_NORM_LIMIT, circulant_norm_bound, conv_operator_norm_bound, gram_spectral_norm, tensor_state
+from .operator_norm import (
+    DENSE_NORM_LIMIT,
+    certified_max_norm,
+    circulant_norm_bound,
+    conv_operator_norm_bound,
+    tensor_state,
+)
 
 __all__ = [
     "SpectralNormLinear",
@@ -51,12 +57,13 @@ class _SpectralNorm(nn.Module):
 
     * small operators (a side of at most ``explicit_side`` = :data:`EXPLICIT_SIDE` dimensions, a
       1x1 convolution, every linear layer): the Gram-iteration bound of the explicit matrix
-      (:func:`attnflow.nets.operator_norm.gram_spectral_norm`), within 0.1% of the norm;
+      (:func:`attnflow.nets.operator_norm.certified_max_norm`), within 0.1% of the norm;
     * larger convolutions: the Gram bound of the circulant embedding
       (:func:`attnflow.nets.operator_norm.circulant_norm_bound`).
 
     Both are a fixed number of matrix products (no SVD, no host synchronisation, no iteration
-    that stops on a tolerance). Earlier versions divided large convolutions by a warm-started
+    that stops on a tolerance), run without autograd; the divisor's gradient is that of the top
+    singular value, as in spectral normalisation. Earlier versions divided large convolutions by a warm-started
     power-iteration estimate, a lower bound that a weight update moving the top singular vector
     could leave 16% short. The divisor of the latest forward pass is kept (with the weight state
     it belongs to), so :meth:`lipschitz_bound` of the weights in use costs nothing, and without
@@ -171,7 +178,7 @@ class SpectralNormLinear(_SpectralNorm, nn.Linear):
         return F.linear(x, weight, self.bias)
 
     def _certified_norm(self, weight: Tensor) -> Tensor:
-        return gram_spectral_norm(weight)
+        return certified_max_norm(weight[None]).to(weight.dtype)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: tuple[int, int] = (0, 0)) -> Tensor:
@@ -291,7 +298,7 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
             raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
         matrix = self._small_matrix(weight)
         if matrix is not None:
-            return gram_spectral_norm(matrix)
+            return certified_max_norm(matrix[None]).to(weight.dtype)
         return circulant_norm_bound(weight, self.input_size, self.padding)
 
     def _check_input(self, x: Tensor) -> None:
