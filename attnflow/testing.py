@@ -2,18 +2,27 @@
 
 Used by the test-suite and useful to anyone writing a new layer: a layer is correct when
 :func:`check_bijection` passes on tiny float64 inputs and every ``lipschitz_bound()`` is at least
-:func:`empirical_lipschitz`.
+:func:`empirical_lipschitz`; :func:`exact_conv_norm` is the exact operator norm of a zero-padded
+convolution, independent of the library's bounds, to check them against.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .core import Bijection
 
-__all__ = ["brute_force_logdet", "check_bijection", "jacobian_spectral_norm", "empirical_lipschitz"]
+__all__ = [
+    "brute_force_logdet",
+    "check_bijection",
+    "empirical_lipschitz",
+    "exact_conv_norm",
+    "input_gram",
+    "jacobian_spectral_norm",
+]
 
 
 def brute_force_logdet(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -97,3 +106,39 @@ def empirical_lipschitz(
         (-ratio.sum()).backward()
         opt.step()
     return best
+
+
+def input_gram(weight: Tensor, size: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """``A^T A`` of the zero-padded convolution ``A`` on ``C_in x H x W`` inputs, assembled from the
+    kernel: ``(A x)_p = W [C_out, C_in k] @ patch_p(x)``, so ``A^T A = sum_p P_p^T (W^T W) P_p``
+    with ``P_p`` the 0/1 selection of the patch at output position ``p`` (scatter-added)."""
+    c_out, c_in, kh, kw = weight.shape
+    d = c_in * size[0] * size[1]
+    index = torch.arange(1, d + 1, dtype=torch.float64).reshape(1, c_in, *size)  # 0 marks the zero padding
+    patches = F.unfold(index, (kh, kw), padding=padding)[0].long() - 1  # [C_in k, positions]
+    m = weight.reshape(c_out, -1).T @ weight.reshape(c_out, -1)  # [C_in k, C_in k]
+    rows, cols = patches[:, None, :].expand(-1, len(m), -1), patches[None, :, :].expand(len(m), -1, -1)
+    valid = (rows >= 0) & (cols >= 0)
+    values = m[:, :, None].expand_as(rows)
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    gram.index_put_((rows[valid], cols[valid]), values[valid], accumulate=True)
+    return gram
+
+
+def exact_conv_norm(weight: Tensor, size: tuple[int, int], padding: tuple[int, int]) -> float:
+    """The operator norm of the zero-padded convolution on ``size`` inputs: the square root of the
+    largest eigenvalue of its Gram matrix on the smaller side (float64). The output side's Gram
+    ``A A^T`` is the input Gram of the adjoint, the convolution with the flipped, transposed
+    kernel and padding ``k - 1 - p`` on the output grid."""
+    weight = weight.detach().double()
+    c_out, c_in, kh, kw = weight.shape
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):  # the same block at every position
+        return float(torch.linalg.matrix_norm(weight.reshape(c_out, c_in), ord=2))
+    if c_in <= c_out:
+        gram = input_gram(weight, size, padding)
+    else:
+        out_size = (size[0] + 2 * padding[0] - kh + 1, size[1] + 2 * padding[1] - kw + 1)
+        gram = input_gram(weight.transpose(0, 1).flip(2, 3), out_size, (kh - 1 - padding[0], kw - 1 - padding[1]))
+    if len(gram) > 8192:
+        raise ValueError(f"the smaller side has {len(gram)} dimensions: too large for an exact eigen-decomposition")
+    return float(torch.linalg.eigvalsh(gram).max().clamp_min(0).sqrt())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from attnflow.config import resolve_config
 from attnflow.nets.lipschitz_layers import SpectralNormConv2d
+from attnflow.testing import exact_conv_norm
 from attnflow.train import Trainer, load_run
 
 ROUND_OFF = 1e-6  # float32 rounding of the scaled weight; the divisor itself is certified
@@ -30,41 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def input_gram(weight: torch.Tensor, size: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """``A^T A`` of the zero-padded convolution ``A`` on ``C_in x H x W`` inputs, assembled from the
-    kernel: ``(A x)_p = W [C_out, C_in k] @ patch_p(x)``, so ``A^T A = sum_p P_p^T (W^T W) P_p``
-    with ``P_p`` the 0/1 selection of the patch at output position ``p`` (scatter-added)."""
-    c_out, c_in, kh, kw = weight.shape
-    d = c_in * size[0] * size[1]
-    index = torch.arange(1, d + 1, dtype=DT).reshape(1, c_in, *size)  # 0 marks the zero padding
-    patches = F.unfold(index, (kh, kw), padding=padding)[0].long() - 1  # [C_in k, positions]
-    m = weight.reshape(c_out, -1).T @ weight.reshape(c_out, -1)  # [C_in k, C_in k]
-    rows, cols = patches[:, None, :].expand(-1, len(m), -1), patches[None, :, :].expand(len(m), -1, -1)
-    valid = (rows >= 0) & (cols >= 0)
-    values = m[:, :, None].expand_as(rows)
-    gram = torch.zeros(d, d, dtype=DT)
-    gram.index_put_((rows[valid], cols[valid]), values[valid], accumulate=True)
-    return gram
-
-
-def exact_conv_norm(weight: torch.Tensor, size: tuple[int, int], padding: tuple[int, int]) -> float:
-    """The operator norm of the zero-padded convolution on ``size`` inputs: the square root of the
-    largest eigenvalue of its Gram matrix on the smaller side (float64). The output side's Gram
-    ``A A^T`` is the input Gram of the adjoint, the convolution with the flipped, transposed
-    kernel and padding ``k - 1 - p`` on the output grid."""
-    weight = weight.detach().double()
-    c_out, c_in, kh, kw = weight.shape
-    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):  # the same block at every position
-        return float(torch.linalg.matrix_norm(weight.reshape(c_out, c_in), ord=2))
-    if c_in <= c_out:
-        gram = input_gram(weight, size, padding)
-    else:
-        out_size = (size[0] + 2 * padding[0] - kh + 1, size[1] + 2 * padding[1] - kw + 1)
-        gram = input_gram(weight.transpose(0, 1).flip(2, 3), out_size, (kh - 1 - padding[0], kw - 1 - padding[1]))
-    assert len(gram) <= 4096, f"a {len(gram)}-dimensional Gram matrix is too large for this test"
-    return float(torch.linalg.eigvalsh(gram).max().clamp_min(0).sqrt())
 
 
 def test_the_exact_norm_helper_matches_an_explicit_svd() -> None:
