@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["imagenet_files", "read_imagenet_npz", "IMAGENET_CLASSES"]
+__all__ = ["imagenet_files", "npz_rows", "read_imagenet_npz", "IMAGENET_CLASSES"]
 
 IMAGENET_CLASSES = 1000
 
@@ -39,7 +39,8 @@ def imagenet_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def _read_one(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+def read_imagenet_npz(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One npz file: images uint8 ``[N, 3, size, size]``, labels int64 0-based ``[N]``."""
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -77,10 +78,15 @@ def _read_one(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     return data, labels.astype(np.int64) - 1
 
 
-def read_imagenet_npz(files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the files: images uint8 ``[N, 3, size, size]``, labels int64 0-based ``[N]``."""
-    parts = [_read_one(path, size) for path in files]
-    return (
-        np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
-        np.concatenate([p[1] for p in parts]),
-    )
+def npz_rows(path: Path, size: int) -> int:
+    """The image count of one npz file from the header of its ``data`` array, without decoding the
+    pixels (a file whose header cannot be read is decoded, which reports what is wrong with it)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("data.npy") as f:
+            shape = readers[np.lib.format.read_magic(f)](f)[0]
+        if len(shape) >= 1:
+            return int(shape[0])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    return len(read_imagenet_npz(path, size)[0])
