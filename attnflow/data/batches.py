@@ -3,8 +3,10 @@
 Batch ``t`` is the ``t``-th global batch of a :class:`~attnflow.data.BatchSampler`, dequantized
 (:func:`~attnflow.data.dequantize`) with the noise of the whole global batch drawn from one
 generator, then cut to this process's ``rows``: every process draws the same numbers one process
-would, and only its own rows are gathered from the (memory-mapped) images, so a process touches
-only the pages of the images it trains on.
+would, and only its own rows are read. Rows of a dataset mapped from the cache are read with
+``pread`` (:func:`gather`): they come from the page cache, which holds the file once for every
+process, into the batch alone, whereas touching them through the map would add the file's pages
+(whole large folios of them) to the process's resident memory.
 
 The sampler and the generator passed in stay the record of what has been consumed: after
 ``next()`` they stand exactly where drawing that batch left them (so a checkpoint saves them as
@@ -14,19 +16,22 @@ simply discards it and draws again. Prefetching therefore never changes a number
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .cache import CacheError
 from .dataset import ImageDataset
-from .dequantize import dequantize
-from .pairs import condition_batch
+from .dequantize import dequantize, to_float
 from .sampler import BatchSampler
 
-__all__ = ["Batch", "BatchStream", "gather_rows"]
+__all__ = ["Batch", "BatchStream", "gather"]
 
 _State = tuple[dict[str, Any], Tensor]  # the sampler's state, the generator's state
 
@@ -41,11 +46,24 @@ class Batch:
     context: Tensor | None
 
 
-def gather_rows(t: Tensor, index: Tensor) -> Tensor:
-    """``t[index]``, read in increasing index order (sequential pages of a mapped file)."""
-    order = torch.argsort(index)
+def gather(dataset: ImageDataset, field: str, index: Tensor, fds: dict[Path, int]) -> Tensor:
+    """Rows ``index`` of ``dataset.images`` or ``dataset.conditions`` (``field``): read in
+    increasing order with ``pread`` from the cache file when the dataset has one (``fds`` keeps
+    the open files), else indexed from the tensor."""
+    t = getattr(dataset, field)
+    if dataset.files is None or field not in dataset.files:
+        return t[index]
+    path, offset = dataset.files[field]
+    if path not in fds:
+        fds[path] = os.open(path, os.O_RDONLY)
     rows = torch.empty((len(index), *t.shape[1:]), dtype=t.dtype)
-    rows[order] = t.index_select(0, index[order])
+    flat = rows.numpy().reshape(len(index), -1).view(np.uint8)
+    size = flat.shape[1]
+    wanted = index.tolist()
+    for i in sorted(range(len(wanted)), key=wanted.__getitem__):
+        if os.preadv(fds[path], [flat[i]], offset + wanted[i] * size) != size:
+            raise CacheError(f"{path} is truncated: row {wanted[i]} lies past its end; delete the file "
+                             f"and it will be converted again")
     return rows
 
 
@@ -67,6 +85,7 @@ class BatchStream:
         self._generator = torch.Generator()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="attnflow-batches") if prefetch else None
         self._pending: tuple[_State, Future] | None = None
+        self._fds: dict[Path, int] = {}  # the cache files the thread reads rows from
 
     def _state(self) -> _State:
         return self.sampler.state_dict(), self.generator.get_state()
@@ -79,10 +98,10 @@ class BatchStream:
         local = index[self.rows]
         noise = torch.rand((len(index), *self.dataset.shape), generator=self._generator, dtype=torch.float32)
         noise = noise[self.rows]
-        x = dequantize(gather_rows(self.dataset.images, local), self.dataset.levels, noise=noise)
+        x = dequantize(gather(self.dataset, "images", local, self._fds), self.dataset.levels, noise=noise)
         context = None
         if self.dataset.conditions is not None:
-            context = condition_batch(self.dataset, local)
+            context = to_float(gather(self.dataset, "conditions", local, self._fds), self.dataset.condition_levels)
         batch = Batch(local, x, context)
         if self.pin_memory:
             batch = Batch(local, x.pin_memory(), None if context is None else context.pin_memory())
@@ -114,7 +133,10 @@ class BatchStream:
         return batch
 
     def close(self) -> None:
-        """Wait for the batch in flight and stop the thread (idempotent)."""
+        """Wait for the batch in flight, stop the thread and close the files (idempotent)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor, self._pending = None, None
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

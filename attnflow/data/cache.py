@@ -195,15 +195,18 @@ class _Entry:
                 return None, f"{self.manifest} was written by cache version {manifest['version']}, not {CACHE_VERSION}"
             if manifest["sources"]["digest"] != signature["digest"]:
                 return None, f"the source changed: {_what_changed(manifest['sources'], signature)}"
-            tensors = {}
+            tensors, files = {}, {}
             for field, spec in manifest["fields"].items():
                 array, problem = _map(self.path(field), spec)
                 if problem:
                     return None, problem
                 tensors[field] = torch.from_numpy(array)
+                if field != "labels":
+                    files[field] = (self.path(field), array.offset)
             return ImageDataset(
                 tensors["images"], tensors.get("labels"), manifest["levels"], manifest["name"], manifest["split"],
                 manifest["num_classes"], tensors.get("conditions"), manifest["condition_levels"], values_checked=True,
+                files=files,
             ), None
         except (KeyError, TypeError, ValueError) as exc:
             return None, f"{self.manifest} is corrupt ({type(exc).__name__}: {exc})"

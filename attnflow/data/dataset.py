@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -24,6 +25,10 @@ class ImageDataset:
     arrays were written (:mod:`attnflow.data.cache`), so they are not scanned again (a scan would
     read every page of a memory-mapped dataset). With 256 levels there is nothing to scan: every
     uint8 value is below 256.
+    ``files``: for arrays mapped from the cache, ``{"images" | "conditions": (path, offset)}``, the
+    ``.npy`` file and the byte offset of row 0, so that training batches read their rows with
+    ``pread`` (:func:`attnflow.data.batches.gather`) instead of through the map, whose pages would
+    count in the process's resident memory.
     """
 
     images: Tensor
@@ -35,6 +40,7 @@ class ImageDataset:
     conditions: Tensor | None = None
     condition_levels: int | None = None
     values_checked: bool = field(default=False, repr=False, compare=False)
+    files: dict[str, tuple[Path, int]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r} split {self.split!r}"
@@ -124,9 +130,15 @@ def rows_of(dataset: ImageDataset, index: slice) -> ImageDataset:
     def part(t: Tensor | None) -> Tensor | None:
         return None if t is None else t[index]
 
+    rows = range(len(dataset))[index]
+    files = None
+    if dataset.files is not None and rows.step == 1:
+        tensors = {"images": dataset.images, "conditions": dataset.conditions}
+        files = {k: (path, offset + rows.start * tensors[k][:1].numel() * tensors[k].element_size())
+                 for k, (path, offset) in dataset.files.items()}
     return ImageDataset(part(dataset.images), part(dataset.labels), dataset.levels, dataset.name, dataset.split,
                         dataset.num_classes, part(dataset.conditions), dataset.condition_levels,
-                        dataset.values_checked)
+                        dataset.values_checked, files)
 
 
 def first_images(dataset: ImageDataset, n: int) -> ImageDataset:

@@ -39,7 +39,7 @@ from attnflow.data.cifar import cifar_files, read_cifar_batch
 from attnflow.data.dataset import ImageDataset, concatenate, first_images, reduce_bits
 from attnflow.data.folder import image_chunks, image_folder_files
 from attnflow.data.idx import find_idx_file, read_idx
-from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, npz_rows, read_imagenet_npz
+from attnflow.data.npz import IMAGENET_CLASSES, imagenet_files, npz_blocks, npz_layout
 from attnflow.data.pairs import attach_condition, folder_pairs, pad_images, pair_chunks
 from attnflow.data.source import Decoded, Source, bundled, join
 
@@ -128,11 +128,20 @@ def _imagenet(name: str, split: str, root: Path | None, size: int) -> Source:
     )
     files = tuple(imagenet_files(root, split))
 
-    def chunk(path: Path) -> ImageDataset:
-        images, labels = read_imagenet_npz(path, size)
-        return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), 256, name, split, IMAGENET_CLASSES)
+    def decode() -> Decoded:
+        layouts = [npz_layout(path, size) for path in files]  # every file checked before any is converted
 
-    return Source(name, split, root, files, lambda: (sum(npz_rows(p, size) for p in files), map(chunk, files)))
+        def chunks() -> Iterator[ImageDataset]:
+            for path, (_, labels) in zip(files, layouts):
+                start = 0
+                for images in npz_blocks(path, size):
+                    rows = torch.from_numpy(labels[start : start + len(images)])
+                    start += len(images)
+                    yield ImageDataset(torch.from_numpy(images), rows, 256, name, split, IMAGENET_CLASSES)
+
+        return sum(n for n, _ in layouts), chunks()
+
+    return Source(name, split, root, files, decode)
 
 
 def _folder(name: str, split: str, root: Path | None) -> Source:
