@@ -159,8 +159,8 @@ def _arrays(dataset: ImageDataset) -> dict[str, np.ndarray]:
     return {k: t.numpy() for k, t in tensors.items() if t is not None}
 
 
-def _gigabytes(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
+def _size(n: int) -> str:
+    return f"{n:,} bytes ({n / 1e9:.2f} GB)"
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -186,7 +186,7 @@ class _Entry:
         no entry)."""
         try:
             manifest = json.loads(self.manifest.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None, None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             return None, f"{self.manifest} is unreadable ({exc})"
@@ -264,8 +264,8 @@ class _Entry:
                     need = sum(count * a[:1].nbytes + 128 for a in arrays.values())  # 128: the .npy header
                     free = shutil.disk_usage(self.directory).free
                     if need > free:
-                        raise CacheError(f"not enough disk space for {where}: it needs {_gigabytes(need)}, "
-                                         f"{_gigabytes(free)} are free; {fix}")
+                        raise CacheError(f"not enough disk space for {where}: it needs {_size(need)}, "
+                                         f"{_size(free)} are free; {fix}")
                     _note(f"converting {source.name} {source.split} ({count} images) into {self.directory} "
                           f"(once; later runs map it)")
                     writers.update({k: _ArrayWriter(self.path(k), count, a) for k, a in arrays.items()})
