@@ -68,9 +68,12 @@ def write_synthetic_imagenet(root: Path, n: int, val: int, files: int = 5, seed:
 def worker(argv: list[str]) -> None:
     """A training process: ``attnflow`` with the CLI's arguments, reporting on stderr when its
     imports are done and its peak resident memory at exit."""
-    atexit.register(lambda: print(json.dumps({"rank": int(os.environ.get("RANK", 0)),
-                                              "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}),
-                                  file=sys.stderr, flush=True))
+    def report() -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rank = int(os.environ.get("RANK", 0))
+        print(json.dumps({"rank": rank, "peak_rss_kib": peak}), file=sys.stderr, flush=True)
+
+    atexit.register(report)
     import torch._dynamo  # noqa: F401  (imported by every torch optimizer's constructor: 1.5-2 s here)
 
     import attnflow.cli
@@ -85,7 +88,8 @@ def _train(code: Path, out: Path, preset: str, settings: list[str], processes: i
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env.update(PYTHONPATH=str(code), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
-    args = ["train", "--preset", preset, "--out", str(out), "--quiet", *[a for s in settings for a in ("--set", s)]]
+    args = ["train", "--preset", preset, "--out", str(out), "--quiet",
+            *[a for s in settings for a in ("--set", s)]]
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     start = time.time()
@@ -101,7 +105,8 @@ def _train(code: Path, out: Path, preset: str, settings: list[str], processes: i
         raise RuntimeError(f"training failed ({proc.returncode}): {stderr[-3000:]}")
     reports = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     peaks = sorted((r["rank"], r["peak_rss_kib"]) for r in reports if "peak_rss_kib" in r)
-    result = {"peak_rss_mb": [round(kib * 1024 / 1e6, 1) for _, kib in peaks], "wall_s": round(time.time() - start, 2)}
+    result = {"peak_rss_mb": [round(kib * 1024 / 1e6, 1) for _, kib in peaks],
+              "wall_s": round(time.time() - start, 2)}
     if processes == 1:
         [imported] = [r["imported_at"] for r in reports if "imported_at" in r]
         result.update(first_step_s=round(first_step, 2), imports_s=round(imported - start, 2),
@@ -152,12 +157,13 @@ def memory(sizes: list[int], processes: list[int], val: int, tmp: Path, code: Pa
     for (run, p), by_size in peaks.items():
         growth = max(large - small for small, large in zip(by_size[0], by_size[-1]))
         print(json.dumps({"item": "peak_rss_growth", "run": run, "processes": p, "from_images": min(sizes),
-                          "to_images": max(sizes), "peak_rss_mb": by_size, "peak_rss_growth_mb": round(growth, 1),
-                          "target_mb": 200, "met": growth <= 200}), flush=True)
+                          "to_images": max(sizes), "peak_rss_mb": by_size,
+                          "peak_rss_growth_mb": round(growth, 1), "target_mb": 200, "met": growth <= 200}),
+              flush=True)
     if second_run is not None:
         print(json.dumps({"item": "first_step_second_run", "images": max(sizes), "target_s": 2,
-                          **{k: second_run[k] for k in ("first_step_s", "imports_s", "first_step_after_imports_s",
-                                                        "data_load_s")},
+                          **{k: second_run[k] for k in ("first_step_s", "imports_s",
+                                                        "first_step_after_imports_s", "data_load_s")},
                           "met": second_run["first_step_s"] < 2,
                           "met_after_imports": second_run["first_step_after_imports_s"] < 2}), flush=True)
 
@@ -166,8 +172,9 @@ def wait(n: int, val: int, tmp: Path, code: Path, device: str, batch: int, steps
     with tempfile.TemporaryDirectory(dir=tmp, prefix="data-wait-") as work:
         root = Path(work) / "imagenet32"
         write_synthetic_imagenet(root, n, val)
-        settings = ["data.name=imagenet32", f"data.root={root}", f"train.batch_size={batch}", f"train.steps={steps}",
-                    "train.log_every=1", f"train.device={device}", "data.test_images=8", "train.checkpoint_every=100000"]
+        settings = ["data.name=imagenet32", f"data.root={root}", f"train.batch_size={batch}",
+                    f"train.steps={steps}", "train.log_every=1", f"train.device={device}", "data.test_images=8",
+                    "train.checkpoint_every=100000"]
         _train(code, Path(work) / "run", "glow-cifar10", settings, 1)
         rows = [json.loads(line) for line in (Path(work) / "run" / "metrics.jsonl").read_text().splitlines()]
         steps_rows = [r for r in rows if "bpd" in r]

@@ -101,7 +101,8 @@ class BatchStream:
         x = dequantize(gather(self.dataset, "images", local, self._fds), self.dataset.levels, noise=noise)
         context = None
         if self.dataset.conditions is not None:
-            context = to_float(gather(self.dataset, "conditions", local, self._fds), self.dataset.condition_levels)
+            conditions = gather(self.dataset, "conditions", local, self._fds)
+            context = to_float(conditions, self.dataset.condition_levels)
         batch = Batch(local, x, context)
         if self.pin_memory:
             batch = Batch(local, x.pin_memory(), None if context is None else context.pin_memory())

@@ -86,7 +86,8 @@ def _signature(files: tuple[Path, ...]) -> dict[str, Any]:
     for path in files:
         stat = path.stat()
         rows.append([str(path), stat.st_size, stat.st_mtime_ns])
-    signature: dict[str, Any] = {"count": len(rows), "digest": hashlib.sha256(json.dumps(rows).encode()).hexdigest()}
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    signature: dict[str, Any] = {"count": len(rows), "digest": digest}
     if len(rows) <= _LISTED_FILES:
         signature["files"] = rows
     return signature
@@ -131,7 +132,8 @@ class _ArrayWriter:
         self.path, self.tmp = path, path.with_name(f"{path.name}.tmp-{os.getpid()}")
         self.shape, self.dtype, self.rows = (rows, *block.shape[1:]), block.dtype, 0
         self.file = open(self.tmp, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}
         np.lib.format.write_array_header_1_0(self.file, header)
 
     def write(self, block: np.ndarray) -> None:
@@ -192,7 +194,8 @@ class _Entry:
             return None, f"{self.manifest} is unreadable ({exc})"
         try:
             if manifest["version"] != CACHE_VERSION:
-                return None, f"{self.manifest} was written by cache version {manifest['version']}, not {CACHE_VERSION}"
+                return None, (f"{self.manifest} was written by cache version {manifest['version']}, "
+                              f"not {CACHE_VERSION}")
             if manifest["sources"]["digest"] != signature["digest"]:
                 return None, f"the source changed: {_what_changed(manifest['sources'], signature)}"
             tensors, files = {}, {}
@@ -204,9 +207,9 @@ class _Entry:
                 if field != "labels":
                     files[field] = (self.path(field), array.offset)
             return ImageDataset(
-                tensors["images"], tensors.get("labels"), manifest["levels"], manifest["name"], manifest["split"],
-                manifest["num_classes"], tensors.get("conditions"), manifest["condition_levels"], values_checked=True,
-                files=files,
+                tensors["images"], tensors.get("labels"), manifest["levels"], manifest["name"],
+                manifest["split"], manifest["num_classes"], tensors.get("conditions"),
+                manifest["condition_levels"], values_checked=True, files=files,
             ), None
         except (KeyError, TypeError, ValueError) as exc:
             return None, f"{self.manifest} is corrupt ({type(exc).__name__}: {exc})"
@@ -298,7 +301,8 @@ def _locked(lock: IO[str], directory: Path) -> Iterator[None]:
 def _entry_name(source: Source, variant: dict[str, Any]) -> str:
     key = {"name": source.name, "split": source.split, "variant": variant,
            "root": None if source.root is None else str(source.root.resolve())}
-    return f"{source.name}-{source.split}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{source.name}-{source.split}-{digest}"
 
 
 def cached_dataset(source: Source, transform: Callable[[ImageDataset], ImageDataset], variant: dict[str, Any],

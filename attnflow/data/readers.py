@@ -115,7 +115,8 @@ def _cifar10(name: str, split: str, root: Path | None) -> Source:
 
     def decode() -> Decoded:  # the batches are pickles: counting them means reading them
         batches = [read_cifar_batch(path) for path in files]
-        chunks = [ImageDataset(torch.from_numpy(x), torch.from_numpy(y), 256, name, split, 10) for x, y in batches]
+        chunks = [ImageDataset(torch.from_numpy(x), torch.from_numpy(y), 256, name, split, 10)
+                  for x, y in batches]
         return sum(map(len, chunks)), iter(chunks)
 
     return Source(name, split, root, files, decode)
@@ -153,7 +154,8 @@ def _folder(name: str, split: str, root: Path | None) -> Source:
         for images in image_chunks(files):
             rows = None if labels is None else torch.from_numpy(labels[start : start + len(images)])
             start += len(images)
-            yield ImageDataset(torch.from_numpy(images), rows, 256, name, split, len(classes) if classes else None)
+            yield ImageDataset(torch.from_numpy(images), rows, 256, name, split,
+                               len(classes) if classes else None)
 
     return Source(name, split, root, tuple(files), lambda: (len(files), chunks()))
 

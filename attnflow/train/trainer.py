@@ -10,9 +10,9 @@ an uninterrupted one. SIGINT / SIGTERM stop the loop at the next step boundary
 Device: ``train.device`` (``auto``: CUDA when available) holds the model, optimizer and EMA state;
 batches are drawn and dequantized on the CPU (the same data and noise whatever the device), on a
 thread while the previous step runs (:mod:`attnflow.data.batches`), and moved once per step; each
-metric line's ``data_wait_s`` is the mean seconds per step spent waiting for a batch. Checkpoints load onto the CPU first (``map_location``) and then move to the
-run's device, so a run saved on one device resumes or evaluates on another; the CUDA RNG state is
-saved too when training on CUDA.
+metric line's ``data_wait_s`` is the mean seconds per step spent waiting for a batch. Checkpoints
+load onto the CPU first (``map_location``) and then move to the run's device, so a run saved on one
+device resumes or evaluates on another; the CUDA RNG state is saved too when training on CUDA.
 
 Precision: ``train.precision = "bf16"`` runs the inner coupling / dense networks of the training
 forward pass under bfloat16 autocast (:mod:`attnflow.precision`); evaluation stays float32.
