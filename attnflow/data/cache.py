@@ -55,8 +55,8 @@ _FIELDS = ("images", "labels", "conditions")
 
 
 class CacheError(ValueError):
-    """The dataset cache cannot be written (no room, no permission); a ``ValueError`` so that the
-    command line reports it on one line."""
+    """The dataset cache cannot be written (no room, no permission) or read (a file truncated
+    under a running training); a ``ValueError`` so that the command line reports it on one line."""
 
 
 def _note(message: str) -> None:
@@ -99,8 +99,10 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
         for path, size, mtime in new["files"]:
             if path not in before:
                 return f"{path} is new"
-            if before[path] != (size, mtime):
-                return f"{path} changed (size {before[path][0]} -> {size} bytes, or its modification time)"
+            if before[path][0] != size:
+                return f"{path} changed (size {before[path][0]} -> {size} bytes)"
+            if before[path][1] != mtime:
+                return f"{path} changed (modified after the cache was made)"
         removed = sorted(set(before) - {path for path, _, _ in new["files"]})
         if removed:
             return f"{removed[0]} was removed"
