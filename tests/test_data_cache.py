@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from attnflow.data import (BatchSampler, BatchStream, CacheError, ImageDataset, dequantize, load_configured,
-                           load_dataset)
+                           load_dataset, to_float)
 from attnflow.data import cache as cache_module
 from attnflow.data import readers
 from attnflow.data.batches import gather
@@ -352,6 +352,24 @@ def test_rows_are_read_from_the_cache_file(tmp_path):
         gather(ds, "images", index, fds)
     for fd in fds.values():
         os.close(fd)
+
+
+def test_condition_images_come_with_their_rows(tmp_path):
+    """A conditional dataset from the cache: the stream reads each row's low-resolution condition
+    from the conditions file, as floats at bin centres."""
+    rng = np.random.default_rng(4)
+    for i in range(10):
+        (tmp_path / "data" / "train").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / "train" / f"{i}.png")
+    ds = load_dataset("folder", "train", root=tmp_path / "data", cache_dir=tmp_path / "cache", condition="lowres")
+    assert set(ds.files) == {"images", "conditions"}
+    sampler, gen = BatchSampler(10, 4, seed=1), torch.Generator().manual_seed(2)
+    stream = BatchStream(ds, sampler, gen, slice(2, 4))
+    for _ in range(4):
+        batch = next(stream)
+        assert torch.equal(batch.context, to_float(ds.conditions[batch.index], 256))
+        assert batch.context.shape == (2, 1, 4, 4)
+    stream.close()
 
 
 # ---------------------------------------------------------------- memory of a training process
