@@ -2,7 +2,8 @@
 # The GPU check of issue 9, one short run on a machine with CUDA (python3 there has a CUDA torch):
 # installs the project without touching torch, runs the CUDA tests (device, bf16 precision, one
 # NCCL process) and times a few paper-size presets in fp32 and bf16 plus the ACF attention
-# overhead. Outputs go to $OUT (default ./gpu-check); about 5 minutes in all.
+# overhead, then the seconds a paper-size Glow step waits for its data (issue 22). Outputs go to $OUT
+# (default ./gpu-check); about 6 minutes in all.
 #
 #     OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 set -u
@@ -22,5 +23,11 @@ timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf1
     --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \
     > "$OUT/gpu_presets.jsonl" 2> "$OUT/gpu_presets.err"
 echo "benchmark exit status $?" >> "$OUT/gpu_presets.err"
+
+# glow-cifar10 at batch 64 for 30 steps on synthetic cached 32x32 data: data_wait_s against the step
+timeout 150 python3 benchmarks/data_scale.py --items wait --device cuda --sizes 10000 --val 200 \
+    --wait-batch 64 --wait-steps 30 > "$OUT/data_wait.jsonl" 2> "$OUT/data_wait.err"
+echo "data wait exit status $?" >> "$OUT/data_wait.err"
 tail -n 3 "$OUT/pytest-cuda.txt"
 cat "$OUT/gpu_presets.jsonl"
+cat "$OUT/data_wait.jsonl"

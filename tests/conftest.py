@@ -2,6 +2,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache(tmp_path_factory):
+    """Dataset caches go to a temporary directory, never beside a dataset in the source tree or
+    under /usr/share (subprocesses inherit the variable)."""
+    from attnflow.data.cache import CACHE_ENV
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("dataset-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

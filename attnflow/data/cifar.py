@@ -19,7 +19,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray, numeric as _numeric
 
-__all__ = ["SafeUnpickler", "safe_unpickle", "read_cifar_batches", "CIFAR_FILES"]
+__all__ = ["SafeUnpickler", "safe_unpickle", "cifar_files", "read_cifar_batch", "CIFAR_FILES"]
 
 CIFAR_FILES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -69,25 +69,25 @@ def _field(batch: Any, key: str, path: Path) -> Any:
     raise ValueError(f"{path}: expected a CIFAR batch dict with key b{key!r}, found {found}")
 
 
-def read_cifar_batches(directory: Path, files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the named batches: images uint8 ``[N, 3, 32, 32]``, labels int64 ``[N]``."""
-    images, labels = [], []
-    for name in files:
-        path = directory / name
+def cifar_files(directory: Path, split: str) -> tuple[Path, ...]:
+    """The batch files of ``split`` in ``directory``; a missing one is a ``FileNotFoundError``."""
+    paths = tuple(directory / name for name in CIFAR_FILES[split])
+    for path in paths:
         if not path.is_file():
             raise FileNotFoundError(
                 f"expected the CIFAR-10 python batch {path} (from cifar-10-python.tar.gz, "
                 f"files {', '.join(CIFAR_FILES['train'] + CIFAR_FILES['test'])})"
             )
-        batch = safe_unpickle(path)
-        data = np.asarray(_field(batch, "data", path))
-        target = np.asarray(_field(batch, "labels", path), dtype=np.int64)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(
-                f"{path}: expected data uint8 [N, 3072], got {data.dtype} {tuple(data.shape)}"
-            )
-        if target.shape != (len(data),):
-            raise ValueError(f"{path}: {len(data)} images but labels of shape {tuple(target.shape)}")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(target)
-    return np.concatenate(images), np.concatenate(labels)
+    return paths
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch: images uint8 ``[N, 3, 32, 32]``, labels int64 ``[N]``."""
+    batch = safe_unpickle(path)
+    data = np.asarray(_field(batch, "data", path))
+    target = np.asarray(_field(batch, "labels", path), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: expected data uint8 [N, 3072], got {data.dtype} {tuple(data.shape)}")
+    if target.shape != (len(data),):
+        raise ValueError(f"{path}: {len(data)} images but labels of shape {tuple(target.shape)}")
+    return data.reshape(-1, 3, 32, 32), target

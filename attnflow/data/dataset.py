@@ -1,12 +1,14 @@
-"""The in-memory dataset every reader returns, and grey-level reduction (``n_bits``)."""
+"""The dataset every reader returns (in memory, or mapped from the cache of
+:mod:`attnflow.data.cache`), and grey-level reduction (``n_bits``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["ImageDataset", "reduce_bits", "concatenate"]
+__all__ = ["ImageDataset", "reduce_bits", "concatenate", "rows_of", "first_images", "check_joinable"]
 
 
 @dataclass
@@ -19,6 +21,14 @@ class ImageDataset:
     ``conditions``: for conditional models (super-resolution, translation), uint8
     ``[N, C', H', W']`` condition images paired row by row with ``images`` (a low-resolution
     version, a label map), with ``condition_levels`` levels; see :mod:`attnflow.data.pairs`.
+    ``values_checked``: the pixel and condition values were checked against the levels when the
+    arrays were written (:mod:`attnflow.data.cache`), so they are not scanned again (a scan would
+    read every page of a memory-mapped dataset). With 256 levels there is nothing to scan: every
+    uint8 value is below 256.
+    ``files``: for arrays mapped from the cache, ``{"images" | "conditions": (path, offset)}``, the
+    ``.npy`` file and the byte offset of row 0, so that training batches read their rows with
+    ``pread`` (:func:`attnflow.data.batches.gather`) instead of through the map, whose pages would
+    count in the process's resident memory.
     """
 
     images: Tensor
@@ -29,6 +39,8 @@ class ImageDataset:
     num_classes: int | None = None
     conditions: Tensor | None = None
     condition_levels: int | None = None
+    values_checked: bool = field(default=False, repr=False, compare=False)
+    files: dict[str, tuple[Path, int]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"dataset {self.name!r} split {self.split!r}"
@@ -39,7 +51,7 @@ class ImageDataset:
             )
         if not 2 <= self.levels <= 256:
             raise ValueError(f"{where}: levels must be in 2..256 for uint8 storage, got {self.levels}")
-        if self.images.numel() and int(self.images.max()) >= self.levels:
+        if self._scan(self.levels) and int(self.images.max()) >= self.levels:
             raise ValueError(
                 f"{where}: pixel value {int(self.images.max())} is not below levels={self.levels}"
             )
@@ -64,10 +76,14 @@ class ImageDataset:
                     f"{where}: conditions must be a uint8 tensor [{len(self.images)}, C, H, W] (one per image), "
                     f"got {c.dtype} of shape {tuple(c.shape)}"
                 )
-            if c.numel() and int(c.max()) >= self.condition_levels:
+            if self._scan(self.condition_levels) and int(c.max()) >= self.condition_levels:
                 raise ValueError(
                     f"{where}: condition value {int(c.max())} is not below condition_levels={self.condition_levels}"
                 )
+
+    def _scan(self, levels: int) -> bool:
+        """Whether the values must be scanned for one at or above ``levels``."""
+        return levels < 256 and not self.values_checked and self.images.numel() > 0
 
     @property
     def condition_shape(self) -> tuple[int, int, int] | None:
@@ -108,24 +124,35 @@ def reduce_bits(dataset: ImageDataset, n_bits: int) -> ImageDataset:
     )
 
 
+def rows_of(dataset: ImageDataset, index: slice) -> ImageDataset:
+    """The rows ``index`` of ``dataset`` (with their labels and conditions) as views: nothing is
+    copied, and rows of a memory-mapped dataset are not read."""
+    def part(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[index]
+
+    rows = range(len(dataset))[index]
+    files = None
+    if dataset.files is not None and rows.step == 1:
+        tensors = {"images": dataset.images, "conditions": dataset.conditions}
+        files = {k: (path, offset + rows.start * tensors[k][:1].numel() * tensors[k].element_size())
+                 for k, (path, offset) in dataset.files.items()}
+    return ImageDataset(part(dataset.images), part(dataset.labels), dataset.levels, dataset.name, dataset.split,
+                        dataset.num_classes, part(dataset.conditions), dataset.condition_levels,
+                        dataset.values_checked, files)
+
+
 def first_images(dataset: ImageDataset, n: int) -> ImageDataset:
     """The first ``n`` images of ``dataset`` (with their labels and conditions); ``n`` larger than
     the dataset is an error that names its size."""
     if not 1 <= n <= len(dataset):
         raise ValueError(f"asked for the first {n} images of {dataset.name!r} split {dataset.split!r}, which has "
                          f"{len(dataset)}; use a number from 1 to {len(dataset)}")
-
-    def head(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[:n]
-
-    return ImageDataset(head(dataset.images), head(dataset.labels), dataset.levels, dataset.name, dataset.split,
-                        dataset.num_classes, head(dataset.conditions), dataset.condition_levels)
+    return rows_of(dataset, slice(0, n))
 
 
-def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
-    """The images (labels, conditions) of ``first`` followed by those of ``second``, e.g. the
-    train and test splits AttnFlow trains its Tables 2 and 3 models on; both must have the same
-    image shape, levels, and kinds of labels and conditions."""
+def check_joinable(first: ImageDataset, second: ImageDataset) -> None:
+    """A one-line ``ValueError`` unless the rows of ``second`` can follow those of ``first`` in one
+    dataset: the same image shape, levels, and kinds of labels and conditions."""
     def _same(what: str, a: object, b: object) -> None:
         if a != b:
             raise ValueError(f"cannot join {first.split!r} and {second.split!r} of {first.name!r}: {what} {a} vs {b}")
@@ -134,6 +161,12 @@ def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     _same("levels", first.levels, second.levels)
     _same("labels", first.labels is None, second.labels is None)
     _same("conditions", first.condition_shape, second.condition_shape)
+
+
+def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
+    """The images (labels, conditions) of ``first`` followed by those of ``second``, e.g. the
+    train and test splits AttnFlow trains its Tables 2 and 3 models on (:func:`check_joinable`)."""
+    check_joinable(first, second)
 
     def join(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         return None if a is None else torch.cat([a, b])

@@ -28,14 +28,24 @@ def dequantize(
     levels: int,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """``x = (k + u) / levels``, ``u ~ U[0, 1)`` i.i.d. per pixel, in ``[0, 1)``.
 
-    In floating point ``(levels - 1 + u) / levels`` can round up to exactly 1 when ``u`` is within
-    half an ulp of 1; such values are clamped to the largest representable number below 1.
+    ``noise`` gives ``u`` (of the images' shape and ``dtype``) instead of drawing it from
+    ``generator``: a process of data-parallel training draws the noise of the whole global batch,
+    as one process would, and dequantizes only its rows. In floating point
+    ``(levels - 1 + u) / levels`` can round up to exactly 1 when ``u`` is within half an ulp of 1;
+    such values are clamped to the largest representable number below 1.
     """
     k = _check(images, levels).to(dtype)
-    u = torch.rand(k.shape, generator=generator, dtype=dtype, device=k.device)
+    if noise is None:
+        u = torch.rand(k.shape, generator=generator, dtype=dtype, device=k.device)
+    elif noise.shape != k.shape or noise.dtype != dtype:
+        raise ValueError(f"noise must be {dtype} of the images' shape {tuple(k.shape)}, "
+                         f"got {noise.dtype} {tuple(noise.shape)}")
+    else:
+        u = noise
     below_one = 1.0 - torch.finfo(dtype).eps / 2
     return ((k + u) / levels).clamp_(max=below_one)
 

@@ -6,14 +6,16 @@ Classes are the sub-directory names in sorted order. Every image must share the 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["read_image_folder", "read_images", "list_images", "IMAGE_SUFFIXES"]
+__all__ = ["image_folder_files", "image_chunks", "list_images", "IMAGE_SUFFIXES", "CHUNK_FILES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CHUNK_FILES = 256  # image files decoded at a time
 _MODES = {"L": 1, "RGB": 3}
 
 
@@ -22,23 +24,25 @@ def list_images(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_images(paths: list[Path]) -> np.ndarray:
-    """uint8 ``[N, C, H, W]`` from image files that must all share the size and mode of the first."""
-    first, arrays = paths[0], []
+def image_chunks(paths: list[Path], chunk: int = CHUNK_FILES) -> Iterator[np.ndarray]:
+    """uint8 ``[n, C, H, W]`` blocks of ``chunk`` image files, in order; every image must share the
+    size and mode of the first one."""
     reference: tuple[str, tuple[int, int]] | None = None  # mode and size of the first image
-    for path in paths:
-        mode, size, array = _read_image(path)
-        if mode not in _MODES:
-            raise ValueError(f"{path}: image mode {mode!r} is not supported; convert it to L or RGB")
-        if reference is None:
-            reference = (mode, size)
-        elif (mode, size) != reference:
-            raise ValueError(
-                f"{path}: image is {mode} {size[0]}x{size[1]} but {first} is "
-                f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
-            )
-        arrays.append(array.reshape(size[1], size[0], -1))
-    return np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
+    for start in range(0, len(paths), chunk):
+        arrays = []
+        for path in paths[start : start + chunk]:
+            mode, size, array = _read_image(path)
+            if mode not in _MODES:
+                raise ValueError(f"{path}: image mode {mode!r} is not supported; convert it to L or RGB")
+            if reference is None:
+                reference = (mode, size)
+            elif (mode, size) != reference:
+                raise ValueError(
+                    f"{path}: image is {mode} {size[0]}x{size[1]} but {paths[0]} is "
+                    f"{reference[0]} {reference[1][0]}x{reference[1][1]}; all images must match"
+                )
+            arrays.append(array.reshape(size[1], size[0], -1))
+        yield np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
 
 
 def _read_image(path: Path) -> tuple[str, tuple[int, int], np.ndarray]:
@@ -52,8 +56,9 @@ def _read_image(path: Path) -> tuple[str, tuple[int, int], np.ndarray]:
         raise ValueError(f"{path}: cannot read the image ({exc}); replace or remove the file") from None
 
 
-def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Images uint8 ``[N, C, H, W]``, labels int64 ``[N]`` (None without classes), class names."""
+def image_folder_files(directory: Path) -> tuple[list[Path], np.ndarray | None, list[str]]:
+    """The image files of ``directory`` (class by class), their labels int64 ``[N]`` (None without
+    classes) and the class names."""
     if not directory.is_dir():
         raise FileNotFoundError(
             f"expected an image directory {directory} holding <class>/*.png|jpg or *.png|jpg"
@@ -70,6 +75,5 @@ def read_image_folder(directory: Path) -> tuple[np.ndarray, np.ndarray | None, l
         files = [(path, 0) for path in loose]
     if not files:
         raise FileNotFoundError(f"expected {'/'.join(IMAGE_SUFFIXES)} images in {directory}, found none")
-    images = read_images([path for path, _ in files])
     labels = np.array([label for _, label in files], dtype=np.int64) if classes else None
-    return images, labels, classes
+    return [path for path, _ in files], labels, classes

@@ -3,17 +3,21 @@
 Each file holds ``data``: uint8 ``[N, 3*S*S]`` (red, green, blue planes, row-major) or
 ``[N, S, S, 3]``, and ``labels``: class indices 1..1000 (returned 0-based). Training data is split
 over ``train_data_batch_1.npz`` .. ``train_data_batch_10.npz``; the validation set is
-``val_data.npz``. Loaded with ``allow_pickle=False``, so no code runs.
+``val_data.npz``. Loaded with ``allow_pickle=False``, so no code runs. The labels and the
+header of ``data`` are read and checked first (:func:`npz_layout`), then the pixels stream in
+blocks of rows (:func:`npz_blocks`), so a 1.2 GB ImageNet64 file is never in memory whole.
 """
 from __future__ import annotations
 
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-__all__ = ["imagenet_files", "read_imagenet_npz", "IMAGENET_CLASSES"]
+__all__ = ["imagenet_files", "npz_layout", "npz_blocks", "IMAGENET_CLASSES"]
 
 IMAGENET_CLASSES = 1000
 
@@ -39,30 +43,42 @@ def imagenet_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def _read_one(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+BLOCK_BYTES = 16 * 2**20  # pixels read at a time
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0,
+                   (3, 0): np.lib.format.read_array_header_2_0}  # 3.0: 2.0 with a UTF-8 header
+
+
+def _member(archive: zipfile.ZipFile, key: str) -> tuple[IO[bytes], tuple[int, ...], bool, np.dtype]:
+    """The open ``key.npy`` member of an npz archive, past its header, with its shape, Fortran
+    order and dtype."""
+    f = archive.open(f"{key}.npy")
+    shape, fortran, dtype = _HEADER_READERS[np.lib.format.read_magic(f)](f)
+    return f, shape, fortran, dtype
+
+
+def npz_layout(path: Path, size: int) -> tuple[int, np.ndarray]:
+    """The image count of one npz file and its labels (int64, 0-based), after checking the file's
+    keys, the dtype and shape of ``data`` and the labels; its pixels are not read."""
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError(f"holds a single {type(npz).__name__}, not an npz archive")
-        with npz:
-            keys = sorted(npz.files)
-            arrays = {key: npz[key] for key in ("data", "labels") if key in keys}
+        with zipfile.ZipFile(path) as archive:
+            keys = sorted(name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy"))
+            if "data" not in keys or "labels" not in keys:
+                raise KeyError(keys)
+            with archive.open("labels.npy") as f:
+                labels = np.lib.format.read_array(f, allow_pickle=False)
+            f, shape, fortran, dtype = _member(archive, "data")
+            f.close()
+    except KeyError:
+        raise ValueError(f"{path}: expected npz keys 'data' and 'labels', found {keys}") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npz file without pickled objects ({err})") from err
-    if len(arrays) != 2:
-        raise ValueError(f"{path}: expected npz keys 'data' and 'labels', found {keys}")
-    data, labels = arrays["data"], arrays["labels"]
-    n = len(data)
-    if data.dtype != np.uint8:
-        raise ValueError(f"{path}: expected uint8 'data', got {data.dtype}")
-    if data.shape == (n, 3 * size * size):
-        data = data.reshape(n, 3, size, size)
-    elif data.shape == (n, size, size, 3):
-        data = data.transpose(0, 3, 1, 2)
-    else:
+    n = shape[0] if shape else 0
+    if dtype != np.uint8:
+        raise ValueError(f"{path}: expected uint8 'data', got {dtype}")
+    if shape not in ((n, 3 * size * size), (n, size, size, 3)) or fortran:
         raise ValueError(
-            f"{path}: expected 'data' of shape [N, {3 * size * size}] or [N, {size}, {size}, 3], "
-            f"got {tuple(data.shape)}"
+            f"{path}: expected 'data' of shape [N, {3 * size * size}] or [N, {size}, {size}, 3] in C order, "
+            f"got {tuple(shape)}{' in Fortran order' if fortran else ''}"
         )
     labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -74,13 +90,23 @@ def _read_one(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: expected 1-based labels in 1..{IMAGENET_CLASSES}, "
             f"got range {labels.min()}..{labels.max()}"
         )
-    return data, labels.astype(np.int64) - 1
+    return n, labels.astype(np.int64) - 1
 
 
-def read_imagenet_npz(files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the files: images uint8 ``[N, 3, size, size]``, labels int64 0-based ``[N]``."""
-    parts = [_read_one(path, size) for path in files]
-    return (
-        np.ascontiguousarray(np.concatenate([p[0] for p in parts])),
-        np.concatenate([p[1] for p in parts]),
-    )
+def npz_blocks(path: Path, size: int, block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
+    """The images of one npz file (checked by :func:`npz_layout`), uint8 ``[n, 3, size, size]``
+    blocks of rows in order."""
+    row = 3 * size * size
+    with zipfile.ZipFile(path) as archive:
+        f, shape, _, _ = _member(archive, "data")
+        with f:
+            for start in range(0, shape[0], max(1, block_bytes // row)):
+                rows = min(max(1, block_bytes // row), shape[0] - start)
+                data = np.empty(rows * row, dtype=np.uint8)
+                got = f.readinto(memoryview(data))
+                if got != data.size:
+                    raise ValueError(f"{path}: 'data' ends after {start * row + got} of {shape[0] * row} bytes")
+                if len(shape) == 2:
+                    yield data.reshape(rows, 3, size, size)
+                else:
+                    yield np.ascontiguousarray(data.reshape(rows, size, size, 3).transpose(0, 3, 1, 2))

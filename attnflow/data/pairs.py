@@ -8,13 +8,14 @@
   (:func:`coarse_label_map`: block averages quantised into background / faint / ink classes),
   to be translated back into the image.
 * ``paired`` -- the dataset's own source images, from folders matched by file name
-  (:func:`read_folder_pairs`: ``<split>/source/NAME.png`` with ``<split>/target/NAME.png``, e.g.
+  (:func:`folder_pairs`: ``<split>/source/NAME.png`` with ``<split>/target/NAME.png``, e.g.
   Cityscapes label maps and photos).
 
 :func:`pad_images` pads Fashion-MNIST's 28x28 to 32x32, so 4x gives 8x8 and 8x gives 4x4 inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,11 +24,11 @@ from torch import Tensor
 
 from .dataset import ImageDataset
 from .dequantize import to_float
-from .folder import list_images, read_images
+from .folder import image_chunks, list_images
 
 __all__ = [
     "CONDITIONS", "attach_condition", "bicubic_downscale", "bicubic_upscale", "coarse_label_map",
-    "condition_batch", "lowres_images", "pad_images", "read_folder_pairs", "LABEL_CLASSES",
+    "condition_batch", "folder_pairs", "lowres_images", "pad_images", "pair_chunks", "LABEL_CLASSES",
 ]
 
 CONDITIONS = ("none", "lowres", "labelmap", "paired")
@@ -92,10 +93,9 @@ def pad_images(images: Tensor, size: int) -> Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-def read_folder_pairs(directory: Path) -> tuple[Tensor, Tensor]:
-    """uint8 ``(sources, targets)`` from ``directory/source/*`` and ``directory/target/*``
-    matched by file name without suffix; every name must appear on both sides and the two images
-    of a pair must have the same height and width."""
+def folder_pairs(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The files of ``directory/source/*`` and ``directory/target/*`` matched by file name without
+    suffix, in name order; every name must appear on both sides."""
     src_dir, tgt_dir = directory / "source", directory / "target"
     for d in (src_dir, tgt_dir):
         if not d.is_dir():
@@ -111,14 +111,19 @@ def read_folder_pairs(directory: Path) -> tuple[Tensor, Tensor]:
     if not src:
         raise FileNotFoundError(f"no images in {src_dir} and {tgt_dir}")
     names = sorted(src)
-    sources = torch.from_numpy(read_images([src[n] for n in names]))
-    targets = torch.from_numpy(read_images([tgt[n] for n in names]))
-    if sources.shape[-2:] != targets.shape[-2:]:
-        raise ValueError(
-            f"{directory}: source images are {sources.shape[-1]}x{sources.shape[-2]} but target images are "
-            f"{targets.shape[-1]}x{targets.shape[-2]}; a pair must have the same size (resize one side)"
-        )
-    return sources, targets
+    return [src[n] for n in names], [tgt[n] for n in names]
+
+
+def pair_chunks(directory: Path, sources: list[Path], targets: list[Path]) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 ``(sources, targets)`` blocks of the paired files (:func:`folder_pairs`); the two
+    images of a pair must have the same height and width."""
+    for src, tgt in zip(image_chunks(sources), image_chunks(targets)):
+        if src.shape[-2:] != tgt.shape[-2:]:
+            raise ValueError(
+                f"{directory}: source images are {src.shape[-1]}x{src.shape[-2]} but target images are "
+                f"{tgt.shape[-1]}x{tgt.shape[-2]}; a pair must have the same size (resize one side)"
+            )
+        yield torch.from_numpy(src), torch.from_numpy(tgt)
 
 
 def attach_condition(dataset: ImageDataset, condition: str, scale: int = 2) -> ImageDataset:

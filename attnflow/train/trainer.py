@@ -8,10 +8,11 @@ an uninterrupted one. SIGINT / SIGTERM stop the loop at the next step boundary
 (:mod:`attnflow.train.signals`), so an interrupted run is exact too.
 
 Device: ``train.device`` (``auto``: CUDA when available) holds the model, optimizer and EMA state;
-batches are drawn and dequantized on the CPU (the same data and noise whatever the device) and
-moved once per step. Checkpoints load onto the CPU first (``map_location``) and then move to the
-run's device, so a run saved on one device resumes or evaluates on another; the CUDA RNG state is
-saved too when training on CUDA.
+batches are drawn and dequantized on the CPU (the same data and noise whatever the device), on a
+thread while the previous step runs (:mod:`attnflow.data.batches`), and moved once per step; each
+metric line's ``data_wait_s`` is the mean seconds per step spent waiting for a batch. Checkpoints
+load onto the CPU first (``map_location``) and then move to the run's device, so a run saved on one
+device resumes or evaluates on another; the CUDA RNG state is saved too when training on CUDA.
 
 Precision: ``train.precision = "bf16"`` runs the inner coupling / dense networks of the training
 forward pass under bfloat16 autocast (:mod:`attnflow.precision`); evaluation stays float32.
@@ -43,7 +44,7 @@ from torch import Tensor
 
 from ..config import check_config, read_config
 from ..core import Flow
-from ..data import BatchSampler, dequantize, load_configured
+from ..data import BatchSampler, BatchStream, load_configured
 from ..data.pairs import condition_batch
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
@@ -148,6 +149,8 @@ class Trainer:
             raise
 
     def _release(self) -> None:
+        if getattr(self, "batches", None) is not None:
+            self.batches.close()
         if getattr(self, "lock", None) is not None:
             self.lock.release()
         self.dist.close()
@@ -215,6 +218,10 @@ class Trainer:
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.contraction = ContractionMonitor(self.model)  # certified Lip(g) of every block at every step
         self.skip_reason = ""
+        # this process's rows of each batch, gathered and dequantized on a thread while a step runs
+        self.batches = BatchStream(self.train_set, self.sampler, self.dequant_gen, self.dist.rows,
+                                   pin_memory=self.device.type == "cuda")
+        self.data_wait = 0.0  # seconds the steps spent waiting for their batch
         self.step = 0
         self.lr_scale = 1.0
         self.rollbacks = 0
@@ -309,12 +316,12 @@ class Trainer:
         """One optimizer step; ``None`` when the loss or a gradient is not finite (no update), or
         when the update made a weight non-finite (the next steps fail until a rollback)."""
         t = self.cfg["train"]
-        idx = next(self.sampler)  # the global batch and its noise, as one process draws them
-        x = dequantize(self.train_set.images[idx], self.levels, generator=self.dequant_gen)
-        idx, x = idx[self.dist.rows], x[self.dist.rows].to(self.device)  # this process's rows
+        wait_start = time.perf_counter()
+        batch = next(self.batches)  # this process's rows of the global batch, with the global batch's noise
+        idx, x = batch.index, batch.x.to(self.device, non_blocking=True)
+        context = None if batch.context is None else batch.context.to(self.device, non_blocking=True)
+        self.data_wait += time.perf_counter() - wait_start
         self.model.train()
-        context = condition_batch(self.train_set, idx)  # None for unconditional data
-        context = None if context is None else context.to(self.device)
         with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
             outputs = training_outputs(self.model, x, context) if self.ddp is None else self.ddp(x, context)
             if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
@@ -417,7 +424,7 @@ class Trainer:
         total = t["steps"]
         bad = 0
         bar = TrainingBar(total, t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
-        window_start, window_images = time.perf_counter(), 0
+        window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
         clock = TRAINING_CLOCKS[t["clock"]]
         try:
             while self.step < total:
@@ -451,11 +458,12 @@ class Trainer:
                 self.last_finite = (self.step, loss)
                 if self.step % t["log_every"] == 0 or self.step == total:
                     speed = window_images / (time.perf_counter() - window_start)
-                    window_start, window_images = time.perf_counter(), 0
+                    data_wait = (self.data_wait - window_wait) * t["batch_size"] / window_images
+                    window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
                     bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
                     self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
                                         "images_per_s": speed, "train_s": round(self.train_seconds, 3),
-                                        **self.step_metrics})
+                                        "data_wait_s": round(data_wait, 6), **self.step_metrics})
                 if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
                     ev = self.evaluate(t["eval_batches"])
                     self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
