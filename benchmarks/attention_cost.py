@@ -1,0 +1,75 @@
+"""Per-step cost of attention in each family at the Fashion-MNIST table's presets: a training
+step with the family's attention against the same family without it, interleaved in one process
+(:mod:`interleaved`), one thread by default, batch 64.
+
+    python benchmarks/attention_cost.py [--families flowpp isdp] [--rounds 10] [--threads 1]
+
+Prints one JSON line per family: both presets and parameter counts, median CPU and wall seconds
+per step, their ratios and the issue-20 target. When the CPU ratio misses its target the line
+also holds ``extra_ms_by_op``: the operators whose self CPU time per step grew most from the
+attention-free step to the attention step (``torch.profiler``), i.e. where the extra time goes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from interleaved import TrainStep, interleaved, profile_step
+
+# family: (attention preset, attention-free preset, target ratio of CPU seconds per step or None)
+FAMILIES: dict[str, tuple[str, str, float | None]] = {
+    "flowpp": ("flowpp-fmnist-tiny", "flowpp-fmnist-tiny-noattn", 2.0),
+    "denseflow": ("denseflow-fmnist-tiny", "denseflow-fmnist-tiny-noattn", 1.25),
+    "isdp": ("glow-fmnist-tiny-isdp", "glow-fmnist-tiny", 1.3),
+    "imap": ("glow-fmnist-tiny-imap", "glow-fmnist-tiny", 1.1),
+    "marflow": ("marflow-fmnist-tiny", "marflow-fmnist-tiny-noattn", 1.15),
+    "acf-l2": ("acf-resflow-l2-fmnist-tiny", "resflow-fmnist-tiny", None),
+    "acf-lipnorm": ("acf-resflow-lipnorm-fmnist-tiny", "resflow-fmnist-tiny", None),
+}
+
+
+def extra_time_by_op(with_attention: TrainStep, without: TrainStep, top: int = 8) -> list[dict[str, object]]:
+    """Operators ordered by how much self CPU time per step they add with attention."""
+    base = {row["op"]: row["ms_per_step"] for row in profile_step(without, top=10**6)}
+    rows = profile_step(with_attention, top=10**6)
+    extra = [{"op": r["op"], "extra_ms": round(r["ms_per_step"] - base.get(r["op"], 0.0), 2),
+              "ms_per_step": r["ms_per_step"]} for r in rows]
+    return sorted(extra, key=lambda r: r["extra_ms"], reverse=True)[:top]
+
+
+def measure(family: str, rounds: int, warmup: int, batch_size: int) -> dict[str, object]:
+    attn_preset, base_preset, target = FAMILIES[family]
+    attn, base = TrainStep(attn_preset, batch_size=batch_size), TrainStep(base_preset, batch_size=batch_size)
+    t_attn, t_base = interleaved([attn, base], rounds, warmup)
+    ratio = t_attn["cpu_s"] / t_base["cpu_s"]
+    row: dict[str, object] = {
+        "family": family, "attention": attn_preset, "without": base_preset,
+        "parameters": [attn.parameters, base.parameters], "batch_size": attn.batch.shape[0],
+        "cpu_s_per_step": [round(t_attn["cpu_s"], 4), round(t_base["cpu_s"], 4)],
+        "wall_s_per_step": [round(t_attn["wall_s"], 4), round(t_base["wall_s"], 4)],
+        "cpu_ratio": round(ratio, 3), "wall_ratio": round(t_attn["wall_s"] / t_base["wall_s"], 3),
+        "target": target, "met": None if target is None else ratio <= target,
+        "threads": torch.get_num_threads(), "rounds": rounds, "torch": torch.__version__,
+    }
+    if target is not None and ratio > target:
+        row["extra_ms_by_op"] = extra_time_by_op(attn, base)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    for family in a.families:
+        print(json.dumps(measure(family, a.rounds, a.warmup, a.batch_size)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared part of ``attention_cost.py`` and ``compile_step.py``: training steps of presets timed
+interleaved in one process, and a profile of where one step's time goes.
+
+A step is the trainer's (``attnflow.train.trainer``): the model's log-likelihood of a fixed batch
+in [0, 1] as bits/dim, backward, gradient clipping and an Adam update. Interleaving (each round
+runs one step of every configuration, the order reversed every other round) shares the machine's
+load fairly between the configurations, so their ratios mean something on a loaded machine even
+when the absolute times do not. Times are this process's CPU seconds (the clock of the equal
+compute table, ``train.clock = cpu``) and wall seconds.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from attnflow.config import resolve_config
+from attnflow.evaluate import log_prob_to_bits_per_dim
+from attnflow.models import build_from_config
+
+__all__ = ["TrainStep", "interleaved", "profile_step"]
+
+
+class TrainStep:
+    """One training step of ``preset`` (with ``overrides``) on a fixed random batch; with
+    ``compile`` the forward runs through :func:`attnflow.train.compile.compiled_forward`, as the
+    trainer's ``train.compile = true``."""
+
+    def __init__(self, preset: str, overrides: list[str] = (), batch_size: int = 0, compile: bool = False,
+                 seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        cfg = resolve_config(preset, list(overrides))
+        self.name = preset + "".join(f" {o}" for o in overrides)
+        self.model = build_from_config(cfg["model"])
+        self.batch = torch.rand(batch_size or cfg["train"]["batch_size"], *self.model.shape) * 0.98 + 0.01
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.forward = self.model.log_prob
+        if compile:
+            from attnflow.train.compile import compiled_forward
+
+            self.forward = compiled_forward(self.model, self.name)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.model.train()
+
+    def __call__(self) -> float:
+        loss = log_prob_to_bits_per_dim(self.forward(self.batch), self.model.dim, 256).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
+        self.optimizer.step()
+        return float(loss)
+
+
+def interleaved(steps: list[Callable[[], object]], rounds: int, warmup: int) -> list[dict[str, float]]:
+    """Median CPU and wall seconds per call of each of ``steps``, timed over ``rounds`` rounds after
+    ``warmup`` untimed ones (every round calls each step once; odd rounds in reverse order)."""
+    cpu: list[list[float]] = [[] for _ in steps]
+    wall: list[list[float]] = [[] for _ in steps]
+    for r in range(warmup + rounds):
+        order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            c0, w0 = time.process_time(), time.perf_counter()
+            steps[i]()
+            if r >= warmup:
+                cpu[i].append(time.process_time() - c0)
+                wall[i].append(time.perf_counter() - w0)
+    return [{"cpu_s": statistics.median(c), "wall_s": statistics.median(w)} for c, w in zip(cpu, wall)]
+
+
+def profile_step(step: Callable[[], object], calls: int = 3, top: int = 8) -> list[dict[str, object]]:
+    """The ``top`` operators by self CPU time over ``calls`` calls of ``step``: name, milliseconds
+    per call and share of the profiled time."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or math.inf
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1e3 / calls, 2),
+             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:top]]
