@@ -51,7 +51,7 @@ class TrainStep:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def interleaved(steps: list[Callable[[], object]], rounds: int, warmup: int) -> list[dict[str, float]]:
