@@ -20,13 +20,14 @@ import torch
 from attnflow.config import resolve_config
 from attnflow.evaluate import log_prob_to_bits_per_dim
 from attnflow.models import build_from_config
+from attnflow.train.compile import CompiledForward
 
 __all__ = ["TrainStep", "interleaved", "profile_step"]
 
 
 class TrainStep:
     """One training step of ``preset`` (with ``overrides``) on a fixed random batch; with
-    ``compile`` the forward runs through :func:`attnflow.train.compile.compiled_forward`, as the
+    ``compile`` the forward runs through :class:`attnflow.train.compile.CompiledForward`, as with the
     trainer's ``train.compile = true``."""
 
     def __init__(self, preset: str, overrides: list[str] = (), batch_size: int = 0, compile: bool = False,
@@ -37,11 +38,7 @@ class TrainStep:
         self.model = build_from_config(cfg["model"])
         self.batch = torch.rand(batch_size or cfg["train"]["batch_size"], *self.model.shape) * 0.98 + 0.01
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.forward = self.model.log_prob
-        if compile:
-            from attnflow.train.compile import compiled_forward
-
-            self.forward = compiled_forward(self.model, self.name)
+        self.forward = CompiledForward(self.model.log_prob, self.name) if compile else self.model.log_prob
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.model.train()
 

@@ -1,6 +1,6 @@
 """``train.compile = true``: the training step's model forward compiled with ``torch.compile``.
 
-:func:`compiled_forward` wraps a forward function (the trainer's ``log p(x)``, or a hybrid
+:class:`CompiledForward` wraps a forward function (the trainer's ``log p(x)``, or a hybrid
 model's ``log p(x)`` and logits) in ``torch.compile`` with the default inductor backend. The
 first calls compile (minutes on a CPU; then again for each new input shape), later ones reuse the
 compiled code. The backward graph is compiled during the forward call that builds it
@@ -26,31 +26,38 @@ import torch
 import torch._dynamo.exc
 import torch._functorch.config
 
-__all__ = ["CompiledForward", "compiled_forward"]
+__all__ = ["CompiledForward"]
 
 _USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 
 def _failing_part(exc: BaseException) -> str:
-    """Where a compile failure happened: the innermost ``File ..., line ..., in ...`` frame dynamo
-    quotes from the model's code, else the first line of the message (the failing operator)."""
-    text = str(exc)
+    """Where a compile failure happened: the innermost ``File ..., line ..., in ...`` frame of the
+    model's code that dynamo or inductor quotes (``from user code:``, a lowering error's node), else
+    dynamo's innermost user frame, else the first line of the underlying error (the failing operator
+    or backend)."""
+    inner = getattr(exc, "inner_exception", None)
+    text = f"{exc}\n{inner}" if inner is not None else str(exc)
     frames = _USER_FRAME.findall(text.split("from user code:", 1)[-1])
+    frame = getattr(exc, "innermost_user_frame_summary", None)
     if frames:
         path, line, function = frames[-1]
-        short = path.split("/attnflow/", 1)[-1] if "/attnflow/" in path else path
-        return f"{function} ({short}:{line})"
-    first = text.strip().splitlines()
-    return first[0][:200] if first else type(exc).__name__
+    elif frame is not None:
+        path, line, function = frame.filename, str(frame.lineno), frame.name
+    else:
+        first = (f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)).strip().splitlines()
+        return first[0][:200] if first else type(exc).__name__
+    short = path.split("/attnflow/", 1)[-1] if "/attnflow/" in path else path
+    return f"{function} ({short}:{line})"
 
 
 class CompiledForward:
     """``fn`` compiled with ``torch.compile``; on a compiler failure one warning naming the failing
-    part of ``what`` and eager calls from then on (module docstring)."""
+    part of ``what`` and eager calls from then on (module docstring). ``backend``: ``torch.compile``'s."""
 
-    def __init__(self, fn: Callable[..., Any], what: str) -> None:
+    def __init__(self, fn: Callable[..., Any], what: str, backend: str | Callable[..., Any] = "inductor") -> None:
         self.eager = fn
-        self.compiled = torch.compile(fn)
+        self.compiled = torch.compile(fn, backend=backend)
         self.what = what
         self.failure: str | None = None
 
@@ -67,8 +74,3 @@ class CompiledForward:
                     "to skip the attempt)", RuntimeWarning, stacklevel=2)
         return self.eager(*args, **kwargs)
 
-
-def compiled_forward(model: torch.nn.Module, what: str, fn: Callable[..., Any] | None = None) -> CompiledForward:
-    """``fn`` (default ``model.log_prob``) compiled for training, with the eager fallback;
-    ``what`` names the model in the warning (e.g. its family)."""
-    return CompiledForward(fn or model.log_prob, what)
