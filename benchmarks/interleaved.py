@@ -31,18 +31,20 @@ class TrainStep:
     trainer's ``train.compile = true``."""
 
     def __init__(self, preset: str, overrides: list[str] = (), batch_size: int = 0, compile: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, device: str = "cpu") -> None:
         torch.manual_seed(seed)
         cfg = resolve_config(preset, list(overrides))
         self.name = preset + "".join(f" {o}" for o in overrides)
-        self.model = build_from_config(cfg["model"])
-        self.batch = torch.rand(batch_size or cfg["train"]["batch_size"], *self.model.shape) * 0.98 + 0.01
+        self.model = build_from_config(cfg["model"]).to(device)
+        shape = (batch_size or cfg["train"]["batch_size"], *self.model.shape)
+        self.batch = (torch.rand(shape) * 0.98 + 0.01).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.forward = CompiledForward(self.model.log_prob, self.name) if compile else self.model.log_prob
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.model.train()
 
     def __call__(self) -> float:
+        """One step; returns the loss (a host synchronisation, so wall times include GPU work)."""
         loss = log_prob_to_bits_per_dim(self.forward(self.batch), self.model.dim, 256).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

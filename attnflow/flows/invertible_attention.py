@@ -302,19 +302,25 @@ class ISDP(_MaskedSplit):
         under the mixing)."""
         b, n, d = t.shape
         _, slot, width = self._head_layout(d, t.device)
-        padded = t.new_zeros(b, n, self.heads * width).index_copy_(-1, slot, t)
-        return padded.reshape(b, n, self.heads, width).transpose(1, 2)
+        if self.heads * width != d:  # uneven groups: pad (even ones are a reshape)
+            t = t.new_zeros(b, n, self.heads * width).index_copy_(-1, slot, t)
+        return t.reshape(b, n, self.heads, width).transpose(1, 2)
 
     def _merge_heads(self, t: Tensor, features: int) -> Tensor:
         """Inverse of :meth:`_split_heads`: ``[B, heads, N, width] -> [B, N, D]``."""
         b, h, n, width = t.shape
+        merged = t.transpose(1, 2).reshape(b, n, h * width)
+        if h * width == features:
+            return merged
         _, slot, _ = self._head_layout(features, t.device)
-        return t.transpose(1, 2).reshape(b, n, h * width).index_select(-1, slot)
+        return merged.index_select(-1, slot)
 
     def _mixing(self, x_masked: Tensor) -> Tensor:
         """``g A_h + c I`` of shape ``[B, heads, N, N]`` from the masked input (``g = 1``: paper)."""
-        q = self._split_heads(self._tokens(self.query(x_masked)))
-        k = self._split_heads(self._tokens(self.key(x_masked)))
+        # Q and K as one convolution [B, 2C, H, W]: its tokens hold Q's D features, then K's
+        weight = torch.cat([self.query.weight, self.key.weight])
+        qk = self._tokens(F.conv2d(x_masked, weight, torch.cat([self.query.bias, self.key.bias])))
+        q, k = (self._split_heads(t) for t in qk.chunk(2, dim=-1))
         attn = torch.softmax(q @ k.transpose(-1, -2) / self.log_d.exp(), dim=-1)
         eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
         if self.gate_raw is not None:
