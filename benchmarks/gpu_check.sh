@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of issue 9, one short run on a machine with CUDA (python3 there has a CUDA torch):
 # installs the project without touching torch, runs the CUDA tests (device, bf16 precision, one
-# NCCL process) and times a few paper-size presets in fp32 and bf16 plus the ACF attention
-# overhead. Outputs go to $OUT (default ./gpu-check); about 5 minutes in all.
+# NCCL process), times a few paper-size presets in fp32 and bf16 plus the ACF attention
+# overhead, and compares train.compile on / off for one preset of each family (issue 20).
+# Outputs go to $OUT (default ./gpu-check); about 10 minutes in all.
 #
 #     OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 set -u
@@ -22,5 +23,9 @@ timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf1
     --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \
     > "$OUT/gpu_presets.jsonl" 2> "$OUT/gpu_presets.err"
 echo "benchmark exit status $?" >> "$OUT/gpu_presets.err"
+timeout 300 python3 benchmarks/compile_step.py --device cuda --threads 4 --rounds 10 --presets glow-fmnist-tiny \
+    flowpp-fmnist-tiny marflow-fmnist-tiny denseflow-fmnist-tiny resflow-fmnist-tiny \
+    > "$OUT/compile_step.jsonl" 2> "$OUT/compile_step.err"
+echo "compile benchmark exit status $?" >> "$OUT/compile_step.err"
 tail -n 3 "$OUT/pytest-cuda.txt"
-cat "$OUT/gpu_presets.jsonl"
+cat "$OUT/gpu_presets.jsonl" "$OUT/compile_step.jsonl"
