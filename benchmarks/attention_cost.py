@@ -2,12 +2,14 @@
 step with the family's attention against the same family without it, interleaved in one process
 (:mod:`interleaved`), one thread by default, batch 64.
 
-    python benchmarks/attention_cost.py [--families flowpp isdp] [--rounds 10] [--threads 1]
+    python benchmarks/attention_cost.py [--families flowpp isdp] [--rounds 10] [--threads 1] [--compile]
 
 Prints one JSON line per family: both presets and parameter counts, median CPU and wall seconds
 per step, their ratios and the issue-20 target. When the CPU ratio misses its target the line
 also holds ``extra_ms_by_op``: the operators whose self CPU time per step grew most from the
 attention-free step to the attention step (``torch.profiler``), i.e. where the extra time goes.
+``--compile`` compiles both models' forward as ``train.compile = true`` does (minutes per model on
+a CPU; the first steps, which compile, are untimed warm-up rounds).
 """
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ def extra_time_by_op(with_attention: TrainStep, without: TrainStep, top: int = 8
     return sorted(extra, key=lambda r: r["extra_ms"], reverse=True)[:top]
 
 
-def measure(family: str, rounds: int, warmup: int, batch_size: int) -> dict[str, object]:
+def measure(family: str, rounds: int, warmup: int, batch_size: int, compile: bool = False) -> dict[str, object]:
     attn_preset, base_preset, target = FAMILIES[family]
-    attn, base = TrainStep(attn_preset, batch_size=batch_size), TrainStep(base_preset, batch_size=batch_size)
+    attn, base = (TrainStep(preset, batch_size=batch_size, compile=compile) for preset in (attn_preset, base_preset))
     t_attn, t_base = interleaved([attn, base], rounds, warmup)
     ratio = t_attn["cpu_s"] / t_base["cpu_s"]
     row: dict[str, object] = {
@@ -50,7 +52,7 @@ def measure(family: str, rounds: int, warmup: int, batch_size: int) -> dict[str,
         "cpu_s_per_step": [round(t_attn["cpu_s"], 4), round(t_base["cpu_s"], 4)],
         "wall_s_per_step": [round(t_attn["wall_s"], 4), round(t_base["wall_s"], 4)],
         "cpu_ratio": round(ratio, 3), "wall_ratio": round(t_attn["wall_s"] / t_base["wall_s"], 3),
-        "target": target, "met": None if target is None else ratio <= target,
+        "target": target, "met": None if target is None else ratio <= target, "compiled": compile,
         "threads": torch.get_num_threads(), "rounds": rounds, "torch": torch.__version__,
     }
     if target is not None and ratio > target:
@@ -62,13 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="compile both models' training forward")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     for family in a.families:
-        print(json.dumps(measure(family, a.rounds, a.warmup, a.batch_size)), flush=True)
+        print(json.dumps(measure(family, a.rounds, a.warmup, a.batch_size, a.compile)), flush=True)
 
 
 if __name__ == "__main__":
