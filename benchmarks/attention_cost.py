@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from interleaved import TrainStep, interleaved, profile_step
+from interleaved import TrainStep, interleaved, profile_steps
 
 # family: (attention preset, attention-free preset, target ratio of CPU seconds per step or None)
 FAMILIES: dict[str, tuple[str, str, float | None]] = {
@@ -33,11 +33,11 @@ FAMILIES: dict[str, tuple[str, str, float | None]] = {
 
 
 def extra_time_by_op(with_attention: TrainStep, without: TrainStep, top: int = 8) -> list[dict[str, object]]:
-    """Operators ordered by how much self CPU time per step they add with attention."""
-    base = {row["op"]: row["ms_per_step"] for row in profile_step(without, top=10**6)}
-    rows = profile_step(with_attention, top=10**6)
-    extra = [{"op": r["op"], "extra_ms": round(r["ms_per_step"] - base.get(r["op"], 0.0), 2),
-              "ms_per_step": r["ms_per_step"]} for r in rows]
+    """Operators ordered by how much self CPU time per step they add with attention (medians over
+    interleaved profiled steps)."""
+    attn, base = profile_steps([with_attention, without])
+    extra = [{"op": op, "extra_ms": round(ms - base.get(op, 0.0), 2), "ms_per_step": round(ms, 2)}
+             for op, ms in attn.items()]
     return sorted(extra, key=lambda r: r["extra_ms"], reverse=True)[:top]
 
 

@@ -10,7 +10,6 @@ compute table, ``train.clock = cpu``) and wall seconds.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from attnflow.evaluate import log_prob_to_bits_per_dim
 from attnflow.models import build_from_config
 from attnflow.train.compile import CompiledForward
 
-__all__ = ["TrainStep", "interleaved", "profile_step"]
+__all__ = ["TrainStep", "interleaved", "profile_steps"]
 
 
 class TrainStep:
@@ -69,14 +68,20 @@ def interleaved(steps: list[Callable[[], object]], rounds: int, warmup: int) -> 
     return [{"cpu_s": statistics.median(c), "wall_s": statistics.median(w)} for c, w in zip(cpu, wall)]
 
 
-def profile_step(step: Callable[[], object], calls: int = 3, top: int = 8) -> list[dict[str, object]]:
-    """The ``top`` operators by self CPU time over ``calls`` calls of ``step``: name, milliseconds
-    per call and share of the profiled time."""
+def _op_times(step: Callable[[], object]) -> dict[str, float]:
+    """Self CPU milliseconds of each operator in one call of ``step`` (``torch.profiler``)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            step()
-    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    total = sum(e.self_cpu_time_total for e in events) or math.inf
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1e3 / calls, 2),
-             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:top]]
+        step()
+    return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
+def profile_steps(steps: list[Callable[[], object]], calls: int = 5) -> list[dict[str, float]]:
+    """Median self CPU milliseconds per call of every operator, for each of ``steps``, profiled one
+    call at a time and interleaved as :func:`interleaved` times them (so load shifts hit each
+    alike)."""
+    samples: list[list[dict[str, float]]] = [[] for _ in steps]
+    for r in range(calls):
+        for i in range(len(steps)) if r % 2 == 0 else reversed(range(len(steps))):
+            samples[i].append(_op_times(steps[i]))
+    return [{op: statistics.median(call.get(op, 0.0) for call in calls_) for op in set().union(*calls_)}
+            for calls_ in samples]

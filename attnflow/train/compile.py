@@ -1,7 +1,9 @@
 """``train.compile = true``: the training step's model forward compiled with ``torch.compile``.
 
 :class:`CompiledForward` wraps a forward function (the trainer's ``log p(x)``, or a hybrid
-model's ``log p(x)`` and logits) in ``torch.compile`` with the default inductor backend. The
+model's ``log p(x)`` and logits) in ``torch.compile`` with the default inductor backend and static
+shapes (``dynamic=False``: a training batch keeps its shape, and inductor's dynamic-shape code
+failed on the Flow++, mARFlow and DenseFlow coupling networks here, torch 2.13). The
 first calls compile (minutes on a CPU; then again for each new input shape), later ones reuse the
 compiled code. The backward graph is compiled during the forward call that builds it
 (``force_non_lazy_backward_lowering``), so a part of the model that cannot be compiled fails inside
@@ -57,7 +59,7 @@ class CompiledForward:
 
     def __init__(self, fn: Callable[..., Any], what: str, backend: str | Callable[..., Any] = "inductor") -> None:
         self.eager = fn
-        self.compiled = torch.compile(fn, backend=backend)
+        self.compiled = torch.compile(fn, backend=backend, dynamic=False)
         self.what = what
         self.failure: str | None = None
 
