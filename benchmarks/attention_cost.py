@@ -13,12 +13,11 @@ a CPU; the first steps, which compile, are untimed warm-up rounds).
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
-from interleaved import TrainStep, interleaved, profile_steps
+from interleaved import TrainStep, interleaved, profile_steps, timing_parser
 
 # family: (attention preset, attention-free preset, target ratio of CPU seconds per step or None)
 FAMILIES: dict[str, tuple[str, str, float | None]] = {
@@ -61,12 +60,8 @@ def measure(family: str, rounds: int, warmup: int, batch_size: int, compile: boo
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = timing_parser(__doc__, warmup=3)
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="compile both models' training forward")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

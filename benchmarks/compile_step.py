@@ -12,13 +12,12 @@ eagerly. On a CPU each compilation takes minutes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import torch
 
-from interleaved import TrainStep, interleaved
+from interleaved import TrainStep, interleaved, timing_parser
 
 PRESETS = [
     "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp", "flowpp-fmnist-tiny",
@@ -48,12 +47,8 @@ def measure(preset: str, rounds: int, warmup: int, batch_size: int, device: str)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = timing_parser(__doc__, warmup=2)
     p.add_argument("--presets", nargs="+", default=PRESETS)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -10,6 +10,7 @@ compute table, ``train.clock = cpu``) and wall seconds.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from attnflow.evaluate import log_prob_to_bits_per_dim
 from attnflow.models import build_from_config
 from attnflow.train.compile import CompiledForward
 
-__all__ = ["TrainStep", "interleaved", "profile_steps"]
+__all__ = ["TrainStep", "interleaved", "profile_steps", "timing_parser"]
 
 
 class TrainStep:
@@ -85,3 +86,14 @@ def profile_steps(steps: list[Callable[[], object]], calls: int = 5) -> list[dic
             samples[i].append(_op_times(steps[i]))
     return [{op: statistics.median(call.get(op, 0.0) for call in calls_) for op in set().union(*calls_)}
             for calls_ in samples]
+
+
+def timing_parser(doc: str, warmup: int) -> argparse.ArgumentParser:
+    """A parser with the timing options both benchmarks share: rounds, warm-up rounds, batch size
+    and CPU threads (one by default, as the equal-compute table trains)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds (one step of each model per round)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    return p
