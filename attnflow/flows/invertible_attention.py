@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from attnflow.core import Bijection
 
 __all__ = [
-    "IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "ISDP_DEFAULT_INIT", "ISDP_INITS", "build_invertible_attention",
-    "invertible_attention_factory",
+    "IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "ISDP_DEFAULT_INIT", "ISDP_INITS",
+    "build_invertible_attention", "invertible_attention_factory",
 ]
 
 INVERTIBLE_ATTENTION_KINDS = ("none", "imap", "isdp")
@@ -213,7 +213,8 @@ class ISDP(_MaskedSplit):
             ``W``. ``patches=1`` is allowed (then ``A = [1]`` and the layer scales ``x_u`` by
             ``1 + c``).
         seed: seed of the mask; ``None`` draws one from torch's global generator.
-        init: ``"paper"`` (``A + cI``) or ``"gated"`` (``tanh(gamma) A + cI``, ``gamma = 0``).
+        init: ``"paper"`` (``A + cI``, the class default) or ``"gated"`` (``tanh(gamma) A + cI``,
+            ``gamma = 0``; the default of the model builders and of ``model.isdp_init``).
     """
 
     min_gap: float = 1e-3
@@ -357,7 +358,7 @@ class ISDP(_MaskedSplit):
 
 
 def build_invertible_attention(
-    kind: str, channels: int, heads: int = 1, patches: int = 4, isdp_init: str = "paper"
+    kind: str, channels: int, heads: int = 1, patches: int = 4, isdp_init: str = ISDP_DEFAULT_INIT
 ) -> Bijection | None:
     """The invertible attention layer of a Glow step position: ``"none"`` gives ``None``,
     ``"imap"`` an :class:`IMap`, ``"isdp"`` an :class:`ISDP` (``heads``, ``patches`` and its
@@ -372,7 +373,11 @@ def build_invertible_attention(
 
 
 def invertible_attention_factory(
-    attention: str, positions: Sequence[int], heads: int = 1, patches: int = 4, isdp_init: str = "paper"
+    attention: str,
+    positions: Sequence[int],
+    heads: int = 1,
+    patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Callable[[int, int, int], Bijection | None]:
     """Validate the attention options of a Glow / Flow++ / mARFlow builder and return
     ``layer(channels, height, width)``, which builds one invertible attention layer for a step
