@@ -59,10 +59,10 @@ from ..precision import mixed_precision
 from ..sharding import batch_shard
 from ..models.hybrid import HybridFlow, check_labels, hybrid_loss, training_outputs
 from .distributed import start as start_processes
-from .compile import CompiledForward
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
 from .progress import TrainingBar
+from .compile import CompiledForward
 from .runlock import RunLock, remove_stale_temporaries
 from .signals import StopRequests
 
