@@ -5,11 +5,11 @@ process (:mod:`interleaved`), one thread by default.
     python benchmarks/compile_step.py [--presets glow-fmnist-tiny flowpp-fmnist-tiny] [--device cuda]
 
 Prints one JSON line per preset: seconds spent in the compiled model's first steps (the compile
-warm-up), median CPU and wall seconds per step eager and compiled, the speed-ups (eager / compiled) in
-CPU seconds (the measure on a shared CPU) and in wall seconds (the measure on a GPU, whose work
-the CPU clock does not count), the first step's loss both ways (equal up to rounding; stochastic
-models such as DenseFlow draw different noise for the two), and ``fell_back``: the part that failed to compile when the compiled model trained
-eagerly. On a CPU each compilation takes minutes.
+warm-up), median CPU and wall seconds per step eager and compiled, the speed-ups (eager /
+compiled) in CPU seconds (the measure on a shared CPU) and in wall seconds (the measure on a GPU,
+whose work the CPU clock does not count), the first step's loss both ways (equal up to rounding;
+stochastic models such as DenseFlow draw different noise for the two), and ``fell_back``: the
+part that failed to compile when the compiled model trained eagerly. On a CPU each compilation takes minutes.
 """
 from __future__ import annotations
 
