@@ -9,7 +9,8 @@ warm-up), median CPU and wall seconds per step eager and compiled, the speed-ups
 compiled) in CPU seconds (the measure on a shared CPU) and in wall seconds (the measure on a GPU,
 whose work the CPU clock does not count), the first step's loss both ways (equal up to rounding;
 stochastic models such as DenseFlow draw different noise for the two), and ``fell_back``: the
-part that failed to compile when the compiled model trained eagerly. On a CPU each compilation takes minutes.
+part that failed to compile when the compiled model trained eagerly. On a CPU each compilation
+takes minutes (less when inductor's cache already holds its kernels).
 """
 from __future__ import annotations
 
