@@ -40,7 +40,7 @@ from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d, SpectralN
 from .nystrom_attention import NystromAttention
 from .residual_branches import AttentionMix, build_branch
 from .rrdb_encoder import RRDBEncoder
-from .softmax_attention import SelfAttention2d, softmax_attention
+from .softmax_attention import SelfAttention2d
 
 __all__ = [
     "AttentionMix",
@@ -63,5 +63,4 @@ __all__ = [
     "build_branch",
     "conv_coupling_net",
     "dense_net_factory",
-    "softmax_attention",
 ]

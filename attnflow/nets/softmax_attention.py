@@ -49,10 +49,12 @@ class SelfAttention2d(nn.Module):
 
     def __init__(self, channels: int, heads: int = 1, fused: bool = True) -> None:
         super().__init__()
-        if channels < 1 or not 1 <= heads <= channels:
+        for name, value in (("channels", channels), ("heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if heads > channels:
             raise ValueError(
-                f"attention heads must be in 1..channels: got {channels} channels and {heads} heads; "
-                "use at most as many heads as channels"
+                f"heads={heads} exceeds channels={channels}: use at most {channels} heads or more channels"
             )
         self.channels, self.heads, self.fused = channels, heads, fused
         self.head_dim = -(-channels // heads)
