@@ -71,7 +71,10 @@ def test_training_with_compile_equals_eager(tmp_path) -> None:
     runs = {}
     for flag in ("false", "true"):
         out = tmp_path / flag
-        Trainer(resolve_config("glow-digits", TINY + [f"train.compile={flag}"]), out, progress=False).run()
+        trainer = Trainer(resolve_config("glow-digits", TINY + [f"train.compile={flag}"]), out, progress=False)
+        trainer.run()
+        if flag == "true":  # compiled for real, not fallen back to eager
+            assert isinstance(trainer.forward, CompiledForward) and trainer.forward.failure is None
         losses = [json.loads(line)["bpd"] for line in (out / "metrics.jsonl").read_text().splitlines()
                   if "bpd" in json.loads(line)]
         runs[flag] = losses, load_checkpoint(out / "checkpoint.pt")["model"]
