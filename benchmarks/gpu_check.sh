@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check of issue 9, one short run on a machine with CUDA (python3 there has a CUDA torch):
 # installs the project without touching torch, runs the CUDA tests (device, bf16 precision, one
-# NCCL process), times a few paper-size presets in fp32 and bf16 plus the ACF attention
-# overhead, and compares train.compile on / off for one preset of each family (issue 20).
-# Outputs go to $OUT (default ./gpu-check); about 10 minutes in all.
+# NCCL process) and times a few paper-size presets in fp32 and bf16 plus the ACF attention
+# overhead. Outputs go to $OUT (default ./gpu-check); about 5 minutes in all.
 #
 #     OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
+#
+# Issue 20 adds train.compile on / off for one preset of each family (compile_step.json), about
+# 5 minutes more.
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -19,13 +21,15 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/
     tests/test_distributed.py -k "cuda or nccl" > "$OUT/pytest-cuda.txt" 2>&1
 echo "pytest exit status $?" >> "$OUT/pytest-cuda.txt"
 
-timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf16 --batch-size 32 --steps 5 \
-    --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \
-    > "$OUT/gpu_presets.jsonl" 2> "$OUT/gpu_presets.err"
-echo "benchmark exit status $?" >> "$OUT/gpu_presets.err"
 timeout 300 python3 benchmarks/compile_step.py --device cuda --threads 4 --rounds 10 --presets glow-fmnist-tiny \
     flowpp-fmnist-tiny marflow-fmnist-tiny denseflow-fmnist-tiny resflow-fmnist-tiny \
     > "$OUT/compile_step.jsonl" 2> "$OUT/compile_step.err"
 echo "compile benchmark exit status $?" >> "$OUT/compile_step.err"
+cat "$OUT/compile_step.jsonl"
+
+timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf16 --batch-size 32 --steps 5 \
+    --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \
+    > "$OUT/gpu_presets.jsonl" 2> "$OUT/gpu_presets.err"
+echo "benchmark exit status $?" >> "$OUT/gpu_presets.err"
 tail -n 3 "$OUT/pytest-cuda.txt"
-cat "$OUT/gpu_presets.jsonl" "$OUT/compile_step.jsonl"
+cat "$OUT/gpu_presets.jsonl"
