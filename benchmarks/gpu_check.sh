@@ -6,7 +6,7 @@
 #
 #     OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 #
-# Issue 20 adds train.compile on / off for one preset of each family (compile_step.json), about
+# Issue 20 adds train.compile on / off for one preset of each family (compile_step.jsonl), about
 # 5 minutes more.
 set -u
 OUT=${OUT:-gpu-check}

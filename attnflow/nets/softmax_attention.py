@@ -49,10 +49,9 @@ class SelfAttention2d(nn.Module):
 
     def __init__(self, channels: int, heads: int = 1, fused: bool = True) -> None:
         super().__init__()
-        for name, value in (("channels", channels), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if heads > channels:
+        if min(channels, heads) < 1:
+            raise ValueError(f"channels and heads must be >= 1, got channels={channels}, heads={heads}")
+        if heads > channels:  # the wording of DotProductSelfAttention, which this replaces
             raise ValueError(
                 f"heads={heads} exceeds channels={channels}: use at most {channels} heads or more channels"
             )
