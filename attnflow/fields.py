@@ -6,6 +6,7 @@ typo such as ``model.hidden=64000`` from becoming an out-of-memory crash.
 from __future__ import annotations
 
 from .device import DEVICE_PATTERN
+from .flows.invertible_attention import ISDP_INITS
 from .precision import PRECISIONS
 from .schema import Field, add_family, register
 
@@ -64,6 +65,8 @@ register(
     Field("train", "threads", int, "torch CPU threads; 0 = torch's default", lo=0, hi=1024, default=0),
     Field("train", "time_limit_s", float, "seconds of training steps before stopping; 0 = no limit", lo=0.0,
           default=0.0),
+    Field("train", "compile", bool, "torch.compile the training forward (minutes of compilation first; falls back "
+          "to eager with one warning when a part cannot compile)", default=False),
     Field("train", "clock", str, "what train.time_limit_s counts: wall = elapsed seconds; cpu = this process's CPU "
           "seconds (equal compute for runs sharing a machine)", choices=("wall", "cpu"), default="wall"),
     # -- [model], every family ----------------------------------------------------------------
@@ -82,6 +85,9 @@ register(
     _model("positions", list, "attention places in a step: 1 before ActNorm, 2 after it, 3 after the 1x1 conv, 4 after the coupling", COUPLING_FAMILIES, item=int, lo=1, hi=4,
            unique=True),
     _model("patches", int, "iSDP patch grid (a perfect square)", COUPLING_FAMILIES, lo=1, hi=4096),
+    _model("isdp_init", str, "iSDP initialisation: paper = A + cI (AttnFlow's d = 10, c = 1.01); gated = "
+           "tanh(gamma) A + cI with gamma = 0, near the identity at the start (not in the paper)",
+           COUPLING_FAMILIES, choices=ISDP_INITS),
     _model("blocks", int, "gated attention blocks per coupling network", ("flowpp", "marflow"), lo=1, hi=64),
     _model("components", int, "logistic mixture components", ("flowpp", "marflow"), lo=1, hi=64),
     _model("coupling_heads", int, "self-attention heads in the coupling networks; 0 = no self-attention",
@@ -167,7 +173,7 @@ register(
     _model("source_hidden", int, "width of the source flow's coupling networks", ("fullglow",), lo=1, hi=4096),
 )
 for _family in CONDITIONAL_FAMILIES:
-    add_family(_family, "shape", "preprocess", "alpha", "hidden", "learned_prior", "steps", "patches")
+    add_family(_family, "shape", "preprocess", "alpha", "hidden", "learned_prior", "steps", "patches", "isdp_init")
 
 
 # -- hybrid models (Residual Flows' classifier head on the latent; attnflow.models.hybrid) ----

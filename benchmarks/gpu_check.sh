@@ -6,6 +6,9 @@
 # (default ./gpu-check); about 6 minutes in all.
 #
 #     OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
+#
+# Issue 20 adds train.compile on / off for one preset of each family (compile_step.jsonl), about
+# 5 minutes more.
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
@@ -18,6 +21,12 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.is_available(), to
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_precision.py \
     tests/test_distributed.py -k "cuda or nccl" > "$OUT/pytest-cuda.txt" 2>&1
 echo "pytest exit status $?" >> "$OUT/pytest-cuda.txt"
+
+timeout 300 python3 benchmarks/compile_step.py --device cuda --threads 4 --rounds 10 --presets glow-fmnist-tiny \
+    flowpp-fmnist-tiny marflow-fmnist-tiny denseflow-fmnist-tiny resflow-fmnist-tiny \
+    > "$OUT/compile_step.jsonl" 2> "$OUT/compile_step.err"
+echo "compile benchmark exit status $?" >> "$OUT/compile_step.err"
+cat "$OUT/compile_step.jsonl"
 
 timeout 210 python3 benchmarks/gpu_presets.py --device cuda --precision fp32,bf16 --batch-size 32 --steps 5 \
     --warmup 2 --presets glow-cifar10,glow-cifar10-imap,marflow-cifar10-96,denseflow-74-10-cifar10 \

@@ -101,8 +101,8 @@ def test_marflow_without_coupling_attention(coupling):
     """coupling_heads=0: the gated-convolution coupling networks without self-attention."""
     args = dict(shape=(1, 4, 4), scales=2, steps=2, hidden=4, components=2, prior_hidden=3, coupling=coupling)
     with_attention, without = marflow(**args, coupling_heads=2), marflow(**args, coupling_heads=0)
-    assert "DotProductSelfAttention" not in {type(m).__name__ for m in without.modules()}
-    assert "DotProductSelfAttention" in {type(m).__name__ for m in with_attention.modules()}
+    assert "SelfAttention2d" not in {type(m).__name__ for m in without.modules()}
+    assert "SelfAttention2d" in {type(m).__name__ for m in with_attention.modules()}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(without) < count(with_attention)
     check_bijection(_perturb(without.double(), 0.1).transform, torch.rand(2, 1, 4, 4, dtype=torch.float64))

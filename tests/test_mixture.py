@@ -170,7 +170,7 @@ def test_flowpp_without_coupling_attention(dequantization):
                 levels=17, deq_steps=1, deq_hidden=4)
     with_attention, without = flowpp(**args, coupling_heads=2), flowpp(**args, coupling_heads=0)
     kinds = {type(m).__name__ for m in without.modules()}
-    assert "DotProductSelfAttention" not in kinds and "DotProductSelfAttention" in {
+    assert "SelfAttention2d" not in kinds and "SelfAttention2d" in {
         type(m).__name__ for m in with_attention.modules()}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(without) < count(with_attention)

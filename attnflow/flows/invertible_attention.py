@@ -40,9 +40,16 @@ from torch import Tensor, nn
 
 from attnflow.core import Bijection
 
-__all__ = ["IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "build_invertible_attention", "invertible_attention_factory"]
+__all__ = [
+    "IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "ISDP_DEFAULT_INIT", "ISDP_INITS",
+    "build_invertible_attention", "invertible_attention_factory",
+]
 
 INVERTIBLE_ATTENTION_KINDS = ("none", "imap", "isdp")
+#: iSDP initialisations: the paper's ``A + cI``, or ``tanh(gamma) A + cI`` with ``gamma = 0``
+ISDP_INITS = ("paper", "gated")
+#: the builders' default (``model.isdp_init``), chosen by measurement: see the glow-fmnist-tiny-isdp preset
+ISDP_DEFAULT_INIT = "gated"
 
 
 def _clear_mask_cache(module: "_MaskedSplit", incompatible_keys: object) -> None:
@@ -186,6 +193,18 @@ class ISDP(_MaskedSplit):
     ``lambda + c >= c - 1 > 0``, complex ones come in conjugate pairs. The initial values follow
     the paper's code: ``d = 10`` and ``c = 1.01``.
 
+    ``init="gated"`` (a departure from the paper) multiplies the attention by a learned gate::
+
+        z_u^h = (g A_h + c I) V_u^h,   g = tanh(gamma) in (-1, 1),   gamma = 0 at initialisation,
+
+    so the layer starts as ``z_u = c x_u`` (``c = 1.01``): the identity up to that scale, where the
+    paper's initialisation starts near ``A = 11^T / N`` and adds every patch's mean over the
+    ``N`` patches to each patch. It stays invertible for every parameter value by the same
+    argument: every eigenvalue ``c + g lambda`` of ``g A + c I`` has modulus
+    ``>= c - |g| > c - 1 >= 1e-3`` (``|lambda| <= 1``, ``|g| < 1 < c``), real ones are positive, so
+    the determinant is positive and ``log|det|`` above is exact with ``g A_h + c I`` in place of
+    ``A_h + c I``; ``||(g A + c I)^{-1}||_inf <= 1 / (c - |g|)``.
+
     Args:
         channels: number of input channels ``C``.
         heads: attention heads, ``1 <= heads <= D = C * ph * pw`` (uneven groups when
@@ -194,12 +213,18 @@ class ISDP(_MaskedSplit):
             ``W``. ``patches=1`` is allowed (then ``A = [1]`` and the layer scales ``x_u`` by
             ``1 + c``).
         seed: seed of the mask; ``None`` draws one from torch's global generator.
+        init: ``"paper"`` (``A + cI``, the class default) or ``"gated"`` (``tanh(gamma) A + cI``,
+            ``gamma = 0``; the default of the model builders and of ``model.isdp_init``).
     """
 
     min_gap: float = 1e-3
 
-    def __init__(self, channels: int, heads: int = 1, patches: int = 4, seed: int | None = None) -> None:
+    def __init__(
+        self, channels: int, heads: int = 1, patches: int = 4, seed: int | None = None, init: str = "paper"
+    ) -> None:
         super().__init__(channels, seed)
+        if init not in ISDP_INITS:
+            raise ValueError(f"unknown iSDP init {init!r}; valid: {', '.join(ISDP_INITS)}")
         grid = math.isqrt(patches) if patches >= 1 else 0
         if grid * grid != patches or grid < 1:
             raise ValueError(f"patches must be a perfect square (1, 4, 16, ...: a g x g grid), got {patches}")
@@ -212,11 +237,18 @@ class ISDP(_MaskedSplit):
         self.log_d = nn.Parameter(torch.tensor(math.log(10.0)))
         init_gap = 0.01 - self.min_gap
         self.offset_raw = nn.Parameter(torch.tensor(math.log(math.expm1(init_gap))))
+        self.init = init
+        self.gate_raw = nn.Parameter(torch.tensor(0.0)) if init == "gated" else None
 
     @property
     def offset(self) -> Tensor:
         """``c = 1 + min_gap + softplus(raw) > 1``."""
         return 1 + self.min_gap + F.softplus(self.offset_raw)
+
+    @property
+    def gate(self) -> Tensor | float:
+        """``g = tanh(gamma)`` (``init="gated"``), else ``1``: the weight of the attention term."""
+        return 1.0 if self.gate_raw is None else torch.tanh(self.gate_raw)
 
     def _patch_size(self, height: int, width: int) -> tuple[int, int]:
         g = self.grid
@@ -271,25 +303,33 @@ class ISDP(_MaskedSplit):
         under the mixing)."""
         b, n, d = t.shape
         _, slot, width = self._head_layout(d, t.device)
-        padded = t.new_zeros(b, n, self.heads * width).index_copy_(-1, slot, t)
-        return padded.reshape(b, n, self.heads, width).transpose(1, 2)
+        if self.heads * width != d:  # uneven groups: pad (even ones are a reshape)
+            t = t.new_zeros(b, n, self.heads * width).index_copy_(-1, slot, t)
+        return t.reshape(b, n, self.heads, width).transpose(1, 2)
 
     def _merge_heads(self, t: Tensor, features: int) -> Tensor:
         """Inverse of :meth:`_split_heads`: ``[B, heads, N, width] -> [B, N, D]``."""
         b, h, n, width = t.shape
+        merged = t.transpose(1, 2).reshape(b, n, h * width)
+        if h * width == features:
+            return merged
         _, slot, _ = self._head_layout(features, t.device)
-        return t.transpose(1, 2).reshape(b, n, h * width).index_select(-1, slot)
+        return merged.index_select(-1, slot)
 
     def _mixing(self, x_masked: Tensor) -> Tensor:
-        """``A_h + c I`` of shape ``[B, heads, N, N]`` from the masked input."""
-        q = self._split_heads(self._tokens(self.query(x_masked)))
-        k = self._split_heads(self._tokens(self.key(x_masked)))
+        """``g A_h + c I`` of shape ``[B, heads, N, N]`` from the masked input (``g = 1``: paper)."""
+        # Q and K as one convolution [B, 2C, H, W]: its tokens hold Q's D features, then K's
+        weight = torch.cat([self.query.weight, self.key.weight])
+        qk = self._tokens(F.conv2d(x_masked, weight, torch.cat([self.query.bias, self.key.bias])))
+        q, k = (self._split_heads(t) for t in qk.chunk(2, dim=-1))
         attn = torch.softmax(q @ k.transpose(-1, -2) / self.log_d.exp(), dim=-1)
         eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
+        if self.gate_raw is not None:
+            attn = attn * self.gate
         return attn + self.offset * eye
 
     def attention(self, x: Tensor) -> Tensor:
-        """The mixing matrices ``A_h + c I`` (``[B, heads, N, N]``) from the masked half of ``x``."""
+        """The mixing matrices ``g A_h + c I`` (``[B, heads, N, N]``) from the masked half of ``x``."""
         self._check_input(x)
         return self._mixing(x * self.mask(*x.shape[2:]).to(x.dtype))
 
@@ -317,21 +357,27 @@ class ISDP(_MaskedSplit):
         return self._image(torch.where(fmask.flatten(), tokens, unmixed), z.shape)
 
 
-def build_invertible_attention(kind: str, channels: int, heads: int = 1, patches: int = 4) -> Bijection | None:
+def build_invertible_attention(
+    kind: str, channels: int, heads: int = 1, patches: int = 4, isdp_init: str = ISDP_DEFAULT_INIT
+) -> Bijection | None:
     """The invertible attention layer of a Glow step position: ``"none"`` gives ``None``,
-    ``"imap"`` an :class:`IMap`, ``"isdp"`` an :class:`ISDP` (``heads`` and ``patches`` apply to
-    iSDP only)."""
+    ``"imap"`` an :class:`IMap`, ``"isdp"`` an :class:`ISDP` (``heads``, ``patches`` and its
+    ``init`` ``isdp_init`` apply to iSDP only)."""
     if kind == "none":
         return None
     if kind == "imap":
         return IMap(channels)
     if kind == "isdp":
-        return ISDP(channels, heads=heads, patches=patches)
+        return ISDP(channels, heads=heads, patches=patches, init=isdp_init)
     raise ValueError(f"unknown invertible attention kind {kind!r}; valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
 
 
 def invertible_attention_factory(
-    attention: str, positions: Sequence[int], heads: int = 1, patches: int = 4
+    attention: str,
+    positions: Sequence[int],
+    heads: int = 1,
+    patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Callable[[int, int, int], Bijection | None]:
     """Validate the attention options of a Glow / Flow++ / mARFlow builder and return
     ``layer(channels, height, width)``, which builds one invertible attention layer for a step
@@ -346,9 +392,11 @@ def invertible_attention_factory(
         raise ValueError(f"positions {list(positions)} given with attention='none'; set attention to imap or isdp")
     if attention != "none" and not positions:
         raise ValueError(f"attention={attention!r} needs positions, e.g. positions=[4] (valid: 1, 2, 3, 4)")
+    if isdp_init not in ISDP_INITS:
+        raise ValueError(f"unknown isdp_init {isdp_init!r}; valid: {', '.join(ISDP_INITS)}")
 
     def layer(channels: int, height: int, width: int) -> Bijection | None:
-        built = build_invertible_attention(attention, channels, heads=heads, patches=patches)
+        built = build_invertible_attention(attention, channels, heads=heads, patches=patches, isdp_init=isdp_init)
         if isinstance(built, ISDP):
             built._patch_size(height, width)  # raises a ValueError naming the problem
         return built

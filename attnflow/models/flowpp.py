@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..core import Bijection, Chain, Flow, check_images, standard_normal_log_prob
-from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import Flatten, Squeeze
 from ..flows.preprocess import build_preprocess
@@ -66,6 +66,7 @@ def flowpp(
     positions: Sequence[int] = (),
     heads: int = 1,
     patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
     dequantization: str = "uniform",
     levels: int = 256,
     deq_steps: int = 2,
@@ -87,7 +88,7 @@ def flowpp(
         raise ValueError(f"unknown dequantization {dequantization!r}; valid: {', '.join(DEQUANTIZATIONS)}")
     if steps < 1 or scales < 1:
         raise ValueError(f"steps and scales must be >= 1, got steps={steps}, scales={scales}")
-    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches, isdp_init)
     c, h, w = shape
     layers: list[Bijection] = [build_preprocess(preprocess, alpha)]
     for scale in range(scales):

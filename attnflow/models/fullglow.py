@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..core import Bijection, Chain, Flow
 from ..flows.conditional import ConditionedTransform
-from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..flows.source_flow import SourceFlowEncoder
@@ -37,6 +37,7 @@ def fullglow(
     positions: Sequence[int] = (),
     heads: int = 1,
     patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """The translation model of ``x_b`` (``shape``) given ``x_a`` (``source_shape``, same height
     and width, any number of channels)."""
@@ -48,7 +49,7 @@ def fullglow(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     sizes = level_sizes(shape, levels)
-    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches, isdp_init)
     encoder = SourceFlowEncoder(source_shape, levels, steps, source_hidden)
 
     def level(channels: int, index: int) -> list[Bijection]:

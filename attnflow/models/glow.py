@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from ..core import Chain, Flow
 from ..flows.glow import GlowStep
-from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 
@@ -27,6 +27,7 @@ def glow(
     positions: Sequence[int] = (),
     heads: int = 1,
     patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """A multi-scale Glow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, affine
     coupling) -> factor-out] x scales``. ``mask`` is the coupling mask; ``"checkerboard"``
@@ -34,13 +35,14 @@ def glow(
 
     ``attention`` in {"none", "imap", "isdp"} puts AttnFlow's invertible attention at each of the
     step ``positions`` (1: before ActNorm, 2: after ActNorm, 3: after the 1x1 convolution, 4:
-    after the coupling); ``heads`` and ``patches`` configure iSDP."""
+    after the coupling); ``heads``, ``patches`` and ``isdp_init`` (``"paper"`` or ``"gated"``, see
+    :class:`~attnflow.flows.invertible_attention.ISDP`) configure iSDP."""
     if mask not in COUPLING_MASKS:
         raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
 
-    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches, isdp_init)
     _, height, width = shape
 
     def scale_steps(channels: int, scale: int) -> list[GlowStep]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..core import Bijection, Chain, Flow
 from ..flows.autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
 from ..flows.glow import GlowStep
-from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import FactorOut, multiscale_transform
 from ..flows.preprocess import build_preprocess
@@ -54,6 +54,7 @@ def marflow(
     positions: Sequence[int] = (),
     heads: int = 1,
     patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """mARFlow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, coupling) ->
     autoregressive factor-out] x scales``, the last scale ending in an unconditional channel
@@ -67,7 +68,8 @@ def marflow(
     groups of ``prior_group`` channels with ``prior_hidden`` state channels.
     ``attention`` in {"none", "imap", "isdp"} puts AttnFlow's invertible attention at each of the
     step ``positions`` (1: before ActNorm, 2: after ActNorm, 3: after the 1x1 convolution, 4:
-    after the coupling); ``heads`` and ``patches`` configure iSDP.
+    after the coupling); ``heads``, ``patches`` and ``isdp_init`` (``"paper"`` or ``"gated"``, see
+    :class:`~attnflow.flows.invertible_attention.ISDP`) configure iSDP.
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; valid: {', '.join(COUPLINGS)}")
@@ -75,7 +77,7 @@ def marflow(
         raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(COUPLING_MASKS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches, isdp_init)
     _, height, width = shape
 
     def scale_steps(channels: int, scale: int) -> list[Bijection]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from ..core import Bijection, Chain, Flow
 from ..flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
 from ..flows.glow import ActNorm, GlowStep, InvertibleConv1x1
-from ..flows.invertible_attention import invertible_attention_factory
+from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..nets.rrdb_encoder import RRDBEncoder
@@ -99,6 +99,7 @@ def srflow(
     positions: Sequence[int] = (),
     heads: int = 1,
     patches: int = 4,
+    isdp_init: str = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """The SRFlow / cAttnFlow model of ``x_HR`` (``shape``) given ``x_LR`` of shape
     ``(C, H / scale, W / scale)``; ``model.sample(n, temperature, context=x_LR)`` gives
@@ -114,7 +115,7 @@ def srflow(
     if steps < 1 or transition_steps < 0:
         raise ValueError(f"need steps >= 1 and transition_steps >= 0, got {steps} and {transition_steps}")
     sizes = level_sizes(shape, levels)
-    attention_layer = invertible_attention_factory(attention, positions, heads, patches)
+    attention_layer = invertible_attention_factory(attention, positions, heads, patches, isdp_init)
     encoder = RRDBEncoder(c, sizes, encoder_features, encoder_blocks, encoder_growth)
 
     def level(channels: int, index: int) -> list[Bijection]:

@@ -17,10 +17,12 @@ residual_branches.py       build_branch (i-ResNet, Residual Flow,            i-R
                            (contractive attention mix)                       2021); ACF
 lipschitz_attention.py     L2MultiheadSelfAttention, LipNormSelfAttention,   ACF (Mukherjee et al.); Kim et al.
                            DotProductSelfAttention (the ablation)            2021; Dasoulas et al. 2021
+softmax_attention.py       softmax_attention (PyTorch's fused kernel or      Vaswani et al. 2017
+                           explicit), SelfAttention2d (coupling networks)
 nystrom_attention.py       NystromAttention                                  Nyströmformer (Xiong et al. 2021)
 glow_coupling_net.py       conv_coupling_net, CouplingNetFactory             Glow (Kingma & Dhariwal 2018)
 flowpp_coupling_net.py     GatedAttentionNet (gated convolutions and         Flow++ (Ho et al. 2019)
-                           self-attention)
+                           self-attention, SelfAttention2d)
 denseflow_coupling_net.py  DenseBlock, DenseFlowCouplingNet (dense block     DenseFlow (Grcić et al. 2021)
                            and Nyström attention), dense_net_factory
 conv_lstm.py               ConvLSTMCell (the network of mARFlow's            Shi et al. 2015
@@ -39,6 +41,7 @@ from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d, SpectralN
 from .nystrom_attention import NystromAttention
 from .residual_branches import AttentionMix, build_branch
 from .rrdb_encoder import RRDBEncoder
+from .softmax_attention import SelfAttention2d
 
 __all__ = [
     "AttentionMix",
@@ -55,6 +58,7 @@ __all__ = [
     "LipSwish",
     "NystromAttention",
     "RRDBEncoder",
+    "SelfAttention2d",
     "SpectralNormConv2d",
     "SpectralNormLinear",
     "build_branch",

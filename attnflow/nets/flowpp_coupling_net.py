@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .lipschitz_attention import DotProductSelfAttention
+from .softmax_attention import SelfAttention2d
 
 __all__ = ["GatedAttentionNet"]
 
@@ -34,8 +34,8 @@ class GatedAttentionNet(nn.Module):
 
     with ``gate(a, g) = a * sigmoid(g)``, then a zero-initialised 3x3 output convolution. The
     attention is plain multi-head scaled dot-product attention over the ``H*W`` positions
-    (:class:`~attnflow.nets.lipschitz_attention.DotProductSelfAttention`); it needs no invertibility since
-    it only parametrises the coupling. ``heads=0`` drops the attention sub-blocks (the
+    (:class:`~attnflow.nets.softmax_attention.SelfAttention2d`, PyTorch's fused kernel); it needs no
+    invertibility since it only parametrises the coupling. ``heads=0`` drops the attention sub-blocks (the
     gated-convolution network alone: the attention-free baseline). Differences from Flow++: group
     normalisation over each sample instead of per-position layer norm, no positional encoding
     and no dropout.
@@ -54,7 +54,7 @@ class GatedAttentionNet(nn.Module):
             )
             layers += [_GatedResidual(conv), nn.GroupNorm(1, hidden)]
             if heads:
-                attn = nn.Sequential(DotProductSelfAttention(hidden, heads), nn.Conv2d(hidden, 2 * hidden, 1))
+                attn = nn.Sequential(SelfAttention2d(hidden, heads), nn.Conv2d(hidden, 2 * hidden, 1))
                 layers += [_GatedResidual(attn), nn.GroupNorm(1, hidden)]
         last = nn.Conv2d(hidden, out_channels, 3, padding=1)
         nn.init.zeros_(last.weight)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..precision import full_precision
+from .softmax_attention import softmax_attention
 
 __all__ = ["NystromAttention", "iterative_pinv", "segment_means_matrix"]
 
@@ -41,14 +42,20 @@ def iterative_pinv(a: Tensor, iterations: int = 6) -> Tensor:
 
     which converges to ``pinv(a)`` (third order). ``||a||_1`` is the largest column sum and
     ``||a||_inf`` the largest row sum of ``|a|``, taken per matrix."""
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    shape, m = a.shape, a.shape[-1]
+    eye = torch.eye(m, dtype=a.dtype, device=a.device)
+    eye7, eye13, eye15 = 7 * eye, 13 * eye, 15 * eye
     col = a.abs().sum(-2).amax(-1)
     row = a.abs().sum(-1).amax(-1)
     z = a.transpose(-1, -2) / (col * row)[..., None, None]
+    # as a batch of matrices, each bracket one fused product `c I - az @ t`
+    a, z = a.reshape(-1, m, m), z.reshape(-1, m, m)
     for _ in range(iterations):
-        az = a @ z
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-    return z
+        az = torch.bmm(a, z)
+        inner = torch.baddbmm(eye15, az, eye7 - az, alpha=-1.0)
+        outer = torch.baddbmm(eye13, az, inner, alpha=-1.0)
+        z = torch.baddbmm(outer, z, outer, beta=0.0, alpha=0.25)
+    return z.view(shape)
 
 
 class NystromAttention(nn.Module):
@@ -65,6 +72,11 @@ class NystromAttention(nn.Module):
 
     ``pinv``: ``"iterative"`` (the Nyströmformer's iteration, ``pinv_iterations`` steps; cheap,
     approximate) or ``"exact"`` (``torch.linalg.pinv`` by SVD; exact, slower).
+
+    The two ``N x m`` / ``m x N`` softmax products, ``softmax(Q~ K^T) V`` and
+    ``softmax(Q K~^T) W`` with ``W = pinv(...) softmax(Q~ K^T) V``, run in PyTorch's fused attention
+    kernel (:func:`~attnflow.nets.softmax_attention.softmax_attention`; ``fused=False``: explicit
+    matrices, the same function).
     """
 
     def __init__(
@@ -74,6 +86,7 @@ class NystromAttention(nn.Module):
         landmarks: int = 8,
         pinv: str = "iterative",
         pinv_iterations: int = 6,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if channels < 1 or not 1 <= heads <= channels:
@@ -92,6 +105,7 @@ class NystromAttention(nn.Module):
         self.landmarks = landmarks
         self.pinv = pinv
         self.pinv_iterations = pinv_iterations
+        self.fused = fused
         self.head_dim = -(-channels // heads)
         self.qkv = nn.Conv2d(channels, 3 * heads * self.head_dim, 1)
         self.out = nn.Conv2d(heads * self.head_dim, channels, 1)
@@ -106,17 +120,19 @@ class NystromAttention(nn.Module):
             raise ValueError(f"expected [B, {self.channels}, H, W] feature maps, got {list(x.shape)}")
         b, _, h, w = x.shape
         n, d = h * w, self.head_dim
-        # [B, 3C, H, W] -> three [B, heads, N, d]
-        q, k, v = self.qkv(x).view(b, 3, self.heads, d, n).transpose(-1, -2).unbind(1)
-        q = q / d**0.5
+        scale = d**-0.5
+        q, k, v = self.qkv(x).view(b, 3, self.heads, d, n).unbind(1)  # three [B, heads, d, N]
         means = segment_means_matrix(n, self.landmarks, q)  # [m, N]
-        q_land, k_land = means @ q, means @ k  # [B, heads, m, d]
-        kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, N, m]
-        kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, m, m]
-        kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # [B, heads, m, N]
+        # landmarks [B, heads, m, d]: one product [B*heads*d, N] x [N, m] each
+        q_land, k_land = ((t @ means.T).transpose(-1, -2).contiguous() for t in (q, k))
+        # tokens [B, heads, N, d], contiguous in d as the fused kernel needs
+        q, k, v = (t.transpose(-1, -2).contiguous() for t in (q, k, v))
+        kernel_2 = torch.softmax((q_land * scale) @ k_land.transpose(-1, -2), dim=-1)  # [B, heads, m, m]
         with full_precision(kernel_2):  # the pseudo-inverse iteration in at least float32 (bf16 training)
             pinv = self._pinv(kernel_2.to(torch.promote_types(kernel_2.dtype, torch.float32)))
-        out = kernel_1 @ (pinv @ (kernel_3 @ v))  # [B, heads, N, d]
+        # kernel_3 V = softmax(Q~ K^T / sqrt(d)) V and kernel_1 W = softmax(Q K~^T / sqrt(d)) W
+        landmark_values = pinv @ softmax_attention(q_land, k, v, scale=scale, fused=self.fused)  # [B, heads, m, d]
+        out = softmax_attention(q, k_land, landmark_values.to(q.dtype), scale=scale, fused=self.fused)
         return self.out(out.transpose(-1, -2).reshape(b, self.heads * d, h, w))
 
     def extra_repr(self) -> str:

@@ -1,4 +1,5 @@
-"""Training: the Trainer loop and safe checkpoints."""
+"""Training: the Trainer loop and safe checkpoints; ``compile.py`` holds ``train.compile``'s
+``CompiledForward`` (torch.compile with an eager fallback)."""
 from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
 from .trainer import ExponentialMovingAverage, NonFiniteTraining, Trainer
 

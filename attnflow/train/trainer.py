@@ -17,6 +17,10 @@ device resumes or evaluates on another; the CUDA RNG state is saved too when tra
 Precision: ``train.precision = "bf16"`` runs the inner coupling / dense networks of the training
 forward pass under bfloat16 autocast (:mod:`attnflow.precision`); evaluation stays float32.
 
+Compilation: ``train.compile = true`` runs the training forward pass through ``torch.compile``
+(:mod:`attnflow.train.compile`, eager fallback with one warning); evaluation stays eager (on a CPU
+its second compilation, for inference, takes longer than the evaluation it would speed up).
+
 Many processes: under ``torchrun`` the trainer trains with DistributedDataParallel
 (:mod:`attnflow.train.distributed`): each process computes its rows of the global batch
 ``train.batch_size``, the result equals one process on that batch, and rank 0 alone writes the
@@ -60,6 +64,7 @@ from .contraction import ContractionMonitor
 from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
                          save_weights)
 from .progress import TrainingBar
+from .compile import CompiledForward
 from .runlock import RunLock, remove_stale_temporaries
 from .signals import StopRequests
 
@@ -214,6 +219,8 @@ class Trainer:
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
         self.ddp = self.dist.data_parallel(self.model, self.device)  # None in one process
+        forward = self.ddp if self.ddp is not None else (lambda x, ctx: training_outputs(self.model, x, ctx))
+        self.forward = CompiledForward(forward, f"the {cfg['model']['family']} model") if t["compile"] else forward
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
         self.contraction = ContractionMonitor(self.model)  # certified Lip(g) of every block at every step
@@ -323,7 +330,7 @@ class Trainer:
         self.data_wait += time.perf_counter() - wait_start
         self.model.train()
         with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
-            outputs = training_outputs(self.model, x, context) if self.ddp is None else self.ddp(x, context)
+            outputs = self.forward(x, context)
             if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
                 labels = self.train_set.labels[idx].to(self.device)
                 loss, metrics = hybrid_loss(*outputs, labels, self.model.dim, self.levels, t["likelihood_weight"])
