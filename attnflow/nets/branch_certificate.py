@@ -81,24 +81,25 @@ def _compose(element: tuple[float, float], layer: nn.Module) -> tuple[float, flo
     return None
 
 
-def _blocks(layer: SpectralNormConv2d, grid: tuple[int, int]) -> Tensor:
-    """The per-frequency blocks of the layer's normalised kernel on ``grid`` in the real form of
-    :func:`attnflow.nets.operator_norm.kernel_spectrum`, ``[F, 2 C_out, 2 C_in]``, or one
-    ``[2 C_out, 2 C_in]`` matrix for a 1x1 kernel (the same at every frequency, imaginary part 0)."""
-    weight = layer.normalized_weight().double()
-    if weight.shape[-2:] == (1, 1):
-        matrix = weight.reshape(weight.shape[:2])
-        return torch.block_diag(matrix, matrix)
-    return kernel_spectrum(weight, grid)
-
-
-def _then(block: Tensor, product: Tensor) -> Tensor:
-    """``block @ product`` per frequency, a 1x1 kernel's matrix ``[C_out, C_in]`` applied to all
-    frequencies of ``[F, C_in, n]`` as one matrix product (no broadcast copies)."""
-    if block.dim() == 3 or product.dim() == 2:
-        return block @ product
-    f, c, n = product.shape
-    return (product.transpose(1, 2).reshape(f * n, c) @ block.T).reshape(f, n, -1).transpose(1, 2)
+def _folded_kernels(layers: Sequence[SpectralNormConv2d]) -> list[Tensor]:
+    """The normalised kernels of a run of convolutions (in order of application), with every 1x1
+    kernel multiplied into its neighbour: a 1x1 convolution is pointwise, so it commutes with the
+    zero padding and ``conv_B o conv_1x1(M) = conv_(B M)`` exactly. Left: the spatial kernels, or
+    one 1x1 kernel when the run has nothing else."""
+    kernels = [layer.normalized_weight().double() for layer in layers]
+    folded: list[Tensor] = []
+    pending = None  # a 1x1 matrix waiting for the next spatial kernel
+    for kernel in kernels:
+        if kernel.shape[-2:] == (1, 1):
+            matrix = kernel[:, :, 0, 0]
+            if folded:
+                folded[-1] = torch.einsum("om,mihw->oihw", matrix, folded[-1])
+            else:
+                pending = matrix if pending is None else matrix @ pending
+        else:
+            folded.append(kernel if pending is None else torch.einsum("omhw,mi->oihw", kernel, pending))
+            pending = None
+    return folded or [pending[:, :, None, None]]
 
 
 def _largest_singular_value(blocks: Tensor) -> float:
@@ -109,13 +110,15 @@ def _largest_singular_value(blocks: Tensor) -> float:
 
 def _run_norm(layers: Sequence[SpectralNormConv2d], grid: tuple[int, int]) -> float:
     """``max_w ||K_n(w) ... K_1(w)||_2`` over the DFT grid: the norm of the product of the circular
-    convolutions ``layers`` (in order of application). A single convolution whose divisor is
-    already a circulant (or 1x1) norm bound needs no new computation: its ``lipschitz_bound()``."""
+    convolutions ``layers`` (in order of application), with 1x1 kernels folded into their
+    neighbours first. A single convolution whose divisor is already a circulant (or 1x1) norm
+    bound needs no new computation: its ``lipschitz_bound()``."""
     if len(layers) == 1 and not layers[0].divides_by_explicit_matrix():
         return layers[0].lipschitz_bound()
-    product = _blocks(layers[0], grid)
-    for layer in layers[1:]:
-        product = _then(_blocks(layer, grid), product)
+    product = None
+    for kernel in _folded_kernels(layers):
+        block = kernel_spectrum(kernel, grid)
+        product = block if product is None else block @ product
     return _largest_singular_value(product) * _SVD_MARGIN
 
 
