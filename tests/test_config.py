@@ -47,3 +47,20 @@ def test_build_with_overrides():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(small) < count(default)
     assert len(small.transform.layers[1].layers) == 3  # squeeze + 1 step + factor-out
+
+
+def test_retired_power_iteration_keys(tmp_path):
+    """A run saved with the power-iteration keys of earlier versions loads without them; setting
+    them now is refused as an unknown key."""
+    import json
+
+    from attnflow.config import read_config
+    from attnflow.schema import ConfigError
+
+    cfg = resolve_config("resflow-digits")
+    cfg["model"].update(power_tol=1e-3, power_max_iter=1000)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = read_config(tmp_path / "config.json")
+    assert "power_tol" not in loaded["model"] and loaded["model"] == resolve_config("resflow-digits")["model"]
+    with pytest.raises(ConfigError, match="power_tol"):
+        resolve_config("resflow-digits", ["model.power_tol=1e-3"])
