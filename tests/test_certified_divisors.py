@@ -270,17 +270,21 @@ def test_a_float64_model_evaluates_in_float64() -> None:
 # ------------------------------------------------------------------ the tighter (expansion) certificate
 
 
-def branch_with(kind: str, attention: str, size: tuple[int, int], scale: float, seed: int):
+def branch_with(kind: str, attention: str, size: tuple[int, int], scale: float, seed: int,
+                kernels: tuple[int, ...] = (3, 1, 3), explicit_side: int = 256):
+    """A float64 branch on 2 channels (hidden 6) with its convolution weights scaled by ``scale``;
+    ``explicit_side = 0`` sends every spatial kernel to the circulant path."""
     from attnflow.models.residual_flow import lipschitz_attention
     from attnflow.nets.residual_branches import build_branch
 
     torch.manual_seed(seed)
     factory = lipschitz_attention(attention, 2) if attention != "none" else None
-    branch = build_branch(kind, 2, hidden=6, input_size=size, attention=factory).double()
+    branch = build_branch(kind, 2, hidden=6, kernel_sizes=kernels, input_size=size, attention=factory).double()
     with torch.no_grad():
-        for p in branch.parameters():
-            if p.dim() == 4:
-                p.mul_(scale)
+        for layer in branch:
+            if isinstance(layer, SpectralNormConv2d):
+                layer.weight.mul_(scale)
+                layer.explicit_side = explicit_side
     return branch
 
 
@@ -289,19 +293,26 @@ def exact_jacobian_norm(branch, x: torch.Tensor) -> float:
     return torch.linalg.matrix_norm(jac, ord=2).item()
 
 
-@pytest.mark.parametrize("kind,attention", [("iresnet", "none"), ("residual_flow", "none"), ("residual_flow", "l2"),
-                                            ("residual_flow", "lipnorm")])
-def test_expansion_bound_is_above_every_jacobian_norm_found(kind: str, attention: str) -> None:
-    """On random branches (weights scaled so the normalisation acts, and not), the certified bound
-    of the branch (the expansion bound where it is smaller than the product) is at least the exact
-    Jacobian norm at random points and at the points the search climbs to."""
+BRANCHES = [("iresnet", "none", (3, 1, 3), 256), ("residual_flow", "none", (3, 1, 3), 256),
+            ("residual_flow", "l2", (3, 1, 3), 256), ("residual_flow", "lipnorm", (3, 1, 3), 256),
+            ("iresnet", "none", (5, 1, 3), 0), ("residual_flow", "none", (3, 5), 0),
+            ("residual_flow", "l2", (5, 3, 5), 0)]
+
+
+@pytest.mark.parametrize("kind,attention,kernels,explicit_side", BRANCHES)
+def test_expansion_bound_is_above_every_jacobian_norm_found(kind: str, attention: str, kernels: tuple[int, ...],
+                                                            explicit_side: int) -> None:
+    """On random branches (weights scaled so the normalisation acts, and not; explicit and
+    circulant divisors; kernels of mixed sizes), the certified bound of the branch (the expansion
+    bound where it is smaller than the product) is at least the exact Jacobian norm at random
+    points and at the points the search climbs to."""
     from attnflow.evaluate.lipschitz_search import search_jacobian_norm
     from attnflow.nets.branch_certificate import expansion_bound
     from attnflow.nets.residual_branches import layer_lipschitz_bound
 
     tighter = 0
     for seed, scale in enumerate((0.3, 1.0, 8.0)):
-        branch = branch_with(kind, attention, (5, 6), scale, seed).eval()
+        branch = branch_with(kind, attention, (5, 6), scale, seed, kernels, explicit_side).eval()
         x = torch.randn(4, 2, 5, 6, dtype=DT) * 2
         with torch.no_grad():
             branch(x)
@@ -314,20 +325,24 @@ def test_expansion_bound_is_above_every_jacobian_norm_found(kind: str, attention
     assert tighter >= 1  # the expansion is the smaller certificate somewhere
 
 
-def test_expansion_bound_holds_where_the_branch_is_linear() -> None:
-    """Large positive biases make every ELU slope 1 on the image: the Jacobian is then the product
-    of the three zero-padded convolutions, the case that the constant terms of the expansion must
-    bound (an expansion that forgot the zero padding between the convolutions could miss it)."""
+@pytest.mark.parametrize("kernels,explicit_side", [((3, 1, 3), 256), ((5, 3, 5), 0), ((3, 5), 0)])
+def test_expansion_bound_holds_where_the_branch_is_linear(kernels: tuple[int, ...], explicit_side: int) -> None:
+    """Biases that keep every ELU input positive (checked) make every slope 1: the Jacobian is then
+    the product of the zero-padded convolutions, the case the expansion's constant terms must bound
+    (an expansion that forgot the zero padding between the convolutions could miss it)."""
     worst = 0.0
     for seed in range(4):
-        branch = branch_with("iresnet", "none", (4, 4), 3.0, seed).eval()
+        branch = branch_with("iresnet", "none", (6, 6), 3.0, seed, kernels, explicit_side).eval()
+        x = torch.rand(1, 2, 6, 6, dtype=DT) + 0.5
         with torch.no_grad():
+            h = x
             for layer in branch:
+                if isinstance(layer, torch.nn.ELU):
+                    assert bool((h > 0).all())  # the premise: slope 1 everywhere on the image
                 if isinstance(layer, SpectralNormConv2d):
-                    layer.bias.fill_(50.0)
-        x = torch.full((1, 2, 4, 4), 60.0, dtype=DT)
-        with torch.no_grad():
-            branch(x)
+                    layer.bias.zero_()
+                    layer.bias.fill_(1.0 - float(layer(h).min()))
+                h = layer(h)
         worst = max(worst, exact_jacobian_norm(branch, x) / branch.lipschitz_bound())
     assert worst <= 1 + 1e-9
 

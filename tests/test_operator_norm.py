@@ -86,3 +86,17 @@ def test_circulant_bound_gradient_matches_the_norm_gradient() -> None:
     exact = torch.linalg.matrix_norm(kernel_spectrum(weight, grid), ord=2).max()
     (g_exact,) = torch.autograd.grad(exact, weight)
     torch.testing.assert_close(g_bound, g_exact, rtol=1e-3, atol=1e-6)
+
+
+def test_dft_tables_built_under_inference_mode_serve_later_training() -> None:
+    """The cached DFT tables outlive an ``inference_mode`` evaluation that built them."""
+    from attnflow.nets.lipschitz_layers import SpectralNormConv2d
+    from attnflow.nets.operator_norm import _dft_tables
+
+    _dft_tables.cache_clear()
+    layer = SpectralNormConv2d(4, 4, 3, 1, input_size=(12, 12))
+    with torch.inference_mode():
+        layer(torch.randn(1, 4, 12, 12))
+    other = SpectralNormConv2d(4, 4, 3, 1, input_size=(12, 12))
+    other(torch.randn(1, 4, 12, 12)).sum().backward()
+    assert other.weight.grad is not None

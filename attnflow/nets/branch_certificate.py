@@ -59,7 +59,7 @@ _SVD_MARGIN = 1.0 + 1e-9
 
 
 def _slopes(layer: nn.Module) -> tuple[float, float] | None:
-    if isinstance(layer, CLipSwish) or (isinstance(layer, nn.ELU) and layer.alpha > 1.0):
+    if isinstance(layer, CLipSwish) or (isinstance(layer, nn.ELU) and not 0.0 <= layer.alpha <= 1.0):
         return None
     return next((r for cls, r in SLOPE_RANGES.items() if isinstance(layer, cls)), None)
 
@@ -111,10 +111,13 @@ def _largest_singular_value(blocks: Tensor) -> float:
 def _run_norm(layers: Sequence[SpectralNormConv2d], grid: tuple[int, int]) -> float:
     """``max_w ||K_n(w) ... K_1(w)||_2`` over the DFT grid: the norm of the product of the circular
     convolutions ``layers`` (in order of application), with 1x1 kernels folded into their
-    neighbours first. A single convolution whose divisor is already a circulant (or 1x1) norm
-    bound needs no new computation: its ``lipschitz_bound()``."""
-    if len(layers) == 1 and not layers[0].divides_by_explicit_matrix():
-        return layers[0].lipschitz_bound()
+    neighbours first. A single convolution whose divisor already bounds the circulant on this grid
+    (a 1x1 kernel, or a circulant-path layer whose own grid is the branch's) needs no new
+    computation: its ``lipschitz_bound()``."""
+    layer = layers[0]
+    own_grid = circulant_grid(layer.input_size, layer.kernel_size, layer.padding)
+    if len(layers) == 1 and not layer.divides_by_explicit_matrix() and (layer.kernel_size == (1, 1) or own_grid == grid):
+        return layer.lipschitz_bound()  # its divisor bounds this very circulant (a 1x1 kernel's on any grid)
     product = None
     for kernel in _folded_kernels(layers):
         block = kernel_spectrum(kernel, grid)

@@ -132,7 +132,16 @@ def _dft_tables(
     kernel_size: tuple[int, int], grid: tuple[int, int], dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """``cos`` and ``sin`` of the phases ``2 pi (u a / M_h + v b / M_w)``: ``[taps, F]`` over the
-    kernel taps ``(a, b)`` and the half spectrum ``(u, v)``, ``v <= M_w / 2``."""
+    kernel taps ``(a, b)`` and the half spectrum ``(u, v)``, ``v <= M_w / 2``. Built as ordinary
+    tensors even under ``torch.inference_mode()``: the cache outlives it, and later training
+    passes save the tables for backward."""
+    with torch.inference_mode(False):
+        return _build_dft_tables(kernel_size, grid, dtype, device)
+
+
+def _build_dft_tables(
+    kernel_size: tuple[int, int], grid: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
     (kh, kw), (mh, mw) = kernel_size, grid
     a, b = torch.meshgrid(torch.arange(kh, dtype=dtype), torch.arange(kw, dtype=dtype), indexing="ij")
     u, v = torch.meshgrid(torch.arange(mh, dtype=dtype), torch.arange(mw // 2 + 1, dtype=dtype), indexing="ij")

@@ -58,9 +58,9 @@ def _activation(name: str) -> tuple[nn.Module, int]:
 
 
 def layer_lipschitz_bound(layer: nn.Module) -> float:
-    """Certified Lipschitz bound of one layer: 1 for ELU (``alpha <= 1``) and ReLU, else the
+    """Certified Lipschitz bound of one layer: 1 for ELU (``0 <= alpha <= 1``) and ReLU, else the
     layer's own ``lipschitz_bound()``."""
-    if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.ELU) and layer.alpha <= 1.0):
+    if isinstance(layer, nn.ReLU) or (isinstance(layer, nn.ELU) and 0.0 <= layer.alpha <= 1.0):
         return 1.0
     bound = getattr(layer, "lipschitz_bound", None)
     if bound is None:

@@ -350,8 +350,8 @@ class Trainer:
         refusal, note = self.contraction.check(self.step + 1)  # the blocks as this forward pass used them
         if note:
             self._note(note)
-        if refusal:
-            self.skip_reason = refusal
+        if self.dist.any(refusal is not None)[0]:  # every process skips together (the weights are shared)
+            self.skip_reason = refusal or f"step {self.step + 1}: a block is not certified contractive; step refused"
             return None
         loss.backward()  # DistributedDataParallel averages the gradients over the processes
         clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
@@ -377,7 +377,7 @@ class Trainer:
             last = ("no finite loss yet" if self.last_finite is None
                     else f"last finite loss {self.last_finite[1]:.4g} bits/dim at step {self.last_finite[0]}")
             raise NonFiniteTraining(
-                f"training diverged: the loss stayed non-finite after {self.rollbacks} rollbacks "
+                f"training diverged: the steps stayed refused ({self.skip_reason}) after {self.rollbacks} rollbacks "
                 f"(learning rate {lr:.3g} at the last try, train.lr={t['lr']:g}); {last}; "
                 f"the checkpoint of step {self.saved_step} is kept: lower train.lr and continue with --resume"
             )
