@@ -19,6 +19,7 @@ __all__ = [
     "brute_force_logdet",
     "check_bijection",
     "empirical_lipschitz",
+    "exact_circulant_norm",
     "exact_conv_norm",
     "input_gram",
     "jacobian_spectral_norm",
@@ -142,3 +143,14 @@ def exact_conv_norm(weight: Tensor, size: tuple[int, int], padding: tuple[int, i
     if len(gram) > 8192:
         raise ValueError(f"the smaller side has {len(gram)} dimensions: too large for an exact eigen-decomposition")
     return float(torch.linalg.eigvalsh(gram).max().clamp_min(0).sqrt())
+
+
+def exact_circulant_norm(weight: Tensor, size: tuple[int, int], padding: tuple[int, int]) -> float:
+    """The exact norm of the circulant embedding of a zero-padded convolution on ``size`` inputs
+    (the grid of :func:`attnflow.nets.operator_norm.circulant_grid`): the largest per-frequency
+    block norm, by SVD in float64 -- what :func:`~attnflow.nets.operator_norm.circulant_norm_bound`
+    bounds with Gram iterations."""
+    from .nets.operator_norm import circulant_grid, kernel_spectrum
+
+    grid = circulant_grid(size, tuple(weight.shape[-2:]), padding)
+    return float(torch.linalg.matrix_norm(kernel_spectrum(weight.detach(), grid), ord=2).max())

@@ -12,10 +12,9 @@ from attnflow.nets.lipschitz_layers import (
     SpectralNormLinear,
     _LipSwishWithSlope,
     conv2d,
-    conv_operator_norm_bound,
     conv_transpose2d,
 )
-from attnflow.testing import empirical_lipschitz
+from attnflow.testing import empirical_lipschitz, exact_circulant_norm, exact_conv_norm
 
 DT = torch.float64
 
@@ -70,7 +69,7 @@ def test_conv_induced_norm_matches_explicit_matrix(k: int, p: int, size: tuple[i
     assert exact > 1.0  # the raw conv is not a contraction; the normalisation must act
     used = spectral_norm(explicit_matrix(lambda x: F.conv2d(x, layer.normalized_weight(), padding=p), (2, *size)))
     if path == "circulant" and k > 1:  # divided by the circulant bound: at most coeff, looser on tiny grids
-        circulant = conv_operator_norm_bound(layer.weight, size, (p, p), dense_limit=0).item()
+        circulant = exact_circulant_norm(layer.weight, size, (p, p))
         assert used <= layer.coeff * (1 + 1e-12)
         assert used >= layer.coeff * exact / circulant * (1 - 1e-3)
     else:  # the explicit matrix (every 1x1 kernel): within the Gram bound's 0.1%
@@ -86,14 +85,14 @@ def test_circulant_bound_is_exact_circular_norm_and_upper_bounds_zero_padding(
     torch.manual_seed(1)
     w = torch.randn(3, 2, k, k, dtype=DT)
     zero = spectral_norm(explicit_matrix(lambda x: F.conv2d(x, w, padding=p), (2, *size)))
-    bound = conv_operator_norm_bound(w, size, (p, p), dense_limit=0).item()
+    bound = exact_circulant_norm(w, size, (p, p))
     assert bound >= zero * (1 - 1e-12)
     # The bound is the exact norm of the circular convolution on the enlarged grid.
     m = (size[0] + max(k - 1, 2 * p), size[1] + max(k - 1, 2 * p))
     circular = lambda x: F.conv2d(F.pad(x, (k // 2,) * 4, mode="circular"), w)  # noqa: E731
     assert bound == pytest.approx(spectral_norm(explicit_matrix(circular, (2, *m))), rel=1e-10)
-    # The dense path is the exact zero-padded norm.
-    assert conv_operator_norm_bound(w, size, (p, p)).item() == pytest.approx(zero, rel=1e-10)
+    # The exact helper is the zero-padded norm.
+    assert exact_conv_norm(w, size, (p, p)) == pytest.approx(zero, rel=1e-10)
 
 
 def _used_norm(layer: SpectralNormConv2d) -> float:

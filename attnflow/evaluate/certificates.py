@@ -52,9 +52,9 @@ def certify(model: nn.Module, search_inputs: Tensor | None = None) -> dict[str, 
 
     Returns ``{"blocks": [{"name", "bound"}], "layers": [{"name", "coeff", "norm"}],
     "max_block_bound", "max_layer_norm", "max_layer_norm_over_coeff", "uncertified"}`` where
-    ``bound`` is the block's certified ``Lip(g)``, ``norm`` the certified operator norm of the
-    layer's weight as the next forward pass uses it (exact for small operators, the circulant
-    bound otherwise; :meth:`SpectralNormConv2d.lipschitz_bound`) and ``uncertified`` the names of
+    ``bound`` is the block's certified ``Lip(g)``, ``norm`` a certified bound of the operator norm
+    of the layer's weight as the next forward pass uses it, ``min(divisor, coeff)``
+    (:meth:`SpectralNormConv2d.lipschitz_bound`), and ``uncertified`` the names of
     the blocks whose bound is not below 1. Models without residual blocks give empty lists and
     ``None`` maxima.
     """

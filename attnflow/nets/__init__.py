@@ -7,9 +7,8 @@ file                       holds                                             pap
 =========================  ================================================  ==================================
 lipschitz_layers.py        SpectralNormConv2d, SpectralNormLinear,           spectral norm (Miyato et al.
                            LipSwish, CLipSwish                               2018); Residual Flows; i-DenseNet
-operator_norm.py           gram_spectral_norm, circulant_norm_bound          Gram iteration (Delattre et al.
-                           (certified, differentiable),                      2023); Sedghi et al. 2019
-                           conv_operator_norm_bound
+operator_norm.py           gram_spectral_norm, certified_max_norm,           Gram iteration (Delattre et al.
+                           circulant_norm_bound (certified, differentiable)  2023); Sedghi et al. 2019
 linearization.py           Linearization: output and explicit Jacobian       i-ResNet; Residual Flows
                            products for the residual log-det estimators
 residual_branches.py       build_branch (i-ResNet, Residual Flow,            i-ResNet; Residual Flows;

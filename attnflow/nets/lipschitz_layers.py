@@ -25,7 +25,6 @@ from .operator_norm import (
     DENSE_NORM_LIMIT,
     certified_max_norm,
     circulant_norm_bound,
-    conv_operator_norm_bound,
     tensor_state,
 )
 
@@ -35,7 +34,6 @@ __all__ = [
     "LipSwish",
     "CLipSwish",
     "conv2d",
-    "conv_operator_norm_bound",
     "conv_transpose2d",
     "DENSE_NORM_LIMIT",
 ]

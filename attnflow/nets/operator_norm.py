@@ -1,5 +1,5 @@
-"""Certified upper bounds of operator norms: Gram iteration on matrices, on the Fourier blocks of
-a convolution, and the exact norm of small operators.
+"""Certified upper bounds of operator norms: Gram iteration on matrices and on the Fourier blocks
+of a convolution.
 
 * :func:`gram_spectral_norm` is a *certified* upper bound of ``||W||_2`` for a batch of
   matrices (Delattre, Barthelemy, Araujo & Allauzen, "Efficient Bound of Lipschitz
@@ -8,8 +8,8 @@ a convolution, and the exact norm of small operators.
 * :func:`circulant_norm_bound` is the same bound for a zero-padded convolution, through the
   circulant embedding and the per-frequency blocks of the kernel's DFT: what the spectral-norm
   layers divide by when the explicit matrix is too large.
-* :func:`conv_operator_norm_bound` is the tightest certified bound used in reports (exact SVD of
-  small operators, exact per-frequency norms of the circulant otherwise).
+* :func:`certified_max_norm` is the largest Gram bound of a batch of matrices, with the gradient
+  of the top singular value: what the spectral-norm layers divide by.
 
 Power iteration, which spectral normalisation traditionally divides by (Miyato et al. 2018,
 Residual Flows), gives a *lower* estimate: warm-started after a weight update it can stop near a
@@ -22,7 +22,6 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "certified_max_norm",
     "circulant_grid",
     "circulant_norm_bound",
-    "conv_operator_norm_bound",
     "gram_looseness",
     "gram_spectral_norm",
     "kernel_spectrum",
@@ -96,8 +94,8 @@ def certified_max_norm(matrices: Tensor, iterations: int = GRAM_ITERATIONS) -> T
     gradient (when ``matrices`` requires one) is that of ``||W_i v||`` for the maximising matrix
     ``W_i`` and its top right singular vector ``v`` read off the last Gram matrix, which is the
     gradient of ``sigma_1(W_i)`` -- what spectral normalisation differentiates (Miyato et al. 2018)
-    -- rather than of the bound's expression: the iterations run without autograd, a third of the
-    cost of differentiating through them."""
+    -- rather than of the bound's expression: the iterations run without autograd, so the
+    backward pass does not go through them."""
     g = matrices.double()
     g = g if g.shape[-2] >= g.shape[-1] else g.mT
     with torch.no_grad():
@@ -114,7 +112,7 @@ def certified_max_norm(matrices: Tensor, iterations: int = GRAM_ITERATIONS) -> T
     return value + (gain - gain.detach())  # the certified value, the gradient of sigma_1
 
 
-# Largest explicit conv matrix (entries) whose norm is computed exactly by SVD.
+# Largest explicit operator matrix (entries) that the spectral-norm layers build.
 DENSE_NORM_LIMIT = 2**22
 
 
@@ -185,39 +183,12 @@ def circulant_norm_bound(
     convolution.)
 
     How loose: the Gram step adds at most the factor ``r^(1 / 2^(t+1))`` (``r`` twice the smaller
-    channel count, the rank of the blocks' real form; 1.0011 for 64 channels). The circulant step is the larger part on
+    channel count, the rank of the blocks' real form; 1.0012 for 64 channels). The circulant step is the larger part on
     small grids: measured on random 3x3 kernels, about 4% at 8x8 and 18% at 4x4, below 0.5% from
     16x16 on; trained layers are measured in ``tests/test_certified_divisors.py`` and the README.
     """
     grid = circulant_grid(input_size, tuple(weight.shape[-2:]), padding)
     return certified_max_norm(kernel_spectrum(weight, grid), iterations).to(weight.dtype)
-
-
-def conv_operator_norm_bound(
-    weight: Tensor,
-    input_size: tuple[int, int],
-    padding: tuple[int, int],
-    dense_limit: int = DENSE_NORM_LIMIT,
-) -> Tensor:
-    """The tightest certified bound of the operator norm of a stride-1, zero-padded ``conv2d`` on
-    inputs of spatial size ``input_size`` that this module computes (float64, not differentiable):
-
-    * small operators (at most ``dense_limit`` matrix entries): the exact norm, the largest
-      singular value of the explicit ``(C_out H' W') x (C_in H W)`` matrix;
-    * otherwise the norm of the circulant embedding, ``max_w ||K_hat(w)||_2`` with exact
-      per-frequency norms (the bound of :func:`circulant_norm_bound` without its Gram factor).
-    """
-    weight = weight.detach().double()
-    (h, w), (ph, pw) = input_size, padding
-    c_out, c_in, kh, kw = weight.shape
-    d_in = c_in * h * w
-    d_out = c_out * (h + 2 * ph - kh + 1) * (w + 2 * pw - kw + 1)
-    if d_in * d_out <= dense_limit:
-        basis = torch.eye(d_in, dtype=weight.dtype, device=weight.device).reshape(d_in, c_in, h, w)
-        matrix = F.conv2d(basis, weight, padding=padding).reshape(d_in, d_out)
-        return torch.linalg.matrix_norm(matrix, ord=2)
-    spectrum = kernel_spectrum(weight, circulant_grid(input_size, (kh, kw), padding))
-    return torch.linalg.matrix_norm(spectrum, ord=2).max()
 
 
 def gram_looseness(rank: int, iterations: int = GRAM_ITERATIONS) -> float:
