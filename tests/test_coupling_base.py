@@ -9,6 +9,8 @@ from torch import Tensor
 
 from attnflow.flows.coupling import MaskedCoupling
 from attnflow.flows.masks import COUPLING_MASKS, MASK_NAMES, Mask, alternating_masks
+from attnflow.models.glow import COUPLING_MASKS as GLOW_MASKS
+from attnflow.models.marflow import COUPLING_MASKS as MARFLOW_MASKS
 from attnflow.nets.glow_coupling_net import conv_coupling_net
 from attnflow.testing import check_bijection
 
@@ -74,6 +76,7 @@ def test_names_parse_and_print_back():
         mask = Mask.parse(name)
         assert mask.name == str(mask) == name and Mask.parse(mask) is mask
     assert MASK_NAMES == ("channel", "channel-inv", "checkerboard", "checkerboard-inv")
+    assert GLOW_MASKS is COUPLING_MASKS and MARFLOW_MASKS is COUPLING_MASKS
     assert [m.name for m in alternating_masks("channel", 3)] == ["channel", "channel-inv", "channel"]
     with pytest.raises(ValueError, match="unknown coupling mask 'diagonal'; valid masks: channel, channel-inv"):
         Mask.parse("diagonal")

@@ -37,7 +37,8 @@ from .denseflow_unit import invertible_unit
 from .glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
 from .invertible_attention import IMap, ISDP, build_invertible_attention
 from .mixture_coupling import MixtureCoupling, MixtureStep
-from .multiscale import FactorOut, Flatten, Squeeze, checkerboard_mask, multiscale_transform
+from .masks import COUPLING_MASKS, Mask, alternating_masks, checkerboard_mask
+from .multiscale import FactorOut, Flatten, Squeeze, multiscale_transform
 from .noise_augmentation import CrossUnitCoupling, CrossUnitStage
 from .preprocess import Logit, Shift, build_preprocess
 from .residual_block import InverseDidNotConverge, ResidualBlock

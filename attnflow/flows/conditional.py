@@ -3,8 +3,10 @@ Full-Glow, Sorkhei et al. 2021): the conditional affine injector, and the plumbi
 the condition's features once and hands each level (or step) its own.
 
 The other conditional layer of Table 1, the *conditional affine coupling*
-``(log s, t) = NN(x_b, c)``, is :class:`attnflow.flows.glow.AffineCoupling` with
-``context_channels > 0`` (the condition features are concatenated to the network input). iMap and
+``(log s, t) = NN(x_a, c)``, is :class:`attnflow.flows.glow.AffineCoupling` (a
+:class:`~attnflow.flows.coupling.MaskedCoupling`) with ``context_channels > 0`` (the condition
+features are concatenated to the network input); the injector shares its element-wise transform
+(:func:`~attnflow.flows.glow.sigmoid_affine`). iMap and
 iSDP go into conditional steps unchanged: they ignore the condition, which therefore does not
 affect their invertibility (AttnFlow, Sec. 5).
 
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Bijection
 from ..nets.glow_coupling_net import conv_coupling_net
 from ..precision import inner_network
+from .coupling import per_element
+from .glow import sigmoid_affine, sigmoid_affine_inverse
 
 __all__ = ["ConditionalAffineInjector", "PickCondition", "ConditionedTransform", "check_context"]
 
@@ -65,20 +68,18 @@ class ConditionalAffineInjector(Bijection):
         self.context_channels = context_channels
         self.net = conv_coupling_net(context_channels, 2 * channels, hidden)
 
-    def _scale_shift(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _theta(self, x: Tensor, context: Tensor | None) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"injector expects [B, {self.channels}, H, W] inputs, got {list(x.shape)}")
         c = check_context(context, x, self.context_channels, "the affine injector")
-        h, t = inner_network(self.net, c).chunk(2, dim=1)
-        return F.logsigmoid(h + 2.0), t
+        return per_element(inner_network(self.net, c), 2)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_s, t = self._scale_shift(x, context)
-        return x * log_s.exp() + t, log_s.flatten(1).sum(1)
+        z, log_s = sigmoid_affine(x, self._theta(x, context))
+        return z, log_s.flatten(1).sum(1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        log_s, t = self._scale_shift(z, context)
-        return (z - t) * (-log_s).exp()
+        return sigmoid_affine_inverse(z, self._theta(z, context))
 
 
 class PickCondition(Bijection):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..core import Chain
 from ..nets.glow_coupling_net import CouplingNetFactory
 from .glow import GlowStep
+from .masks import alternating_masks
 
 __all__ = ["invertible_unit"]
 
@@ -25,5 +26,4 @@ def invertible_unit(channels: int, modules: int, net_factory: CouplingNetFactory
     intra-unit couplings."""
     if modules < 1:
         raise ValueError(f"an invertible unit needs at least 1 module, got {modules}")
-    masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(modules)]
-    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in masks])
+    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in alternating_masks("channel", modules)])

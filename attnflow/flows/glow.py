@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from ..core import Bijection, Chain
 from ..nets.glow_coupling_net import CouplingNetFactory, conv_coupling_net
-from ..precision import inner_network
 from ..sharding import shard_mean
-from .multiscale import checkerboard_mask
+from .coupling import MaskedCoupling
+from .masks import Mask
 
-__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep"]
+__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "sigmoid_affine", "sigmoid_affine_inverse"]
 
 
 def _spatial_size(x: Tensor) -> int:
@@ -104,83 +104,47 @@ class InvertibleConv1x1(Bijection):
         return torch.einsum("ij,bj...->bi...", w_inv, z)
 
 
-class AffineCoupling(Bijection):
-    """Affine coupling (RealNVP / Glow): the input is split by a binary mask ``m`` into a
-    conditioning part ``x_a = m * x`` and a transformed part ``x_b``;
-    ``(h, t) = NN(x_a [, context])``, ``z_b = s * x_b + t`` with ``s = sigmoid(h + 2)`` (Glow's
-    stable scale, in (0, 1)), ``z_a = x_a``. ``log|det| = sum_b log s``.
+def sigmoid_affine(x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s * x + t, log s)`` with ``(h, t) = theta`` and ``s = sigmoid(h + 2)``: Glow's stable
+    scale, in (0, 1), of its affine coupling and SRFlow's affine injector."""
+    log_s = F.logsigmoid(theta[0] + 2.0)
+    return x * log_s.exp() + theta[1], log_s
 
-    Masks: ``"channel"`` (first ``C // 2`` channels condition the rest; odd ``C`` allowed) and
-    ``"checkerboard"`` / ``"checkerboard-inv"`` (spatial, any ``H, W``).
+
+def sigmoid_affine_inverse(z: Tensor, theta: Tensor) -> Tensor:
+    """Inverse of :func:`sigmoid_affine`: ``(z - t) / s``."""
+    return (z - theta[1]) * (-F.logsigmoid(theta[0] + 2.0)).exp()
+
+
+class AffineCoupling(MaskedCoupling):
+    """Affine coupling (RealNVP, Sec. 3.3; Glow, Sec. 3.3), a :class:`~attnflow.flows.coupling.MaskedCoupling`
+    with ``tau(x_b; h, t) = s * x_b + t``, ``s = sigmoid(h + 2)`` (Glow's stable scale, in (0, 1);
+    :func:`sigmoid_affine`), so ``log|det| = sum_b log s``.
+
+    ``mask`` is one of :data:`MASKS` (:mod:`attnflow.flows.masks`: channel halves, odd ``C``
+    allowed, or a checkerboard, any ``H, W``; each with its ``-inv`` complement).
     ``net_factory(in_channels, out_channels)`` builds the network; by default
     :func:`~attnflow.nets.glow_coupling_net.conv_coupling_net` of width ``hidden``. With
     ``context_channels > 0`` the context (an image-shaped tensor of the same spatial size) is
-    concatenated to the network input.
+    concatenated to the network input: the conditional affine coupling of SRFlow and Full-Glow.
     """
-
-    MASKS = ("channel", "channel-inv", "checkerboard", "checkerboard-inv")
 
     def __init__(
         self,
         channels: int,
         hidden: int = 64,
-        mask: str = "channel",
+        mask: str | Mask = "channel",
         net_factory: CouplingNetFactory | None = None,
         context_channels: int = 0,
     ) -> None:
-        super().__init__()
-        if mask not in self.MASKS:
-            raise ValueError(f"unknown coupling mask {mask!r}; valid masks: {', '.join(self.MASKS)}")
-        if mask.startswith("channel") and channels < 2:
-            raise ValueError(f"a channel mask needs at least 2 channels, got {channels}; use a checkerboard mask")
-        self.channels = channels
-        self.mask = mask
-        self.context_channels = context_channels
         factory = net_factory or (lambda i, o: conv_coupling_net(i, o, hidden))
-        if mask.startswith("channel"):
-            self.n_cond = channels // 2 if mask == "channel" else channels - channels // 2
-            self.net = factory(self.n_cond + context_channels, 2 * (channels - self.n_cond))
-        else:
-            self.net = factory(channels + context_channels, 2 * channels)
+        super().__init__(channels, mask, 2, factory, context_channels)
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.mask == "channel":
-            return x[:, : self.n_cond], x[:, self.n_cond :]
-        if self.mask == "channel-inv":
-            return x[:, x.shape[1] - self.n_cond :], x[:, : x.shape[1] - self.n_cond]
-        m = checkerboard_mask(x.shape[-2], x.shape[-1], invert=self.mask.endswith("inv"), like=x)
-        return x * m, x * (1 - m)
+    def transform(self, x_b: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return sigmoid_affine(x_b, theta)
 
-    def _merge(self, a: Tensor, b: Tensor) -> Tensor:
-        if self.mask == "channel":
-            return torch.cat([a, b], 1)
-        if self.mask == "channel-inv":
-            return torch.cat([b, a], 1)
-        return a + b
-
-    def _scale_shift(self, a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.context_channels:
-            if context is None:
-                raise ValueError("this coupling is conditional: pass a context")
-            a = torch.cat([a, context], 1)
-        h, t = inner_network(self.net, a).chunk(2, dim=1)
-        log_s = F.logsigmoid(h + 2.0)
-        if not self.mask.startswith("channel"):
-            m = checkerboard_mask(a.shape[-2], a.shape[-1], invert=self.mask.endswith("inv"), like=a)
-            log_s, t = log_s * (1 - m), t * (1 - m)
-        return log_s, t
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"coupling expects {self.channels} channels, got {x.shape[1]}")
-        a, b = self._split(x)
-        log_s, t = self._scale_shift(a, context)
-        return self._merge(a, b * log_s.exp() + t), log_s.flatten(1).sum(1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        a, b = self._split(z)
-        log_s, t = self._scale_shift(a, context)
-        return self._merge(a, (b - t) * (-log_s).exp())
+    def inverse_transform(self, z_b: Tensor, theta: Tensor) -> Tensor:
+        return sigmoid_affine_inverse(z_b, theta)
 
 
 AttentionFactory = Callable[[int], Bijection]
@@ -207,7 +171,7 @@ class GlowStep(Chain):
         self,
         channels: int,
         hidden: int = 64,
-        mask: str = "channel",
+        mask: str | Mask = "channel",
         attention: AttentionFactory | None = None,
         positions: Sequence[int] = (),
         net_factory: CouplingNetFactory | None = None,

@@ -15,9 +15,9 @@ from torch import Tensor
 
 from ..nets.flowpp_coupling_net import GatedAttentionNet
 from ..nets.glow_coupling_net import CouplingNetFactory
-from ..precision import inner_network
-from .glow import AffineCoupling, AttentionFactory, GlowStep
-from .multiscale import checkerboard_mask
+from .coupling import MaskedCoupling
+from .glow import AttentionFactory, GlowStep
+from .masks import Mask
 
 __all__ = [
     "mixture_logistic_logit_cdf",
@@ -76,12 +76,12 @@ def bisect_increasing(
     )
 
 
-class MixtureCoupling(AffineCoupling):
-    """Mixture-of-logistics CDF coupling (Flow++, Sec. 3.2; AttnFlow Table 1)::
+class MixtureCoupling(MaskedCoupling):
+    """Mixture-of-logistics CDF coupling (Flow++, Sec. 3.2; AttnFlow Table 1), a
+    :class:`~attnflow.flows.coupling.MaskedCoupling` with ``theta = (a, b, pi, mu, log_s)`` and::
 
-        (a, b, pi, mu, log_s) = NN(x_a [, context])
-        z_b = sigma^{-1}( sum_k pi_k sigma((x_b - mu_k) exp(-log_s_k)) ) * exp(a) + b
-        log|det| = sum_b [ log F'(x_b) - log F(x_b) - log(1 - F(x_b)) + a ]
+        tau(x_b) = sigma^{-1}( sum_k pi_k sigma((x_b - mu_k) exp(-log_s_k)) ) * exp(a) + b
+        log|d tau / d x_b| = log F'(x_b) - log F(x_b) - log(1 - F(x_b)) + a
 
     with ``F`` the mixture CDF, ``pi = softmax`` over ``components`` and ``a = tanh(.)`` (Flow++
     bounds the scale this way; bounded away from 0 and infinity, so the inverse is well
@@ -89,19 +89,18 @@ class MixtureCoupling(AffineCoupling):
     exact bracket ``[min_k, max_k] (mu_k + exp(log_s_k) y)`` (every component CDF is below /
     above ``sigma(y)`` at its ends); it is not differentiable with respect to the parameters.
 
-    Masks and context work as in :class:`~attnflow.flows.glow.AffineCoupling` (this class reuses
-    its split and merge). ``net_factory(in_channels, out_channels)`` builds the network; the
-    default is :class:`GatedAttentionNet` (``hidden``, ``blocks``, ``heads``; ``heads=0``
-    has no self-attention). The component means get fixed offsets ``linspace(-1, 1, K)`` so the ``K``
-    components start distinct (with a zero-initialised network they would otherwise receive
-    identical gradients forever).
+    Masks and context work as in every masked coupling. ``net_factory(in_channels, out_channels)``
+    builds the network; the default is :class:`GatedAttentionNet` (``hidden``, ``blocks``,
+    ``heads``; ``heads=0`` has no self-attention). The component means get fixed offsets
+    ``linspace(-1, 1, K)`` so the ``K`` components start distinct (with a zero-initialised network
+    they would otherwise receive identical gradients forever).
     """
 
     def __init__(
         self,
         channels: int,
         hidden: int = 64,
-        mask: str = "channel",
+        mask: str | Mask = "channel",
         components: int = 4,
         net_factory: CouplingNetFactory | None = None,
         context_channels: int = 0,
@@ -112,53 +111,30 @@ class MixtureCoupling(AffineCoupling):
     ) -> None:
         if components < 1:
             raise ValueError(f"components must be >= 1, got {components}")
-        base = net_factory or (lambda i, o: GatedAttentionNet(i, o, hidden, blocks, heads))
-        per_element = 2 + 3 * components
-        # AffineCoupling asks for 2 outputs per transformed channel; we need 2 + 3K.
-        super().__init__(channels, hidden, mask, lambda i, o: base(i, o // 2 * per_element), context_channels)
-        self.params_per_element = per_element
+        factory = net_factory or (lambda i, o: GatedAttentionNet(i, o, hidden, blocks, heads))
+        super().__init__(channels, mask, 2 + 3 * components, factory, context_channels)
         self.components = components
         self.register_buffer("mu_offset", torch.linspace(-1.0, 1.0, components).view(-1, 1, 1, 1, 1))
         self.bisection_tol = bisection_tol
         self.bisection_max_iter = bisection_max_iter
 
-    def _params(self, a: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
-        """``(scale_log, shift, logits, mu, log_s, keep)``; mixture parameters ``[K, B, C_b, H, W]``
-        and ``keep`` the 0/1 weight of the transformed elements (all ones for channel masks)."""
-        if self.context_channels:
-            if context is None:
-                raise ValueError("this coupling is conditional: pass a context")
-            a = torch.cat([a, context], 1)
-        out = inner_network(self.net, a)
+    def _mixture(self, theta: Tensor) -> tuple[Tensor, ...]:
+        """``(scale_log, shift, logits, mu, log_s)``; the mixture parameters ``[K, B, C_b, H, W]``."""
         k = self.components
-        out = out.view(out.shape[0], self.params_per_element, -1, *out.shape[2:]).movedim(1, 0)
-        scale_log, shift = torch.tanh(out[0]), out[1]
-        logits, mu, log_s = out[2 : 2 + k], out[2 + k : 2 + 2 * k] + self.mu_offset, out[2 + 2 * k :]
-        if self.mask.startswith("channel"):
-            keep = torch.ones_like(shift)
-        else:
-            keep = 1 - checkerboard_mask(a.shape[-2], a.shape[-1], invert=self.mask.endswith("inv"), like=shift)
-        return scale_log, shift, logits, mu, log_s, keep
+        logits, mu, log_s = theta[2 : 2 + k], theta[2 + k : 2 + 2 * k] + self.mu_offset, theta[2 + 2 * k :]
+        return torch.tanh(theta[0]), theta[1], logits, mu, log_s
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"coupling expects {self.channels} channels, got {x.shape[1]}")
-        a, b = self._split(x)
-        scale_log, shift, logits, mu, log_s, keep = self._params(a, context)
-        y, log_dy = mixture_logistic_logit_cdf(b, logits, mu, log_s)
-        z_b = keep * (y * scale_log.exp() + shift)
-        logdet = (keep * (log_dy + scale_log)).flatten(1).sum(1)
-        return self._merge(a, z_b), logdet
+    def transform(self, x_b: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        scale_log, shift, logits, mu, log_s = self._mixture(theta)
+        y, log_dy = mixture_logistic_logit_cdf(x_b, logits, mu, log_s)
+        return y * scale_log.exp() + shift, log_dy + scale_log
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        if not torch.isfinite(z).all():
-            raise ValueError("latent contains NaN or infinite values; the mixture coupling cannot invert it")
-        a, z_b = self._split(z)
-        scale_log, shift, logits, mu, log_s, keep = self._params(a, context)
+    def inverse_transform(self, z_b: Tensor, theta: Tensor) -> Tensor:
+        scale_log, shift, logits, mu, log_s = self._mixture(theta)
         with torch.no_grad():
             target = (z_b - shift) * torch.exp(-scale_log)
             ends = mu + torch.exp(log_s) * target
-            x_b = bisect_increasing(
+            return bisect_increasing(
                 lambda v: mixture_logistic_logit_cdf(v, logits, mu, log_s)[0],
                 target,
                 ends.amin(0),
@@ -166,7 +142,11 @@ class MixtureCoupling(AffineCoupling):
                 self.bisection_tol,
                 self.bisection_max_iter,
             )
-        return self._merge(a, keep * x_b)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if not torch.isfinite(z).all():
+            raise ValueError("latent contains NaN or infinite values; the mixture coupling cannot invert it")
+        return super().inverse(z, context)
 
 
 class MixtureStep(GlowStep):
@@ -182,7 +162,7 @@ class MixtureStep(GlowStep):
         self,
         channels: int,
         hidden: int = 64,
-        mask: str = "channel",
+        mask: str | Mask = "channel",
         attention: AttentionFactory | None = None,
         positions: Sequence[int] = (),
         context_channels: int = 0,

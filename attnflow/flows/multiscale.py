@@ -1,5 +1,5 @@
 """Multi-scale plumbing (RealNVP, Dinh et al. 2017; Glow): squeeze, factor-out with a learned
-conditional prior, flatten, and binary masks."""
+conditional prior and flatten (the coupling masks are in :mod:`attnflow.flows.masks`)."""
 from __future__ import annotations
 
 import math
@@ -10,17 +10,7 @@ from torch import Tensor, nn
 
 from ..core import Bijection, Chain
 
-__all__ = ["Squeeze", "FactorOut", "Flatten", "checkerboard_mask", "multiscale_transform"]
-
-
-def checkerboard_mask(height: int, width: int, invert: bool = False, like: Tensor | None = None) -> Tensor:
-    """``[1, 1, H, W]`` mask with ones where ``(i + j)`` is even (odd when ``invert``)."""
-    i = torch.arange(height).view(-1, 1)
-    j = torch.arange(width).view(1, -1)
-    m = ((i + j) % 2 == int(invert)).view(1, 1, height, width)
-    if like is not None:
-        return m.to(dtype=like.dtype, device=like.device)
-    return m.float()
+__all__ = ["Squeeze", "FactorOut", "Flatten", "multiscale_transform"]
 
 
 class Squeeze(Bijection):

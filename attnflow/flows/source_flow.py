@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .glow import GlowStep
+from .masks import alternating_masks
 from .multiscale import Squeeze
 
 __all__ = ["SourceFlowEncoder"]
@@ -42,8 +43,7 @@ class SourceFlowEncoder(nn.Module):
         self.keep: list[int] = []
         for level in range(levels):
             c = 4 * c
-            masks = ["channel" if k % 2 == 0 else "channel-inv" for k in range(steps)]
-            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))
+            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in alternating_masks("channel", steps)))
             self.step_channels += [c] * steps
             self.keep.append(c // 2)
             c = c // 2

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..core import Chain, standard_normal_log_prob
 from ..sharding import per_sample_draw
+from .masks import alternating_masks
 from .mixture_coupling import MixtureCoupling
 
 __all__ = ["VariationalDequantizer"]
@@ -45,10 +46,10 @@ class VariationalDequantizer(nn.Module):
         self.embed = nn.Sequential(
             nn.Conv2d(channels, hidden, 3, padding=1), nn.ELU(), nn.Conv2d(hidden, hidden, 3, padding=1)
         )
-        masks = ["checkerboard" if i % 2 == 0 else "checkerboard-inv" for i in range(steps)]
-        self.flow = Chain(
-            [MixtureCoupling(channels, hidden, m, components, context_channels=hidden, heads=heads) for m in masks]
-        )
+        self.flow = Chain([
+            MixtureCoupling(channels, hidden, m, components, context_channels=hidden, heads=heads)
+            for m in alternating_masks("checkerboard", steps)
+        ])
 
     def context(self, k: Tensor) -> Tensor:
         """Embedding of the integer image that conditions every coupling."""

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..core import Bijection, Chain, Flow, check_images, standard_normal_log_prob
 from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
+from ..flows.masks import alternating_masks
 from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import Flatten, Squeeze
 from ..flows.preprocess import build_preprocess
@@ -97,13 +98,12 @@ def flowpp(
                 raise ValueError(f"scale {scale} cannot squeeze a {h}x{w} tensor; use fewer scales or even sizes")
             layers.append(Squeeze())
             c, h, w = 4 * c, h // 2, w // 2
-        base = "checkerboard" if scale == 0 else "channel"
-        for k in range(steps):
+        for m in alternating_masks("checkerboard" if scale == 0 else "channel", steps):
             layers.append(
                 MixtureStep(
                     c,
                     hidden,
-                    base if k % 2 == 0 else f"{base}-inv",
+                    m,
                     lambda ch, h=h, w=w: attention_layer(ch, h, w),
                     positions,
                     components=components,

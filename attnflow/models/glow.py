@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from ..core import Chain, Flow
 from ..flows.glow import GlowStep
 from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
+from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 
 __all__ = ["glow"]
-
-COUPLING_MASKS = ("channel", "checkerboard")
 
 
 def glow(
@@ -46,7 +45,7 @@ def glow(
     _, height, width = shape
 
     def scale_steps(channels: int, scale: int) -> list[GlowStep]:
-        masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
+        masks = alternating_masks(mask, steps)
         size = (height >> (scale + 1), width >> (scale + 1))
         attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
         return [GlowStep(channels, hidden, m, attend, positions) for m in masks]

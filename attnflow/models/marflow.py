@@ -9,6 +9,7 @@ from ..core import Bijection, Chain, Flow
 from ..flows.autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
 from ..flows.glow import GlowStep
 from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
+from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import FactorOut, multiscale_transform
 from ..flows.preprocess import build_preprocess
@@ -17,7 +18,6 @@ from ..nets.flowpp_coupling_net import GatedAttentionNet
 __all__ = ["marflow"]
 
 COUPLINGS = ("mixture", "affine")
-COUPLING_MASKS = ("channel", "checkerboard")
 
 
 def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Chain:
@@ -83,7 +83,7 @@ def marflow(
     def scale_steps(channels: int, scale: int) -> list[Bijection]:
         size = (height >> (scale + 1), width >> (scale + 1))
         attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
-        masks = [mask if k % 2 == 0 else f"{mask}-inv" for k in range(steps)]
+        masks = alternating_masks(mask, steps)
         if coupling == "affine":
             net = lambda i, o: GatedAttentionNet(i, o, hidden, blocks, coupling_heads)  # noqa: E731
             return [GlowStep(channels, hidden, m, attend, positions, net) for m in masks]
