@@ -57,7 +57,9 @@ class MaskedCoupling(Bijection):
         super().__init__()
         self.mask = Mask.parse(mask)
         if self.mask.kept_channels(channels) < 1 or self.mask.transformed_channels(channels) < 1:
-            raise ValueError(f"a channel mask needs at least 2 channels, got {channels}; use a checkerboard mask")
+            raise ValueError(
+                f"a channel mask needs at least 2 channels, got {channels}; use a checkerboard mask"
+            )
         self.channels = channels
         self.context_channels = context_channels
         self.params_per_element = params_per_element

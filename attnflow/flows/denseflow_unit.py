@@ -26,4 +26,5 @@ def invertible_unit(channels: int, modules: int, net_factory: CouplingNetFactory
     intra-unit couplings."""
     if modules < 1:
         raise ValueError(f"an invertible unit needs at least 1 module, got {modules}")
-    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in alternating_masks("channel", modules)])
+    masks = alternating_masks("channel", modules)
+    return Chain([GlowStep(channels, mask=m, net_factory=net_factory) for m in masks])

@@ -14,7 +14,9 @@ from ..sharding import shard_mean
 from .coupling import MaskedCoupling
 from .masks import Mask
 
-__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "sigmoid_affine", "sigmoid_affine_inverse"]
+__all__ = [
+    "ActNorm", "InvertibleConv1x1", "AffineCoupling", "GlowStep", "sigmoid_affine", "sigmoid_affine_inverse",
+]
 
 
 def _spatial_size(x: Tensor) -> int:

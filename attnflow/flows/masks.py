@@ -46,7 +46,9 @@ class Mask:
 
     def __post_init__(self) -> None:
         if self.kind not in COUPLING_MASKS:
-            raise ValueError(f"unknown coupling mask kind {self.kind!r}; valid kinds: {', '.join(COUPLING_MASKS)}")
+            raise ValueError(
+                f"unknown coupling mask kind {self.kind!r}; valid kinds: {', '.join(COUPLING_MASKS)}"
+            )
 
     @classmethod
     def parse(cls, name: str | Mask) -> Mask:

@@ -43,7 +43,8 @@ class SourceFlowEncoder(nn.Module):
         self.keep: list[int] = []
         for level in range(levels):
             c = 4 * c
-            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in alternating_masks("channel", steps)))
+            masks = alternating_masks("channel", steps)
+            self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))
             self.step_channels += [c] * steps
             self.keep.append(c // 2)
             c = c // 2
