@@ -6,9 +6,8 @@ The other conditional layer of Table 1, the *conditional affine coupling*
 ``(log s, t) = NN(x_a, c)``, is :class:`attnflow.flows.glow.AffineCoupling` (a
 :class:`~attnflow.flows.coupling.MaskedCoupling`) with ``context_channels > 0`` (the condition
 features are concatenated to the network input); the injector shares its element-wise transform
-(:func:`~attnflow.flows.glow.sigmoid_affine`). iMap and
-iSDP go into conditional steps unchanged: they ignore the condition, which therefore does not
-affect their invertibility (AttnFlow, Sec. 5).
+(:func:`~attnflow.flows.glow.sigmoid_affine`). iMap and iSDP go into conditional steps unchanged:
+they ignore the condition, which therefore does not affect their invertibility (AttnFlow, Sec. 5).
 
 Inside a conditional transform the context is a *list* of feature tensors, one per level (or per
 step), computed from the raw condition by an encoder (SRFlow's :mod:`attnflow.nets.rrdb_encoder`,
