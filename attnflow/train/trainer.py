@@ -115,6 +115,21 @@ class ExponentialMovingAverage:
 TRAINING_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+class _LogWindow:
+    """The images trained and the seconds spent waiting for batches since the last metrics row."""
+
+    def __init__(self, data_wait: float) -> None:
+        self.start, self.images, self.data_wait = time.perf_counter(), 0, data_wait
+
+    def rates(self, data_wait: float, batch_size: int) -> tuple[float, float]:
+        """Images per second and mean seconds of waiting per step over the window (``data_wait``:
+        the run's total wait so far); the next window starts now."""
+        speed = self.images / (time.perf_counter() - self.start)
+        wait = (data_wait - self.data_wait) * batch_size / self.images
+        self.start, self.images, self.data_wait = time.perf_counter(), 0, data_wait
+        return speed, wait
+
+
 class Trainer:
     """Train the model described by a resolved config (see :func:`attnflow.config.resolve_config`)
     into ``out_dir``.
@@ -421,13 +436,12 @@ class Trainer:
     def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
         t = self.cfg["train"]
-        total = t["steps"]
         bad = 0
-        bar = TrainingBar(total, t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
-        window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
+        bar = TrainingBar(t["steps"], t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
+        window = _LogWindow(self.data_wait)
         clock = TRAINING_CLOCKS[t["clock"]]
         try:
-            while self.step < total:
+            while self.step < t["steps"]:
                 stopping, out_of_time = self.dist.any(  # every process stops at the same step
                     stop.signal is not None or (stop_at is not None and self.step >= stop_at),
                     bool(t["time_limit_s"]) and self.train_seconds >= t["time_limit_s"])
@@ -441,34 +455,10 @@ class Trainer:
                 result = self._train_step()
                 self.train_seconds += clock() - step_start
                 if result is None:
-                    bad += 1
-                    self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
-                    event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
-                    self._write_metrics({"step": self.step + 1, "event": event})
-                    if bad >= t["max_bad_steps"]:
-                        self._rollback(lr)
-                        bar.update(self.step, self.train_seconds)
-                        bad = 0
+                    bad = self._skipped(bad + 1, lr, bar)
                     continue
                 bad = 0
-                self.step += 1
-                window_images += t["batch_size"]
-                bar.update(self.step, self.train_seconds)
-                loss, grad_norm = result
-                self.last_finite = (self.step, loss)
-                if self.step % t["log_every"] == 0 or self.step == total:
-                    speed = window_images / (time.perf_counter() - window_start)
-                    data_wait = (self.data_wait - window_wait) * t["batch_size"] / window_images
-                    window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
-                    bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
-                    self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
-                                        "images_per_s": speed, "train_s": round(self.train_seconds, 3),
-                                        "data_wait_s": round(data_wait, 6), **self.step_metrics})
-                if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
-                    ev = self.evaluate(t["eval_batches"])
-                    self._write_metrics(test_row(self.step, ev, self.train_seconds))
-                if self.step % t["checkpoint_every"] == 0:
-                    self.save()
+                self._advance(*result, lr, bar, window)
                 if on_step:
                     on_step(self.step)
             if self.dist.any(stop.signal is not None)[0]:
@@ -477,6 +467,38 @@ class Trainer:
             bar.close()
         self.save()
         return None
+
+    def _skipped(self, bad: int, lr: float, bar: TrainingBar) -> int:
+        """Record the ``bad``-th refused step in a row; roll back after ``train.max_bad_steps`` of
+        them. Returns the count of refused steps in a row that follows (0 after a rollback)."""
+        t = self.cfg["train"]
+        self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
+        event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
+        self._write_metrics({"step": self.step + 1, "event": event})
+        if bad < t["max_bad_steps"]:
+            return bad
+        self._rollback(lr)
+        bar.update(self.step, self.train_seconds)
+        return 0
+
+    def _advance(self, loss: float, grad_norm: float, lr: float, bar: TrainingBar, window: _LogWindow) -> None:
+        """After a step taken: the bar, and the metrics row, test evaluation and checkpoint when due."""
+        t = self.cfg["train"]
+        self.step += 1
+        window.images += t["batch_size"]
+        bar.update(self.step, self.train_seconds)
+        self.last_finite = (self.step, loss)
+        if self.step % t["log_every"] == 0 or self.step == t["steps"]:
+            speed, data_wait = window.rates(self.data_wait, t["batch_size"])
+            bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
+            self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
+                                 "images_per_s": speed, "train_s": round(self.train_seconds, 3),
+                                 "data_wait_s": round(data_wait, 6), **self.step_metrics})
+        if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < t["steps"]:
+            ev = self.evaluate(t["eval_batches"])
+            self._write_metrics(test_row(self.step, ev, self.train_seconds))
+        if self.step % t["checkpoint_every"] == 0:
+            self.save()
 
     def _interrupt(self, stop: StopRequests) -> dict[str, Any]:
         """Checkpoint at this step boundary and the result of an interrupted run."""
