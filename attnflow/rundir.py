@@ -35,8 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "atomic_write", "read_metrics", "setup_changes", "SETUP_SECTIONS", "CONFIG", "METRICS", "RESULTS",
-           "CHECKPOINT", "WEIGHTS", "SAMPLES", "CURVES", "LOG", "LOCK"]
+__all__ = ["RunDir", "atomic_write", "read_metrics", "setup_changes", "SETUP_SECTIONS", "CONFIG", "METRICS",
+           "RESULTS", "CHECKPOINT", "WEIGHTS", "SAMPLES", "CURVES", "LOG", "LOCK"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -88,8 +88,8 @@ def _metric_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
         try:
             rows.append((line, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {number} is not JSON ({exc.msg}); delete that line or train a new run") \
-                from None
+            raise ValueError(f"{path} line {number} is not JSON ({exc.msg}); delete that line or train a new "
+                             "run") from None
     return rows
 
 
@@ -171,11 +171,11 @@ class RunDir:
         try:
             return json.loads(self.config_path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{self.config_path} does not exist; train with `attnflow train --out {self.path}`") \
-                from None
+            raise ConfigError(f"{self.config_path} does not exist; train with "
+                              f"`attnflow train --out {self.path}`") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{self.config_path} is not a readable JSON configuration ({exc}); restore it or "
-                              "train a new run") from None
+            raise ConfigError(f"{self.config_path} is not a readable JSON configuration ({exc}); restore it "
+                              "or train a new run") from None
 
     def write_config(self, cfg: dict[str, Any]) -> None:
         """Save ``cfg`` (atomically; the directory is created if needed)."""
@@ -194,7 +194,8 @@ class RunDir:
         """The logged rows, in order; a missing file is a ``FileNotFoundError``, a line that is
         not JSON a ``ValueError``, each naming the run."""
         if not self.metrics_path.is_file():
-            raise FileNotFoundError(f"{self.path} has no {METRICS}; is it a run directory of `attnflow train`?")
+            raise FileNotFoundError(
+                f"{self.path} has no {METRICS}; is it a run directory of `attnflow train`?")
         return read_metrics(self.metrics_path)
 
     def start_metrics(self) -> None:

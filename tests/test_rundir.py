@@ -14,16 +14,18 @@ from attnflow.schema import ConfigError
 
 @pytest.fixture(scope="module")
 def cfg():
-    return resolve_config("glow-digits", ["train.steps=2", "model.hidden=8", "model.steps=1", "train.threads=1"])
+    return resolve_config("glow-digits", ["train.steps=2", "model.hidden=8", "model.steps=1",
+                                          "train.threads=1"])
 
 
 def test_file_names_are_those_users_see(tmp_path):
     """The names the README's run-directory table gives."""
     run = RunDir(str(tmp_path))
     assert run.path == tmp_path
-    named = {"config.json": run.config_path, "metrics.jsonl": run.metrics_path, "results.json": run.results_path,
-             "checkpoint.pt": run.checkpoint, "model.safetensors": run.weights, "samples.png": run.samples,
-             "loss.png": run.curves, "train.log": run.log, ".lock": run.lock}
+    named = {"config.json": run.config_path, "metrics.jsonl": run.metrics_path,
+             "results.json": run.results_path, "checkpoint.pt": run.checkpoint,
+             "model.safetensors": run.weights, "samples.png": run.samples, "loss.png": run.curves,
+             "train.log": run.log, ".lock": run.lock}
     for name, path in named.items():
         assert path == tmp_path / name
 
@@ -70,7 +72,8 @@ def test_blank_metric_lines_are_skipped(tmp_path):
 def test_results_round_trip(tmp_path):
     run = RunDir(tmp_path)
     assert not run.is_finished()
-    results = {"step": 3, "train_seconds": 1.25, "test": {"bpd": 2.5, "bpd_stderr": 0.1, "upper_bound": False}}
+    results = {"step": 3, "train_seconds": 1.25,
+               "test": {"bpd": 2.5, "bpd_stderr": 0.1, "upper_bound": False}}
     run.write_results(results)
     assert run.is_finished()
     assert run.results() == results
@@ -118,7 +121,7 @@ def test_corrupt_metrics_line_is_named(tmp_path):
 @pytest.mark.parametrize("read", ["config", "saved_config"])
 def test_missing_or_broken_config_is_named(tmp_path, read):
     run = RunDir(tmp_path)
-    with pytest.raises(ConfigError, match=f"^{run.config_path} does not exist; train with `attnflow train --out"):
+    with pytest.raises(ConfigError, match=f"^{run.config_path} does not exist; train with `attnflow train"):
         getattr(run, read)()
     run.config_path.write_text('{"model": {"family"')
     with pytest.raises(ConfigError, match=f"^{run.config_path} is not a readable JSON configuration"):
@@ -159,10 +162,10 @@ def test_resume_refuses_another_setup(tmp_path, cfg):
     from attnflow.train import Trainer
 
     Trainer(cfg, tmp_path, progress=False).run(stop_at=1)
-    other = resolve_config("glow-digits", ["train.steps=2", "model.hidden=16", "model.steps=1", "train.threads=1",
-                                           "data.n_bits=3"])
-    with pytest.raises(ValueError, match=f"^cannot resume {tmp_path} with a different model and data configuration; "
-                                         "only train"):
+    other = resolve_config("glow-digits", ["train.steps=2", "model.hidden=16", "model.steps=1",
+                                           "train.threads=1", "data.n_bits=3"])
+    changed = "with a different model and data configuration; only train"
+    with pytest.raises(ValueError, match=f"^cannot resume {tmp_path} {changed}"):
         Trainer(other, tmp_path, resume=True, progress=False)
     assert not RunDir(tmp_path).lock.read_text()  # the refused trainer released the lock
 

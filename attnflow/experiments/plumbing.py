@@ -20,9 +20,9 @@ becomes a ``failed`` row with its error, and the experiment ends with :class:`Ex
 once its report is written.
 
 Resuming: a finished run directory (one holding its report, :class:`attnflow.rundir.RunDir`) is
-reused, never evaluated again (its test numbers are read from its report); one holding a checkpoint is continued
-(``Trainer(..., resume=True)``), so an interrupted experiment rerun with the same command picks up
-where it stopped.
+reused, never evaluated again (its test numbers are read from its report); one holding a
+checkpoint is continued (``Trainer(..., resume=True)``), so an interrupted experiment rerun with
+the same command picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -222,8 +222,8 @@ def _same_setup(run: RunDir, cfg: dict[str, Any]) -> None:
     """A run directory being reused or resumed must hold a run with the same set-up
     (:meth:`attnflow.rundir.RunDir.setup_changes`)."""
     if changed := run.setup_changes(cfg):
-        raise ValueError(f"{run.path} holds a run with a different {' and '.join(changed)} configuration than this "
-                         "experiment asks for; choose a new --out or delete that run directory")
+        raise ValueError(f"{run.path} holds a run with a different {' and '.join(changed)} configuration "
+                         "than this experiment asks for; choose a new --out or delete that run directory")
 
 
 @dataclass
@@ -294,8 +294,8 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
             say(f"{job.tag}: failed: {error} (log: {RunDir(job.dir).log})")
             results[job.index] = RunResult(job.spec, job.seed, job.dir, "failed", error)
         else:
-            results[job.index] = _finished(job.spec, job.seed, RunDir(job.dir), "resumed" if job.resume else "trained",
-                                           job.tag)
+            status = "resumed" if job.resume else "trained"
+            results[job.index] = _finished(job.spec, job.seed, RunDir(job.dir), status, job.tag)
 
     (_train_here if settings.jobs == 1 else _train_in_processes)(settings, pending, finished)
     return [r for r in results if r is not None]

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..rundir import RunDir
-from .plumbing import RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from .plumbing import (RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs,
+                       write_outputs)
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "

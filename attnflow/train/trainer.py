@@ -196,7 +196,8 @@ class Trainer:
         (``{key: [saved, new]}``); its set-up must be the same."""
         self._remove_stale_temporaries()
         if not self.rundir.has_checkpoint():
-            raise CheckpointError(f"cannot resume: no checkpoint at {self.rundir.checkpoint}; train without --resume first")
+            raise CheckpointError(f"cannot resume: no checkpoint at {self.rundir.checkpoint}; "
+                                  "train without --resume first")
         state = load_checkpoint(self.rundir.checkpoint)
         saved = self.rundir.config()
         if changed := setup_changes(saved, cfg):
@@ -481,7 +482,8 @@ class Trainer:
         bar.update(self.step, self.train_seconds)
         return 0
 
-    def _advance(self, loss: float, grad_norm: float, lr: float, bar: TrainingBar, window: _LogWindow) -> None:
+    def _advance(self, loss: float, grad_norm: float, lr: float, bar: TrainingBar,
+                 window: _LogWindow) -> None:
         """After a step taken: the bar, and the metrics row, test evaluation and checkpoint when due."""
         t = self.cfg["train"]
         self.step += 1
@@ -511,6 +513,6 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The end-of-run report of the evaluation weights (:mod:`attnflow.train.report`): weights,
         test evaluation, samples, certificates, ``results.json`` and plots."""
-        end = EndOfRun(self.rundir, self.step, self.train_seconds, self.test_set, self.levels, self.cfg["data"],
-                       self.contraction)
+        end = EndOfRun(self.rundir, self.step, self.train_seconds, self.test_set, self.levels,
+                       self.cfg["data"], self.contraction)
         return end.write(self.eval_model(), progress=self.progress)
