@@ -97,6 +97,7 @@ def _cmd_presets(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from .config import resolve_config
+    from .rundir import RunDir
     from .train import Trainer
 
     cfg = resolve_config(args.preset, args.set)
@@ -114,7 +115,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
     if "accuracy" in test:
         print(f"test accuracy: {test['accuracy']:.4f} ± {test['accuracy_stderr']:.4f}")
-    print(f"wrote {args.out}/samples.png, {args.out}/loss.png, {args.out}/results.json")
+    run = RunDir(args.out)
+    print(f"wrote {run.samples}, {run.curves}, {run.results_path}")
 
 
 def _load_split(cfg: dict, split: str):

@@ -1,7 +1,6 @@
 """Image grids and plots written as PNG files (pillow for images, matplotlib for curves)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -9,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..rundir import read_metrics
 
 __all__ = ["image_grid", "save_image_grid", "plot_metrics"]
 
@@ -52,13 +53,13 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = 
 
 
 def plot_metrics(metrics_path: str | os.PathLike, out_path: str | os.PathLike, keys: Sequence[str] = ("bpd", "test_bpd")) -> None:
-    """Plot the training curves of a ``metrics.jsonl`` file (one line per key present)."""
+    """Plot the training curves of a run's metrics file (one line per key present)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    rows = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]

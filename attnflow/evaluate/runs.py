@@ -1,47 +1,36 @@
 """Comparing training runs: a table of their final results and their test curves as PNG."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..rundir import RunDir
+
 __all__ = ["run_summary", "plot_runs"]
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a run directory of `attnflow train`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Name, family, steps, training seconds and the last test bits/dim (± standard error) of a run;
-    ``upper_bound``: whether that figure is a bound (from ``results.json``; ``None`` before the run
+    ``upper_bound``: whether that figure is a bound (from the run's results; ``None`` before the run
     has finished)."""
-    run_dir = Path(run_dir)
-    rows = _metrics(run_dir)
-    cfg = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir)
+    rows = run.metrics()
+    cfg = run.saved_config()
     tests = [r for r in rows if "test_bpd" in r]
     last = tests[-1] if tests else {}
     return {
-        "run": str(run_dir),
+        "run": str(run.path),
         "family": cfg["model"].get("family"),
         "steps": max((r["step"] for r in rows), default=0),
         "train_s": last.get("train_s"),
         "test_bpd": last.get("test_bpd"),
         "test_bpd_stderr": last.get("test_bpd_stderr"),
-        "upper_bound": _upper_bound(run_dir),
+        "upper_bound": run.results()["test"]["upper_bound"] if run.is_finished() else None,
         "skipped_steps": sum(r.get("event") == "skipped_non_finite" for r in rows),
         "rollbacks": sum(r.get("event") == "rollback" for r in rows),
     }
-
-
-def _upper_bound(run_dir: Path) -> bool | None:
-    results = run_dir / "results.json"
-    return json.loads(results.read_text())["test"]["upper_bound"] if results.is_file() else None
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> None:
@@ -53,7 +42,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for run_dir in run_dirs:
-        tests = [r for r in _metrics(Path(run_dir)) if "test_bpd" in r]
+        tests = [r for r in RunDir(run_dir).metrics() if "test_bpd" in r]
         label = Path(run_dir).name
         by_step.plot([r["step"] for r in tests], [r["test_bpd"] for r in tests], marker="o", label=label)
         timed = [r for r in tests if "train_s" in r]

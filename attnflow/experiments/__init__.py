@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ..rundir import RunDir
 from . import classification, convergence, heads, interpolation, perturbation, positions, samples, table
 from .plumbing import RunSpec, Settings
 
@@ -162,9 +163,9 @@ def make_settings(
     if runs and not getattr(EXPERIMENTS[name], "TAKES_RUNS", False):
         raise ValueError(f"--run applies to {', '.join(n for n, m in EXPERIMENTS.items() if getattr(m, 'TAKES_RUNS', False))}; "
                          f"experiment {name} trains its own runs")
-    for run in runs:
-        if not (Path(run) / "config.json").is_file():
-            raise FileNotFoundError(f"--run {run} is not a run directory (no config.json); train it with `attnflow train`")
+    for run in map(RunDir, runs):
+        if not run.is_run():
+            raise FileNotFoundError(f"--run {run.not_a_run()}; train it with `attnflow train`")
     if (test_images or 0) < 0:
         raise ValueError(f"--test-images must be >= 0 (0: the whole test set), got {test_images}")
     if budget is not None and not budget > 0:

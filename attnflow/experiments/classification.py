@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..rundir import RunDir
 from .plumbing import Settings, format_bpd, group_by_spec, markdown_table, spread, train_runs, write_outputs
 
 NAME = "classification"
@@ -25,8 +26,8 @@ def run(settings: Settings) -> None:
         if ok:
             missing = [r.dir for r in ok if "accuracy" not in r.results["test"]]
             if missing:
-                raise ValueError(f"{missing[0]}/results.json has no test accuracy: {text} is not a hybrid model; "
-                                 "give presets with model.classes > 0")
+                raise ValueError(f"{RunDir(missing[0]).results_path} has no test accuracy: {text} is not a hybrid "
+                                 "model; give presets with model.classes > 0")
             first = ok[0].results
             entry.update(dataset=first["dataset"], test_bpd=spread([r.results["test"]["bpd"] for r in ok]),
                          test_accuracy=spread([r.results["test"]["accuracy"] for r in ok]),

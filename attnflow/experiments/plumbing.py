@@ -19,10 +19,10 @@ the same. A run that fails (an error in training, a killed process) does not sto
 becomes a ``failed`` row with its error, and the experiment ends with :class:`ExperimentFailed`
 once its report is written.
 
-Resuming: a run directory holding ``results.json`` is finished and reused, never evaluated again
-(its test numbers are read from that file); one holding a checkpoint is continued
-(``Trainer(..., resume=True)``), so an interrupted experiment rerun with the same command picks up
-where it stopped.
+Resuming: a finished run directory (one holding its report, :class:`attnflow.rundir.RunDir`) is
+reused, never evaluated again (its test numbers are read from its report); one holding a
+checkpoint is continued (``Trainer(..., resume=True)``), so an interrupted experiment rerun with
+the same command picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..rundir import LOG, RunDir
 from ..schema import ConfigError
 
 __all__ = [
     "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "ExperimentFailed", "train_runs", "group_by_spec",
     "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained", "pyplot", "save_figure",
-    "TRAIN_STEPS", "LOG",
+    "TRAIN_STEPS", "RESULTS",
 ]
 
 #: ``train.steps`` of every experiment run unless set: the time limit ends training long before.
@@ -50,8 +51,8 @@ TRAIN_STEPS = 10**8
 #: Keys the experiment sets itself (from ``--budget``, ``--clock``, ``--seeds``); ``--set`` may not.
 _OWN_KEYS = ("train.time_limit_s", "train.clock", "train.seed")
 _SPLIT = re.compile(r"\+(?=(?:model|data|train)\.)")
-#: A run directory's log of its training process (``jobs > 1``) or of its error's traceback.
-LOG = "train.log"
+#: The experiment directory's numbers (beside ``report.md``).
+RESULTS = "results.json"
 
 
 class ExperimentInterrupted(RuntimeError):
@@ -127,7 +128,7 @@ class Settings:
 
 @dataclass
 class RunResult:
-    """One trained, refused or failed run: its specification, seed, directory and ``results.json``."""
+    """One trained, refused or failed run: its specification, seed, directory and results (its report)."""
 
     spec: RunSpec
     seed: int
@@ -146,11 +147,10 @@ class RunResult:
         return f"{self.status}: {self.error}"
 
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.dir / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if self.ok else []
+        return RunDir(self.dir).metrics() if self.ok else []
 
     def summary(self, root: Path) -> dict[str, Any]:
-        """The numbers of this run for tables and ``results.json``."""
+        """The numbers of this run for tables and the experiment's ``results.json``."""
         row: dict[str, Any] = {"spec": self.spec.text, "seed": self.seed, "status": self.status,
                                "dir": str(self.dir.relative_to(root)) if self.dir.is_relative_to(root) else str(self.dir)}
         if not self.ok:
@@ -218,17 +218,12 @@ def _refusal(settings: Settings, spec: RunSpec, seed: int) -> str:
     return ""
 
 
-def _same_setup(run_dir: Path, cfg: dict[str, Any]) -> None:
-    """A run directory being reused or resumed must hold the same model and data configuration
-    (its ``config.json`` completed with today's defaults: a run saved before a key existed still
-    matches when the key's default is what the experiment asks for)."""
-    from ..config import read_config
-
-    saved = read_config(run_dir / "config.json")
-    changed = [s for s in ("model", "data") if saved.get(s) != cfg[s]]
-    if changed:
-        raise ValueError(f"{run_dir} holds a run with a different {' and '.join(changed)} configuration than this "
-                         "experiment asks for; choose a new --out or delete that run directory")
+def _same_setup(run: RunDir, cfg: dict[str, Any]) -> None:
+    """A run directory being reused or resumed must hold a run with the same set-up
+    (:meth:`attnflow.rundir.RunDir.setup_changes`)."""
+    if changed := run.setup_changes(cfg):
+        raise ValueError(f"{run.path} holds a run with a different {' and '.join(changed)} configuration "
+                         "than this experiment asks for; choose a new --out or delete that run directory")
 
 
 @dataclass
@@ -272,46 +267,47 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
     results: list[RunResult | None] = []
     pending: list[_Pending] = []
     for i, (spec, seed, why) in enumerate(planned, 1):
-        run_dir = settings.out / "runs" / f"{spec.slug}-seed{seed}"
+        run = RunDir(settings.out / "runs" / f"{spec.slug}-seed{seed}")
         tag = f"[{i}/{len(planned)}] {spec.text} seed {seed}"
         if why:
             say(f"{tag}: refused ({why})")
-            results.append(RunResult(spec, seed, run_dir, "refused", why))
+            results.append(RunResult(spec, seed, run.path, "refused", why))
             continue
         overrides = run_overrides(settings, spec, seed, share)
         cfg = resolve_config(spec.preset, overrides)
-        if (run_dir / "results.json").is_file():
-            _same_setup(run_dir, cfg)
-            before = json.loads((run_dir / "config.json").read_text())["train"]
+        if run.is_finished():
+            _same_setup(run, cfg)
+            before = run.saved_config()["train"]
             changed = "".join(f", trained with train.{k}={before.get(k)!r}" for k in ("time_limit_s", "clock")
                               if before.get(k) != cfg["train"][k])
-            say(f"{tag}: finished before, reusing {run_dir}{changed}")
-            results.append(_finished(spec, seed, run_dir, "reused", tag))
+            say(f"{tag}: finished before, reusing {run.path}{changed}")
+            results.append(_finished(spec, seed, run, "reused", tag))
             continue
-        resume = (run_dir / "checkpoint.pt").is_file()
+        resume = run.has_checkpoint()
         if resume:
-            _same_setup(run_dir, cfg)
-        pending.append(_Pending(len(results), tag, spec, seed, run_dir, overrides, cfg, resume))
+            _same_setup(run, cfg)
+        pending.append(_Pending(len(results), tag, spec, seed, run.path, overrides, cfg, resume))
         results.append(None)
 
     def finished(job: _Pending, error: str) -> None:
         if error:
-            say(f"{job.tag}: failed: {error} (log: {job.dir / LOG})")
+            say(f"{job.tag}: failed: {error} (log: {RunDir(job.dir).log})")
             results[job.index] = RunResult(job.spec, job.seed, job.dir, "failed", error)
         else:
-            results[job.index] = _finished(job.spec, job.seed, job.dir, "resumed" if job.resume else "trained", job.tag)
+            status = "resumed" if job.resume else "trained"
+            results[job.index] = _finished(job.spec, job.seed, RunDir(job.dir), status, job.tag)
 
     (_train_here if settings.jobs == 1 else _train_in_processes)(settings, pending, finished)
     return [r for r in results if r is not None]
 
 
-def _finished(spec: RunSpec, seed: int, run_dir: Path, status: str, tag: str) -> RunResult:
-    """A finished run from its ``results.json`` (its test numbers, never recomputed)."""
-    res = json.loads((run_dir / "results.json").read_text())
+def _finished(spec: RunSpec, seed: int, run: RunDir, status: str, tag: str) -> RunResult:
+    """A finished run from its report (its test numbers, never recomputed)."""
+    res = run.results()
     test = res["test"]
     say(f"{tag}: done, test bits/dim {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} after {res['step']} steps "
         f"({res.get('train_seconds', float('nan')):.1f} s of training)")
-    return RunResult(spec, seed, run_dir, status, results=res)
+    return RunResult(spec, seed, run.path, status, results=res)
 
 
 def _train_here(settings: Settings, pending: Sequence[_Pending], finished: Callable[[_Pending, str], None]) -> None:
@@ -325,7 +321,7 @@ def _train_here(settings: Settings, pending: Sequence[_Pending], finished: Calla
             outcome = Trainer(job.cfg, job.dir, resume=job.resume, progress=settings.progress).run()
         except Exception as exc:
             job.dir.mkdir(parents=True, exist_ok=True)
-            with open(job.dir / LOG, "a") as log:
+            with open(RunDir(job.dir).log, "a") as log:
                 log.write(traceback.format_exc())
             finished(job, " ".join(str(exc).split()) or type(exc).__name__)
             continue
@@ -343,7 +339,7 @@ def _train_in_processes(settings: Settings, pending: Sequence[_Pending],
 
     children = [ChildRun(["train", "--preset", job.spec.preset, "--out", str(job.dir), "--quiet",
                           *(a for o in job.overrides for a in ("--set", o)), *(["--resume"] * job.resume)],
-                         job.dir / LOG) for job in pending]
+                         RunDir(job.dir).log) for job in pending]
     stopped = run_children(children, settings.jobs, lambda i: say(f"{pending[i].start_line} (output: {children[i].log})"),
                            lambda i, error: finished(pending[i], error))
     if stopped:
@@ -470,13 +466,13 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         "overrides": list(settings.overrides), "test_images": settings.test_images if results else None,
         "runs": [r.summary(settings.out) for r in results], **numbers,
     }
-    (settings.out / "results.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
-    say(f"wrote {settings.out / 'report.md'} and {settings.out / 'results.json'}")
+    (settings.out / RESULTS).write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    say(f"wrote {settings.out / 'report.md'} and {settings.out / RESULTS}")
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise ExperimentFailed(
             f"{len(failed)} of {len(trained)} training runs failed: "
-            + "; ".join(f"{r.spec.text} seed {r.seed} ({r.error}; log {r.dir / LOG})" for r in failed)
+            + "; ".join(f"{r.spec.text} seed {r.seed} ({r.error}; log {RunDir(r.dir).log})" for r in failed)
             + "; the report lists them; rerun the same command to retry them (from their checkpoints where kept)")
 
 

@@ -3,8 +3,8 @@ specification trained for the same time, evaluated on the whole test set (``--te
 first N; the report's header names the images).
 
 Columns: family, specification, attention (from the run's model configuration), parameter count
-(of the model built from the run's ``config.json``), steps and seconds of training, test bits/dim
-with its standard error over test images (the run's ``results.json``), and for rows whose bits/dim
+(of the model built from the run's saved configuration), steps and seconds of training, test
+bits/dim with its standard error over test images (the run's results), and for rows whose bits/dim
 are an upper bound (``upper_bound`` in the results: DenseFlow's noise augmentation, Flow++ with
 variational dequantization) the importance-weighted estimate of Burda et al. (2016) with ``K``
 noise draws (:func:`attnflow.evaluate.importance.importance_weighted_bits_per_dim`; DenseFlow,
@@ -13,8 +13,9 @@ no-attention row, ``delta = bpd - bpd_none``, with the standard error
 ``sqrt(se^2 + se_none^2)`` (the two errors taken as independent; both are over the same test
 images, so this overstates the error of a difference of positively correlated figures).
 
-Importance-weighted estimates are stored in ``results.json`` with the run's step, test bits/dim,
-``K`` and image count; a rerun into the same ``--out`` reuses an estimate when all of those match.
+Importance-weighted estimates are stored in the experiment's ``results.json`` with the run's step,
+test bits/dim, ``K`` and image count; a rerun into the same ``--out`` reuses an estimate when all
+of those match.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .plumbing import RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from ..rundir import RunDir
+from .plumbing import (RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs,
+                       write_outputs)
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "
@@ -66,7 +69,7 @@ def parameter_count(model: dict[str, Any]) -> int:
 
 def _previous(out: Path) -> dict[str, dict[str, Any]]:
     """Importance-weighted estimates of an earlier ``results.json`` in ``out``, by run directory."""
-    path = out / "results.json"
+    path = out / RESULTS
     if not path.is_file():
         return {}
     rows = json.loads(path.read_text()).get("rows", [])
@@ -97,10 +100,10 @@ def _importance(run: RunResult, settings: Settings, cached: dict[str, Any] | Non
 def _row(run: RunResult, settings: Settings, previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The numbers of one table row."""
     summary = run.summary(settings.out)
-    cfg_path = run.dir / "config.json"
-    if not run.ok or not cfg_path.is_file():
+    rundir = RunDir(run.dir)
+    if not run.ok or not rundir.is_run():
         return {**summary, "family": run.spec.family(), "attention": "-"}
-    cfg = json.loads(cfg_path.read_text())
+    cfg = rundir.saved_config()
     row = {**summary, "family": cfg["model"]["family"], "attention": attention_of(cfg["model"]),
            "parameters": parameter_count(cfg["model"]), "ema_decay": cfg["train"].get("ema_decay", 0.0)}
     if summary["upper_bound"] and settings.importance_samples:

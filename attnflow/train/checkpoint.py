@@ -1,13 +1,12 @@
 """Checkpoints: written atomically, loaded without executing code, never non-finite.
 
-A run directory holds ``config.json`` (the resolved configuration), ``checkpoint.pt`` (model,
-optimizer, EMA, RNG states and data position; read with ``torch.load(weights_only=True)``) and
-``model.safetensors`` (the evaluation weights alone, for sharing).
+A checkpoint holds the model, optimizer, EMA, RNG states and data position (read with
+``torch.load(weights_only=True)``); the evaluation weights alone are saved as safetensors, for
+sharing. Where they lie in a run directory: :class:`attnflow.rundir.RunDir`.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +14,13 @@ import torch
 from torch import nn
 
 from ..core import Flow
+from ..rundir import RunDir, atomic_write
 
-__all__ = ["CHECKPOINT", "CONFIG", "WEIGHTS", "atomic_write", "save_checkpoint", "load_checkpoint", "load_run", "CheckpointError"]
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "load_run", "CheckpointError"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint or run directory that cannot be used."""
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder), so a
-    crash never leaves a half-written file at ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _all_finite(state: dict[str, torch.Tensor]) -> bool:
@@ -91,14 +72,11 @@ def load_run(
     configuration."""
     from ..models import build_from_config
 
-    from ..config import read_config
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG}); train with `attnflow train --out {run_dir}`")
-    cfg = read_config(cfg_path)
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise CheckpointError(f"{run.not_a_run()}; train with `attnflow train --out {run.path}`")
+    cfg = run.config()
+    state = load_checkpoint(run.checkpoint, map_location=device)
     model = build_from_config(cfg["model"]).to(device)
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     try:
@@ -106,7 +84,8 @@ def load_run(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(
-            f"checkpoint {run_dir / CHECKPOINT} does not match {cfg_path} ({first}); restore the run's own config.json"
+            f"checkpoint {run.checkpoint} does not match {run.config_path} ({first}); restore the run's own "
+            f"{run.config_path.name}"
         ) from None
     model.eval()
     return model, cfg

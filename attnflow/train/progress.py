@@ -1,5 +1,6 @@
 """The training loop's progress bar (tqdm): steps toward ``train.steps``, or, when
-``train.time_limit_s`` is set, training seconds toward that limit with the step in the postfix.
+``train.time_limit_s`` is set, training seconds toward that limit with the step in the postfix;
+and :func:`note`, a line on stderr beside the bar.
 
 A time-limited run (the experiments set ``train.steps`` to 10^8 so that the limit ends them)
 would otherwise show ``4/100000000`` steps and an ETA of years; its bar instead fills as the
@@ -8,11 +9,17 @@ training seconds (``train.clock``: elapsed or CPU, evaluation excluded) approach
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["TrainingBar"]
+__all__ = ["TrainingBar", "note"]
+
+
+def note(message: str) -> None:
+    """A line on stderr (with the progress bar), not mixed into the command's results on stdout."""
+    tqdm.write(message, file=sys.stderr)
 
 
 class TrainingBar:

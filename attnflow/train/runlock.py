@@ -1,12 +1,13 @@
 """One training at a time per run directory.
 
-:class:`RunLock` holds an exclusive ``fcntl.flock`` on ``<run>/.lock`` while a training writes to
-the directory; a second training refuses with an error naming the holder (its pid, host and
-start time, written into the lock file). The kernel releases the lock when the holder exits, even
-when it is killed, so a lock never goes stale; a lock file left behind holds no lock.
+:class:`RunLock` holds an exclusive ``fcntl.flock`` on the run directory's lock file
+(:attr:`attnflow.rundir.RunDir.lock`) while a training writes to the directory; a second training
+refuses with an error naming the holder (its pid, host and start time, written into the lock
+file). The kernel releases the lock when the holder exits, even when it is killed, so a lock never
+goes stale; a lock file left behind holds no lock.
 
 While it holds the lock the trainer also removes the temporary files that an interrupted atomic
-write left behind (``.<name>.*.tmp``, see :func:`attnflow.train.checkpoint.atomic_write`).
+write left behind (:meth:`attnflow.rundir.RunDir.remove_stale_temporaries`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import fcntl
 import os
 import socket
 import time
-from pathlib import Path
 
-__all__ = ["RunLock", "RunLocked", "LOCK_FILE", "remove_stale_temporaries"]
+from ..rundir import RunDir
 
-LOCK_FILE = ".lock"
+__all__ = ["RunLock", "RunLocked"]
 
 
 class RunLocked(RuntimeError):
@@ -31,7 +31,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self._fd: int | None = None
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = RunDir(run_dir).lock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -57,13 +57,3 @@ class RunLock:
     def __del__(self) -> None:
         self.release()
 
-
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the ``.*.tmp`` files of interrupted atomic writes in ``run_dir``; call it only while
-    holding the directory's :class:`RunLock`. Returns the removed paths."""
-    removed = []
-    for path in Path(run_dir).glob(".*.tmp"):
-        if path.is_file():
-            path.unlink()
-            removed.append(path)
-    return removed

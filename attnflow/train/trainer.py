@@ -36,7 +36,6 @@ checkpoint kept), so a diverging run ends instead of looping.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -46,26 +45,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import check_config, read_config
+from ..config import check_config
 from ..core import Flow
 from ..data import BatchSampler, BatchStream, load_configured
-from ..data.pairs import condition_batch
-from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
-from ..evaluate.certificates import certificate_summary, certify, uncertified_message
-from ..evaluate.classification import evaluate_hybrid
-from ..evaluate.superres import check_pairing, save_comparison_grid, sr_scale
+from ..evaluate import log_prob_to_bits_per_dim
+from ..evaluate.superres import check_pairing
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
 from ..precision import mixed_precision
+from ..rundir import RunDir, setup_changes
 from ..sharding import batch_shard
 from ..models.hybrid import HybridFlow, check_labels, hybrid_loss, training_outputs
 from .distributed import start as start_processes
 from .contraction import ContractionMonitor
-from .checkpoint import (CHECKPOINT, CONFIG, WEIGHTS, CheckpointError, atomic_write, load_checkpoint, save_checkpoint,
-                         save_weights)
-from .progress import TrainingBar
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .progress import TrainingBar, note
 from .compile import CompiledForward
-from .runlock import RunLock, remove_stale_temporaries
+from .report import EndOfRun, evaluate_test, test_row
+from .runlock import RunLock
 from .signals import StopRequests
 
 __all__ = ["Trainer", "ExponentialMovingAverage", "NonFiniteTraining"]
@@ -118,18 +115,19 @@ class ExponentialMovingAverage:
 TRAINING_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _test_accuracy(ev: dict[str, Any]) -> dict[str, float]:
-    """The metric-line fields of a hybrid model's test accuracy; empty for other models."""
-    return {f"test_{k}": ev[k] for k in ("accuracy", "cross_entropy") if k in ev}
+class _LogWindow:
+    """The images trained and the seconds spent waiting for batches since the last metrics row."""
 
+    def __init__(self, data_wait: float) -> None:
+        self.start, self.images, self.data_wait = time.perf_counter(), 0, data_wait
 
-def _log(message: str) -> None:
-    """A line on stderr (with the progress bar), not mixed into the command's results on stdout."""
-    import sys
-
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
+    def rates(self, data_wait: float, batch_size: int) -> tuple[float, float]:
+        """Images per second and mean seconds of waiting per step over the window (``data_wait``:
+        the run's total wait so far); the next window starts now."""
+        speed = self.images / (time.perf_counter() - self.start)
+        wait = (data_wait - self.data_wait) * batch_size / self.images
+        self.start, self.images, self.data_wait = time.perf_counter(), 0, data_wait
+        return speed, wait
 
 
 class Trainer:
@@ -142,7 +140,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
-        self.out = Path(out_dir)
+        self.rundir = RunDir(out_dir)
+        self.out = self.rundir.path
         cfg = check_config(cfg)  # a configuration built by hand is held to the same schema
         self.dist, self.device = start_processes(cfg["train"]["device"])
         self.progress = progress and self.dist.is_main
@@ -162,36 +161,61 @@ class Trainer:
 
     def _note(self, message: str) -> None:
         if self.dist.is_main:
-            _log(message)
+            note(message)
 
     def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
-        for path in remove_stale_temporaries(self.out) if self.dist.is_main else ():
-            _log(f"removed {path}, left by an interrupted write")
-        ckpt_path = self.out / CHECKPOINT
-        state, changed_train = None, {}
-        if resume:
-            if not ckpt_path.is_file():
-                raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}; train without --resume first")
-            state = load_checkpoint(ckpt_path)
-            saved = read_config(self.out / CONFIG)
-            changed = [s for s in ("model", "data") if saved[s] != cfg[s]]
-            if changed:
-                raise ValueError(
-                    f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
-                    "only train.* settings may change on resume"
-                )
-            changed_train = {f"train.{k}": [saved["train"].get(k), v] for k, v in cfg["train"].items()
-                             if saved["train"].get(k) != v}
-        elif ckpt_path.exists():
-            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+        state, changed_train = self._read_run(cfg) if resume else (self._check_new(), {})
         self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
         t = cfg["train"]
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         torch.manual_seed(t["seed"])
+        self._load_data_and_model(cfg)
+        self._build_training(cfg)
+        self.data_wait = 0.0  # seconds the steps spent waiting for their batch
+        self.step = 0
+        self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.last_finite: tuple[int, float] | None = None  # (step, training bits/dim) of the last good step
+        self.train_seconds = 0.0  # time spent in training steps (evaluation and checkpoints excluded)
+        if state is None:
+            self._start_run()
+        else:
+            self._continue_run(state, changed_train)
 
-        data = cfg["data"]
+    def _check_new(self) -> None:
+        """Before a new run: clear an interrupted write's temporaries; refuse a directory that
+        holds a run."""
+        self._remove_stale_temporaries()
+        if self.rundir.checkpoint.exists():
+            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
+
+    def _read_run(self, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """The checkpoint of the run to resume, and the ``train.*`` settings that ``cfg`` changes
+        (``{key: [saved, new]}``); its set-up must be the same."""
+        self._remove_stale_temporaries()
+        if not self.rundir.has_checkpoint():
+            raise CheckpointError(f"cannot resume: no checkpoint at {self.rundir.checkpoint}; "
+                                  "train without --resume first")
+        state = load_checkpoint(self.rundir.checkpoint)
+        saved = self.rundir.config()
+        if changed := setup_changes(saved, cfg):
+            raise ValueError(
+                f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
+                "only train.* settings may change on resume"
+            )
+        changed_train = {f"train.{k}": [saved["train"].get(k), v] for k, v in cfg["train"].items()
+                         if saved["train"].get(k) != v}
+        return state, changed_train
+
+    def _remove_stale_temporaries(self) -> None:
+        for path in self.rundir.remove_stale_temporaries() if self.dist.is_main else ():
+            note(f"removed {path}, left by an interrupted write")
+
+    def _load_data_and_model(self, cfg: dict[str, Any]) -> None:
+        """The data splits and the model, checked against each other."""
+        data, t = cfg["data"], cfg["train"]
         self.train_set = load_configured(data, "train")
         self.test_set = load_configured(data, "test")
         self.model: Flow = build_from_config(cfg["model"]).to(self.device)
@@ -209,11 +233,14 @@ class Trainer:
         if not self.hybrid and t["likelihood_weight"] != 1.0:
             raise ValueError("train.likelihood_weight weighs a hybrid model's likelihood; set model.classes > 0 "
                              "(model.family = residual) or leave it at 1")
-        self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
-        self.dist.split(t["batch_size"])
 
+    def _build_training(self, cfg: dict[str, Any]) -> None:
+        """Optimizer, EMA, the (parallel, compiled) forward pass, the batches and their noise."""
+        t = cfg["train"]
+        self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
+        self.dist.split(t["batch_size"])
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t["optimizer"]]
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
@@ -228,25 +255,26 @@ class Trainer:
         # this process's rows of each batch, gathered and dequantized on a thread while a step runs
         self.batches = BatchStream(self.train_set, self.sampler, self.dequant_gen, self.dist.rows,
                                    pin_memory=self.device.type == "cuda")
-        self.data_wait = 0.0  # seconds the steps spent waiting for their batch
-        self.step = 0
-        self.lr_scale = 1.0
-        self.rollbacks = 0
-        self.last_finite: tuple[int, float] | None = None  # (step, training bits/dim) of the last good step
-        self.train_seconds = 0.0  # time spent in training steps (evaluation and checkpoints excluded)
-        if state is not None:
-            self._restore(state)
-            self.saved_step = self.step
-            self._truncate_metrics()
-            if changed_train:  # the run's record follows the settings it now trains with
-                self._write_config()
-                self._write_metrics({"step": self.step, "event": "resume", "changed": changed_train})
-                self._note(f"resumed at step {self.step} with changed settings: {changed_train}")
-        else:
+
+    def _start_run(self) -> None:
+        """A new run's configuration, empty metrics and step-0 checkpoint (the rollback point
+        before any update)."""
+        self._write_config()
+        if self.dist.is_main:
+            self.rundir.start_metrics()
+        self.save()
+
+    def _continue_run(self, state: dict[str, Any], changed_train: dict[str, list[Any]]) -> None:
+        """Restore the checkpoint; drop the metric rows logged after it (they will be redone); record
+        changed ``train.*`` settings."""
+        self._restore(state)
+        self.saved_step = self.step
+        if self.dist.is_main:
+            self.rundir.truncate_metrics(self.step)
+        if changed_train:  # the run's record follows the settings it now trains with
             self._write_config()
-            if self.dist.is_main:
-                (self.out / "metrics.jsonl").write_text("")
-            self.save()  # step 0: the rollback point before any update
+            self._write_metrics({"step": self.step, "event": "resume", "changed": changed_train})
+            self._note(f"resumed at step {self.step} with changed settings: {changed_train}")
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -287,28 +315,17 @@ class Trainer:
     def save(self) -> None:
         """Rank 0 writes the checkpoint; every process waits until it is on disk."""
         if self.dist.is_main:
-            save_checkpoint(self.out / CHECKPOINT, self.state())
+            save_checkpoint(self.rundir.checkpoint, self.state())
         self.dist.barrier()
         self.saved_step = self.step
 
     def _write_config(self) -> None:
-        text = json.dumps(self.cfg, indent=2)
         if self.dist.is_main:
-            atomic_write(self.out / CONFIG, lambda tmp: Path(tmp).write_text(text))
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
-        path = self.out / "metrics.jsonl"
-        if path.exists() and self.dist.is_main:
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= self.step]
-            path.write_text("".join(r + "\n" for r in kept))
+            self.rundir.write_config(self.cfg)
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.dist.is_main:
+            self.rundir.append_metrics(row)
 
     # -- loop ------------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -382,22 +399,14 @@ class Trainer:
                 f"the checkpoint of step {self.saved_step} is kept: lower train.lr and continue with --resume"
             )
         lr_scale, rollbacks = self.lr_scale * t["rollback_lr_factor"], self.rollbacks + 1
-        self._restore(load_checkpoint(self.out / CHECKPOINT))
+        self._restore(load_checkpoint(self.rundir.checkpoint))
         self.lr_scale, self.rollbacks = lr_scale, rollbacks
         self._note(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
         self._write_metrics({"step": self.step, "event": "rollback", "lr_scale": self.lr_scale})
 
     def evaluate(self, max_batches: int = 0) -> dict[str, Any]:
         """Test bits/dim, and a hybrid model's test accuracy (EMA weights when kept)."""
-        return self._test(self.eval_model(), max_batches)
-
-    def _test(self, model: Flow, max_batches: int = 0, progress: bool = False) -> dict[str, Any]:
-        """Test bits/dim of ``model``; for a hybrid model also its accuracy, from the same pass."""
-        if self.hybrid:
-            return evaluate_hybrid(model, self.test_set.images, self.test_set.labels, self.levels,
-                                   max_batches=max_batches, progress=progress)
-        return evaluate_bits_per_dim(model, self.test_set.images, self.levels, max_batches=max_batches,
-                                     progress=progress, contexts=condition_batch(self.test_set))
+        return evaluate_test(self.eval_model(), self.test_set, self.levels, max_batches)
 
     def eval_model(self) -> Flow:
         if not self.ema:
@@ -428,13 +437,12 @@ class Trainer:
     def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
         t = self.cfg["train"]
-        total = t["steps"]
         bad = 0
-        bar = TrainingBar(total, t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
-        window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
+        bar = TrainingBar(t["steps"], t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
+        window = _LogWindow(self.data_wait)
         clock = TRAINING_CLOCKS[t["clock"]]
         try:
-            while self.step < total:
+            while self.step < t["steps"]:
                 stopping, out_of_time = self.dist.any(  # every process stops at the same step
                     stop.signal is not None or (stop_at is not None and self.step >= stop_at),
                     bool(t["time_limit_s"]) and self.train_seconds >= t["time_limit_s"])
@@ -448,35 +456,10 @@ class Trainer:
                 result = self._train_step()
                 self.train_seconds += clock() - step_start
                 if result is None:
-                    bad += 1
-                    self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
-                    event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
-                    self._write_metrics({"step": self.step + 1, "event": event})
-                    if bad >= t["max_bad_steps"]:
-                        self._rollback(lr)
-                        bar.update(self.step, self.train_seconds)
-                        bad = 0
+                    bad = self._skipped(bad + 1, lr, bar)
                     continue
                 bad = 0
-                self.step += 1
-                window_images += t["batch_size"]
-                bar.update(self.step, self.train_seconds)
-                loss, grad_norm = result
-                self.last_finite = (self.step, loss)
-                if self.step % t["log_every"] == 0 or self.step == total:
-                    speed = window_images / (time.perf_counter() - window_start)
-                    data_wait = (self.data_wait - window_wait) * t["batch_size"] / window_images
-                    window_start, window_images, window_wait = time.perf_counter(), 0, self.data_wait
-                    bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
-                    self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
-                                        "images_per_s": speed, "train_s": round(self.train_seconds, 3),
-                                        "data_wait_s": round(data_wait, 6), **self.step_metrics})
-                if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < total:
-                    ev = self.evaluate(t["eval_batches"])
-                    self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
-                                         **_test_accuracy(ev), "train_s": round(self.train_seconds, 3)})
-                if self.step % t["checkpoint_every"] == 0:
-                    self.save()
+                self._advance(*result, lr, bar, window)
                 if on_step:
                     on_step(self.step)
             if self.dist.any(stop.signal is not None)[0]:
@@ -485,6 +468,39 @@ class Trainer:
             bar.close()
         self.save()
         return None
+
+    def _skipped(self, bad: int, lr: float, bar: TrainingBar) -> int:
+        """Record the ``bad``-th refused step in a row; roll back after ``train.max_bad_steps`` of
+        them. Returns the count of refused steps in a row that follows (0 after a rollback)."""
+        t = self.cfg["train"]
+        self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
+        event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
+        self._write_metrics({"step": self.step + 1, "event": event})
+        if bad < t["max_bad_steps"]:
+            return bad
+        self._rollback(lr)
+        bar.update(self.step, self.train_seconds)
+        return 0
+
+    def _advance(self, loss: float, grad_norm: float, lr: float, bar: TrainingBar,
+                 window: _LogWindow) -> None:
+        """After a step taken: the bar, and the metrics row, test evaluation and checkpoint when due."""
+        t = self.cfg["train"]
+        self.step += 1
+        window.images += t["batch_size"]
+        bar.update(self.step, self.train_seconds)
+        self.last_finite = (self.step, loss)
+        if self.step % t["log_every"] == 0 or self.step == t["steps"]:
+            speed, data_wait = window.rates(self.data_wait, t["batch_size"])
+            bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
+            self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
+                                 "images_per_s": speed, "train_s": round(self.train_seconds, 3),
+                                 "data_wait_s": round(data_wait, 6), **self.step_metrics})
+        if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < t["steps"]:
+            ev = self.evaluate(t["eval_batches"])
+            self._write_metrics(test_row(self.step, ev, self.train_seconds))
+        if self.step % t["checkpoint_every"] == 0:
+            self.save()
 
     def _interrupt(self, stop: StopRequests) -> dict[str, Any]:
         """Checkpoint at this step boundary and the result of an interrupted run."""
@@ -495,29 +511,8 @@ class Trainer:
         return {"interrupted_at": self.step, "signal": stop.name}
 
     def finish(self) -> dict[str, Any]:
-        """Final checkpoint artefacts: weights, test bits/dim, sample grid and loss curve."""
-        model = self.eval_model()
-        save_weights(model, self.out / WEIGHTS)
-        ev = self._test(model, progress=self.progress)
-        self._write_metrics({"step": self.step, "test_bpd": ev["bpd"], "test_bpd_stderr": ev["bpd_stderr"],
-                             **_test_accuracy(ev), "train_s": round(self.train_seconds, 3)})
-        gen = torch.Generator().manual_seed(0)
-        conditional = model.context_shape is not None
-        samples, non_finite = (None, None) if conditional else finite_samples(model, 64, temperature=1.0, generator=gen)
-        if non_finite:
-            _log(f"warning: {non_finite}; samples.png shows the {len(samples)} finite ones")
-        results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
-                   "levels": self.levels, "dataset": self.cfg["data"]["name"],
-                   "non_finite_samples": non_finite.count if non_finite else 0}
-        report = certify(model)
-        if report["blocks"]:  # contractive flows: the certificates of the trained (evaluation) weights
-            results["certificates"] = {**certificate_summary(report), **self.contraction.summary()}
-            if message := uncertified_message(report):
-                _log(message)
-        (self.out / "results.json").write_text(json.dumps(results, indent=2))
-        if conditional:  # condition, outputs at temperatures 0, 0.5 and 0.8, ground truth
-            save_comparison_grid(model, self.test_set, self.out / "samples.png", sr_scale(self.cfg["data"]))
-        elif len(samples):
-            save_image_grid(samples, self.out / "samples.png")
-        plot_metrics(self.out / "metrics.jsonl", self.out / "loss.png")
-        return results
+        """The end-of-run report of the evaluation weights (:mod:`attnflow.train.report`): weights,
+        test evaluation, samples, certificates, ``results.json`` and plots."""
+        end = EndOfRun(self.rundir, self.step, self.train_seconds, self.test_set, self.levels,
+                       self.cfg["data"], self.contraction)
+        return end.write(self.eval_model(), progress=self.progress)
