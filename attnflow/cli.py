@@ -8,7 +8,10 @@ status 2 (:data:`USER_ERRORS`); numeric options are checked by the configuration
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .device import module_device
+from .device import module_device, set_threads
 from .schema import Field
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ OPTIONS = {
     "importance_images": _option("importance_images", int, "test images; 0 = the whole test set", lo=0, hi=10**6),
     "test_images": _option("test_images", int, "test images; 0 = the whole test set", lo=0, hi=10**9),
     "search_images": _option("search_images", int, "test images", lo=0, hi=10**4),
+    "threads": _option("threads", int, "CPU threads; 0 = the CPUs not busy with other work (load average), at least "
+                       "1, as train.threads = 0", lo=0, hi=1024),
 }
 
 
@@ -114,7 +119,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
     if "accuracy" in test:
         print(f"test accuracy: {test['accuracy']:.4f} ± {test['accuracy_stderr']:.4f}")
-    print(f"wrote {args.out}/samples.png, {args.out}/loss.png, {args.out}/results.json")
+    out = Path(args.out)
+    written = [str(out / name) for name in ("samples.png", "loss.png", "results.json") if (out / name).is_file()]
+    print(f"wrote {', '.join(written)}")
+    _check_trained(result, out, cfg)
+
+
+#: Test bits/dim more than this above the uniform model's ``log2(levels)`` mean training failed.
+FAR_WORSE_BITS = 1.0
+
+
+def _check_trained(result: dict[str, Any], out: Path, cfg: dict[str, Any]) -> None:
+    """A broken run is not a success: test bits/dim far above the uniform model's, or not one
+    finite sample, fail the command (exit 1); the run directory stays as it is."""
+    bpd, uniform = result["test"]["bpd"], math.log2(result["levels"])
+    problems = []
+    if not math.isfinite(bpd) or bpd > uniform + FAR_WORSE_BITS:
+        problems.append(f"test bits/dim {bpd:.4f} are far worse than the uniform model's {uniform:.4f}")
+    if not (out / "samples.png").is_file():
+        problems.append("no sample is finite (no samples.png)")
+    if problems:
+        raise CommandFailed(f"training failed: {'; '.join(problems)}. The run in {out} is kept; train again with a "
+                            f"lower train.lr (now {cfg['train']['lr']:g}) into a new --out")
 
 
 def _load_split(cfg: dict, split: str):
@@ -125,7 +151,8 @@ def _load_split(cfg: dict, split: str):
 
 def _print_conditional(res: dict) -> None:
     """The super-resolution / translation metrics of ``attnflow eval`` as a table."""
-    rows = [(f"T={t}", m) for t, m in res["temperatures"].items()] + [("bicubic", res["bicubic"])] * ("bicubic" in res)
+    rows = [(f"T={t}", m) for t, m in res["temperatures"].items()]
+    rows += [("bicubic", res["bicubic"])] if "bicubic" in res else []  # super-resolution only
     keys = [k for k in ("psnr", "ssim", "lr_psnr", "diversity", "non_finite") if any(k in m for _, m in rows)]
     print(f"outputs vs ground truth over {res['n']} images, {res['samples']} per condition "
           f"(PSNR and LR-PSNR in dB, LR-PSNR capped at 100; non-finite outputs counted, not averaged):")
@@ -162,7 +189,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
                                                   args.temperatures, args.samples, sr_scale(cfg["data"]),
                                                   seed=args.seed)
-    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": args.weights})
+    weights = "ema" if args.weights == "ema" and cfg["train"]["ema_decay"] > 0 else "live"  # no EMA kept: live
+    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": weights})
     report = certify(model)
     if report["blocks"]:  # contractive flows: are the trained blocks certified?
         res["certificates"] = certificate_summary(report)
@@ -335,13 +363,17 @@ def _cmd_sr(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_image_grid(bicubic_upscale(lr, scale), out / "bicubic.png", nrow=1)
+    overflowed = 0
     for i, (img, db) in enumerate(zip(outs, lr_psnr(outs, lr.expand(args.n, -1, -1, -1), scale))):
         if not torch.isfinite(img).all():
-            print(f"sr-{i}: the inverse overflowed at temperature {args.temperature}; not written (try a lower one)")
+            overflowed += 1
             continue
         save_image_grid(img[None], out / f"sr-{i}.png", nrow=1)
         print(f"wrote {out / f'sr-{i}.png'} ({scale}x, temperature {args.temperature}, LR-PSNR {float(db):.2f} dB)")
     print(f"wrote {out / 'bicubic.png'} (the bicubic baseline)")
+    if overflowed:  # as `attnflow sample`: non-finite outputs fail the command
+        raise CommandFailed(f"{overflowed} of {args.n} outputs overflowed at temperature {args.temperature} and were "
+                            "not written; try a lower --temperature")
 
 
 def _cmd_certify(args: argparse.Namespace) -> None:
@@ -356,7 +388,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
         images = test.images[: args.search_images]
         search = dequantize(images, test.levels, torch.Generator().manual_seed(0), module_dtype(model))
         search = search.to(module_device(model))
-    report = certify(model, search)
+    report = certify(model, search, progress=not args.json)
     if args.json:
         print(json.dumps(report))
     elif not report["blocks"]:
@@ -431,7 +463,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="attnflow", description="Normalizing flows with attention on images.")
+    p.add_argument("--version", action="version", version=f"attnflow {__version__} (torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None,
@@ -585,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
            "images (0 = all; default: the experiment's, see --list)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_experiment)
+    for name, command in sub.choices.items():
+        if name == "train":
+            command.add_argument("--threads", type=OPTIONS["threads"].argparse_type(), default=None,
+                                 help="sets train.threads (CPU threads; 0 = the CPUs not busy with other work); default: "
+                                      "the configuration's train.threads")
+        elif name != "presets":
+            number(command, "--threads", "threads", 0)
     return p
 
 
@@ -601,14 +643,67 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 USER_ERRORS = _user_errors()
 
 
+#: Commands whose ``--out`` is a folder, and those whose ``--out`` is one image file.
+FOLDER_OUT = ("train", "sr", "experiment")
+IMAGE_OUT = ("sample", "reconstruct", "interpolate", "compare", "perturb")
+
+
+def _expand_paths(args: argparse.Namespace) -> None:
+    """``~`` and environment variables in the path arguments, as a shell would expand them."""
+    for name in ("out", "run", "input", "inception_weights"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expandvars(os.path.expanduser(value)))
+    if isinstance(getattr(args, "runs", None), list):
+        args.runs = [os.path.expandvars(os.path.expanduser(r)) for r in args.runs]
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` of the right kind, its folder created: a folder for runs and experiments, an
+    image file name with a known extension for image commands."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = Path(out)
+    if args.command in FOLDER_OUT and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (new, or a run/experiment folder to continue)")
+    if args.command in IMAGE_OUT:
+        from PIL import Image
+
+        known = sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE)
+        if path.is_dir() or path.suffix.lower() not in known:
+            raise ValueError(f"--out {out} must be an image file name ending in .png (or another image extension: "
+                             f"{', '.join(e for e in known if e in ('.jpg', '.bmp', '.tif', '.webp'))})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _os_error(command: str, exc: OSError) -> str:
+    """A file-system error in one line: what failed, on which file, and what to do."""
+    if exc.strerror is None:  # raised with a message of its own
+        return str(exc)
+    text = f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    if exc.errno == errno.ENOSPC:
+        resume = "; the last checkpoint is intact: continue with `attnflow train --resume`" * (command == "train")
+        return f"{text}: the disk is full; free space and rerun{resume}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{text}: cannot write there; choose a writable --out"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "out", None) and args.command in ("sample", "reconstruct", "interpolate", "compare", "perturb"):
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
+        _expand_paths(args)
+        _check_out(args)
+        if args.command == "train" and args.threads is not None:
+            args.set.append(f"train.threads={args.threads}")
+        elif args.command != "presets":
+            set_threads(args.threads)
         args.func(args)
     except CommandFailed as exc:
         _fail(args.command, exc, 1)
+    except OSError as exc:  # file-system errors, and the library's own FileNotFoundError messages
+        _fail(args.command, _os_error(args.command, exc), 2)
     except USER_ERRORS as exc:
         _fail(args.command, exc, 2)
     except KeyboardInterrupt:

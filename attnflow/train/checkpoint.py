@@ -6,7 +6,9 @@ optimizer, EMA, RNG states and data position; read with ``torch.load(weights_onl
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,10 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
+#: Free bytes below which a failed write is reported as a full disk.
+FULL_DISK_BYTES = 16 * 2**20
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint or run directory that cannot be used."""
 
@@ -36,9 +42,12 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if not isinstance(exc, OSError) and shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+            # writers such as torch.save report a full disk in their own words ("unexpected pos ...")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
 
 

@@ -50,6 +50,7 @@ from ..config import check_config, read_config
 from ..core import Flow
 from ..data import BatchSampler, BatchStream, load_configured
 from ..data.pairs import condition_batch
+from ..device import set_threads
 from ..evaluate import evaluate_bits_per_dim, finite_samples, log_prob_to_bits_per_dim, plot_metrics, save_image_grid
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
 from ..evaluate.classification import evaluate_hybrid
@@ -187,8 +188,7 @@ class Trainer:
         self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
         t = cfg["train"]
-        if t["threads"]:
-            torch.set_num_threads(t["threads"])
+        set_threads(t["threads"])
         torch.manual_seed(t["seed"])
 
         data = cfg["data"]
