@@ -100,11 +100,41 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         print(f"{name:32s} {' '.join(header)}")
 
 
+#: Settings a resumed run cannot change: the order of its batches and its random draws follow them.
+FIXED_ON_RESUME = ("batch_size", "seed")
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration to train with: the preset with ``--set`` applied; on ``--resume`` the run's
+    saved configuration with ``--set`` applied (a ``--preset`` given then must match the run)."""
+    from .config import apply_overrides, read_config, resolve_config
+    from .train.checkpoint import CONFIG
+
+    saved_path = Path(args.out) / CONFIG
+    if not (args.resume and saved_path.is_file()):
+        if not args.preset:
+            raise ValueError("give --preset NAME (see `attnflow presets`), or --resume to continue the run in --out")
+        return resolve_config(args.preset, args.set)
+    saved = read_config(saved_path)
+    cfg = apply_overrides(saved, args.set)
+    for key in FIXED_ON_RESUME:
+        if cfg["train"][key] != saved["train"][key]:
+            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
+                             f"{key} = {saved['train'][key]}, and its batches and random draws follow it); resume "
+                             f"without changing it, or train a new run into another --out")
+    if args.preset:
+        preset = resolve_config(args.preset, args.set)
+        for section in ("model", "data"):
+            if preset[section] != cfg[section]:
+                raise ValueError(f"the run in {args.out} was not trained from preset {args.preset!r} (its [{section}] "
+                                 f"differs); resume without --preset: the run's own configuration is used")
+    return cfg
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .config import resolve_config
     from .train import Trainer
 
-    cfg = resolve_config(args.preset, args.set)
+    cfg = _train_config(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()
     if "interrupted_at" in result:
@@ -486,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named configurations").set_defaults(func=_cmd_presets)
 
     t = sub.add_parser("train", help="train a preset into a run directory")
-    t.add_argument("--preset", required=True, help="preset name (see `attnflow presets`)")
+    t.add_argument("--preset", help="preset name (see `attnflow presets`); with --resume not needed: the run's saved "
+                   "configuration is used, with any --set applied")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset field, e.g. train.steps=500 (repeatable)")
     t.add_argument("--out", required=True, help="run directory (checkpoint, metrics, figures)")
@@ -597,8 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
            "extra); default: the experiment's")
     x.add_argument("--data", default="fashion-mnist", choices=["digits", "fashion-mnist"],
                    help="digits (bundled 8x8) or fashion-mnist (default; dataset-fashion-mnist)")
-    x.add_argument("--preset", nargs="+", default=[], metavar="PRESET[+section.key=value...]",
-                   help="run specifications replacing the experiment's defaults")
+    x.add_argument("--preset", nargs="+", action="extend", default=[], metavar="PRESET[+section.key=value...]",
+                   help="run specifications replacing the experiment's defaults (repeatable)")
     number(x, "--seeds", "seeds", None, "seeds per preset; default: the experiment's")
     x.add_argument("--clock", default=None, choices=["wall", "cpu"],
                    help="what the budget counts: elapsed (wall) or each run's process CPU seconds (default wall; "
@@ -609,9 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and evaluate on auto, cpu, cuda or cuda:N (default: the presets' train.device, auto)")
     x.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override applied to every run whose model family uses the key (repeatable)")
-    number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset", nargs="+")
-    x.add_argument("--run", nargs="+", default=[], metavar="DIR",
-                   help="interpolation / samples: use these trained run directories instead of training")
+    number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset (repeatable)", nargs="+",
+           action="extend")
+    x.add_argument("--run", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="interpolation / samples: use these trained run directories instead of training (repeatable)")
     number(x, "--importance-samples", "importance_samples", None, "table: noise draws K of the importance-weighted "
            "bits/dim of rows whose bits/dim are a bound (0 = none; default 16)")
     number(x, "--importance-images", "importance_images", None, "table: the first N test images for the "

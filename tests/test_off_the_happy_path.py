@@ -182,3 +182,44 @@ def test_every_model_command_takes_threads(capsys):
     assert torch.get_num_threads() == 1 and json.loads(capsys.readouterr().out)["blocks"]
     line = one_line_error(capsys, ["eval", str(RUNS / "glow-isdp"), "--threads", "-1"])
     assert "--threads" in line or "threads" in line
+
+
+TINY = ["--quiet", "--threads", "1", "--set", "model.hidden=8", "--set", "model.steps=1", "--set", "train.steps=3"]
+
+
+def test_resume_keeps_what_was_set_and_refuses_what_cannot_change(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    main(["train", "--preset", "glow-digits", "--out", out, *TINY, "--set", "train.precision=bf16",
+          "--set", "train.lr=5e-4"])
+    main(["train", "--out", out, "--resume", "--quiet", "--set", "train.steps=5"])  # no --preset, no repeats
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["train"]["precision"] == "bf16" and saved["train"]["lr"] == 5e-4 and saved["train"]["steps"] == 5
+    assert saved["model"]["hidden"] == 8 and json.loads((tmp_path / "r" / "results.json").read_text())["step"] == 5
+    capsys.readouterr()
+    for key, value in (("batch_size", 32), ("seed", 5)):
+        line = one_line_error(capsys, ["train", "--out", out, "--resume", "--set", f"train.{key}={value}"])
+        assert f"train.{key} cannot change on --resume" in line and "train a new run into another --out" in line
+    line = one_line_error(capsys, ["train", "--out", out, "--resume", "--preset", "flowpp-digits"])
+    assert "was not trained from preset 'flowpp-digits'" in line
+    assert "give --preset NAME" in one_line_error(capsys, ["train", "--out", str(tmp_path / "new")])
+
+
+def test_run_specifications_without_a_section_are_explained(tmp_path, capsys):
+    line = one_line_error(capsys, ["experiment", "samples", "--out", str(tmp_path / "e"), "--data", "digits",
+                                   "--preset", "glow-digits+hidden=3"])
+    assert "'hidden=3' is not an override; write PRESET+section.key=value" in line and "glow-digits+model.hidden=3" in line
+
+
+def test_repeated_experiment_options_accumulate_so_recorded_commands_rerun():
+    import shlex
+
+    from attnflow.cli import build_parser
+    from attnflow.experiments.plumbing import command_line
+
+    args = build_parser().parse_args(["experiment", "heads", "--out", "x", "--heads", "1", "--heads", "2", "3",
+                                      "--run", "a", "--run", "b", "--preset", "p", "--preset", "q+model.hidden=3"])
+    assert (args.heads, args.run, args.preset) == ([1, 2, 3], ["a", "b"], ["p", "q+model.hidden=3"])
+    recorded = command_line(["experiment", "heads", "--out", "x", "--heads", "1", "--heads", "2", "--run", "a",
+                             "--run", "b"])
+    again = build_parser().parse_args(shlex.split(recorded)[1:])
+    assert (again.heads, again.run) == ([1, 2], ["a", "b"])
