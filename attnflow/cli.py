@@ -8,7 +8,10 @@ status 2 (:data:`USER_ERRORS`); numeric options are checked by the configuration
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .device import module_device
+from .device import module_device, set_threads
+from .rundir import RunDir
 from .schema import Field
 
 if TYPE_CHECKING:
@@ -55,6 +59,8 @@ OPTIONS = {
     "importance_images": _option("importance_images", int, "test images; 0 = the whole test set", lo=0, hi=10**6),
     "test_images": _option("test_images", int, "test images; 0 = the whole test set", lo=0, hi=10**9),
     "search_images": _option("search_images", int, "test images", lo=0, hi=10**4),
+    "threads": _option("threads", int, "CPU threads; 0 = the CPUs not busy with other work (load average), at least "
+                       "1, as train.threads = 0", lo=0, hi=1024),
 }
 
 
@@ -95,12 +101,40 @@ def _cmd_presets(args: argparse.Namespace) -> None:
         print(f"{name:32s} {' '.join(header)}")
 
 
+#: Settings a resumed run cannot change: the order of its batches and its random draws follow them.
+FIXED_ON_RESUME = ("batch_size", "seed")
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration to train with: the preset with ``--set`` applied; on ``--resume`` the run's
+    saved configuration with ``--set`` applied (a ``--preset`` given then must match the run)."""
+    from .config import apply_overrides, resolve_config
+
+    run = RunDir(args.out)
+    if not (args.resume and run.is_run()):
+        if not args.preset:
+            raise ValueError("give --preset NAME (see `attnflow presets`), or --resume to continue the run in --out")
+        return resolve_config(args.preset, args.set)
+    saved = run.config()
+    cfg = apply_overrides(saved, args.set)
+    for key in FIXED_ON_RESUME:
+        if cfg["train"][key] != saved["train"][key]:
+            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
+                             f"{key} = {saved['train'][key]}, and its batches and random draws follow it); resume "
+                             f"without changing it, or train a new run into another --out")
+    if args.preset:
+        preset = resolve_config(args.preset, args.set)
+        for section in ("model", "data"):
+            if preset[section] != cfg[section]:
+                raise ValueError(f"the run in {args.out} was not trained from preset {args.preset!r} (its [{section}] "
+                                 f"differs); resume without --preset: the run's own configuration is used")
+    return cfg
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .config import resolve_config
-    from .rundir import RunDir
     from .train import Trainer
 
-    cfg = resolve_config(args.preset, args.set)
+    cfg = _train_config(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     result = trainer.run()
     if "interrupted_at" in result:
@@ -116,7 +150,27 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if "accuracy" in test:
         print(f"test accuracy: {test['accuracy']:.4f} ± {test['accuracy_stderr']:.4f}")
     run = RunDir(args.out)
-    print(f"wrote {run.samples}, {run.curves}, {run.results_path}")
+    written = [str(path) for path in (run.samples, run.curves, run.results_path) if path.is_file()]
+    print(f"wrote {', '.join(written)}")
+    _check_trained(result, run, cfg)
+
+
+#: Test bits/dim more than this above the uniform model's ``log2(levels)`` mean training failed.
+FAR_WORSE_BITS = 1.0
+
+
+def _check_trained(result: dict[str, Any], run: RunDir, cfg: dict[str, Any]) -> None:
+    """A broken run is not a success: test bits/dim far above the uniform model's, or not one
+    finite sample, fail the command (exit 1); the run directory stays as it is."""
+    bpd, uniform = result["test"]["bpd"], math.log2(result["levels"])
+    problems = []
+    if not math.isfinite(bpd) or bpd > uniform + FAR_WORSE_BITS:
+        problems.append(f"test bits/dim {bpd:.4f} are far worse than the uniform model's {uniform:.4f}")
+    if not run.samples.is_file():
+        problems.append(f"no sample is finite (no {run.samples.name})")
+    if problems:
+        raise CommandFailed(f"training failed: {'; '.join(problems)}. The run in {run.path} is kept; train again "
+                            f"with a lower train.lr (now {cfg['train']['lr']:g}) into a new --out")
 
 
 def _load_split(cfg: dict, split: str):
@@ -127,7 +181,8 @@ def _load_split(cfg: dict, split: str):
 
 def _print_conditional(res: dict) -> None:
     """The super-resolution / translation metrics of ``attnflow eval`` as a table."""
-    rows = [(f"T={t}", m) for t, m in res["temperatures"].items()] + [("bicubic", res["bicubic"])] * ("bicubic" in res)
+    rows = [(f"T={t}", m) for t, m in res["temperatures"].items()]
+    rows += [("bicubic", res["bicubic"])] if "bicubic" in res else []  # super-resolution only
     keys = [k for k in ("psnr", "ssim", "lr_psnr", "diversity", "non_finite") if any(k in m for _, m in rows)]
     print(f"outputs vs ground truth over {res['n']} images, {res['samples']} per condition "
           f"(PSNR and LR-PSNR in dB, LR-PSNR capped at 100; non-finite outputs counted, not averaged):")
@@ -164,7 +219,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
                                                   args.temperatures, args.samples, sr_scale(cfg["data"]),
                                                   seed=args.seed)
-    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": args.weights})
+    weights = "ema" if args.weights == "ema" and cfg["train"]["ema_decay"] > 0 else "live"  # no EMA kept: live
+    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": weights})
     report = certify(model)
     if report["blocks"]:  # contractive flows: are the trained blocks certified?
         res["certificates"] = certificate_summary(report)
@@ -337,13 +393,17 @@ def _cmd_sr(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_image_grid(bicubic_upscale(lr, scale), out / "bicubic.png", nrow=1)
+    overflowed = 0
     for i, (img, db) in enumerate(zip(outs, lr_psnr(outs, lr.expand(args.n, -1, -1, -1), scale))):
         if not torch.isfinite(img).all():
-            print(f"sr-{i}: the inverse overflowed at temperature {args.temperature}; not written (try a lower one)")
+            overflowed += 1
             continue
         save_image_grid(img[None], out / f"sr-{i}.png", nrow=1)
         print(f"wrote {out / f'sr-{i}.png'} ({scale}x, temperature {args.temperature}, LR-PSNR {float(db):.2f} dB)")
     print(f"wrote {out / 'bicubic.png'} (the bicubic baseline)")
+    if overflowed:  # as `attnflow sample`: non-finite outputs fail the command
+        raise CommandFailed(f"{overflowed} of {args.n} outputs overflowed at temperature {args.temperature} and were "
+                            "not written; try a lower --temperature")
 
 
 def _cmd_certify(args: argparse.Namespace) -> None:
@@ -358,7 +418,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
         images = test.images[: args.search_images]
         search = dequantize(images, test.levels, torch.Generator().manual_seed(0), module_dtype(model))
         search = search.to(module_device(model))
-    report = certify(model, search)
+    report = certify(model, search, progress=not args.json)
     if args.json:
         print(json.dumps(report))
     elif not report["blocks"]:
@@ -433,7 +493,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="attnflow", description="Normalizing flows with attention on images.")
+    p.add_argument("--version", action="version", version=f"attnflow {__version__} (torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", required=True)
 
     def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None,
@@ -453,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the named configurations").set_defaults(func=_cmd_presets)
 
     t = sub.add_parser("train", help="train a preset into a run directory")
-    t.add_argument("--preset", required=True, help="preset name (see `attnflow presets`)")
+    t.add_argument("--preset", help="preset name (see `attnflow presets`); with --resume not needed: the run's saved "
+                   "configuration is used, with any --set applied")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset field, e.g. train.steps=500 (repeatable)")
     t.add_argument("--out", required=True, help="run directory (checkpoint, metrics, figures)")
@@ -564,8 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
            "extra); default: the experiment's")
     x.add_argument("--data", default="fashion-mnist", choices=["digits", "fashion-mnist"],
                    help="digits (bundled 8x8) or fashion-mnist (default; dataset-fashion-mnist)")
-    x.add_argument("--preset", nargs="+", default=[], metavar="PRESET[+section.key=value...]",
-                   help="run specifications replacing the experiment's defaults")
+    x.add_argument("--preset", nargs="+", action="extend", default=[], metavar="PRESET[+section.key=value...]",
+                   help="run specifications replacing the experiment's defaults (repeatable)")
     number(x, "--seeds", "seeds", None, "seeds per preset; default: the experiment's")
     x.add_argument("--clock", default=None, choices=["wall", "cpu"],
                    help="what the budget counts: elapsed (wall) or each run's process CPU seconds (default wall; "
@@ -576,9 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and evaluate on auto, cpu, cuda or cuda:N (default: the presets' train.device, auto)")
     x.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override applied to every run whose model family uses the key (repeatable)")
-    number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset", nargs="+")
-    x.add_argument("--run", nargs="+", default=[], metavar="DIR",
-                   help="interpolation / samples: use these trained run directories instead of training")
+    number(x, "--heads", "heads", None, "heads experiment: head counts for every base preset (repeatable)", nargs="+",
+           action="extend")
+    x.add_argument("--run", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="interpolation / samples: use these trained run directories instead of training (repeatable)")
     number(x, "--importance-samples", "importance_samples", None, "table: noise draws K of the importance-weighted "
            "bits/dim of rows whose bits/dim are a bound (0 = none; default 16)")
     number(x, "--importance-images", "importance_images", None, "table: the first N test images for the "
@@ -587,6 +652,13 @@ def build_parser() -> argparse.ArgumentParser:
            "images (0 = all; default: the experiment's, see --list)")
     x.add_argument("--quiet", action="store_true", help="no progress bars")
     x.set_defaults(func=_cmd_experiment)
+    for name, command in sub.choices.items():
+        if name == "train":
+            command.add_argument("--threads", type=OPTIONS["threads"].argparse_type(), default=None,
+                                 help="sets train.threads (CPU threads; 0 = the CPUs not busy with other work); default: "
+                                      "the configuration's train.threads")
+        elif name != "presets":
+            number(command, "--threads", "threads", 0)
     return p
 
 
@@ -603,14 +675,67 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 USER_ERRORS = _user_errors()
 
 
+#: Commands whose ``--out`` is a folder, and those whose ``--out`` is one image file.
+FOLDER_OUT = ("train", "sr", "experiment")
+IMAGE_OUT = ("sample", "reconstruct", "interpolate", "compare", "perturb")
+
+
+def _expand_paths(args: argparse.Namespace) -> None:
+    """``~`` and environment variables in the path arguments, as a shell would expand them."""
+    for name in ("out", "run", "input", "inception_weights"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expandvars(os.path.expanduser(value)))
+    if isinstance(getattr(args, "runs", None), list):
+        args.runs = [os.path.expandvars(os.path.expanduser(r)) for r in args.runs]
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` of the right kind, its folder created: a folder for runs and experiments, an
+    image file name with a known extension for image commands."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = Path(out)
+    if args.command in FOLDER_OUT and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (new, or a run/experiment folder to continue)")
+    if args.command in IMAGE_OUT:
+        from PIL import Image
+
+        known = sorted(e for e, f in Image.registered_extensions().items() if f in Image.SAVE)
+        if path.is_dir() or path.suffix.lower() not in known:
+            raise ValueError(f"--out {out} must be an image file name ending in .png (or another image extension: "
+                             f"{', '.join(e for e in known if e in ('.jpg', '.bmp', '.tif', '.webp'))})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _os_error(command: str, exc: OSError) -> str:
+    """A file-system error in one line: what failed, on which file, and what to do."""
+    if exc.strerror is None:  # raised with a message of its own
+        return str(exc)
+    text = f"{exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    if exc.errno == errno.ENOSPC:
+        resume = "; the last checkpoint is intact: continue with `attnflow train --resume`" * (command == "train")
+        return f"{text}: the disk is full; free space and rerun{resume}"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{text}: cannot write there; choose a writable --out"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "out", None) and args.command in ("sample", "reconstruct", "interpolate", "compare", "perturb"):
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
+        _expand_paths(args)
+        _check_out(args)
+        if args.command == "train" and args.threads is not None:
+            args.set.append(f"train.threads={args.threads}")
+        elif args.command != "presets":
+            set_threads(args.threads)
         args.func(args)
     except CommandFailed as exc:
         _fail(args.command, exc, 1)
+    except OSError as exc:  # file-system errors, and the library's own FileNotFoundError messages
+        _fail(args.command, _os_error(args.command, exc), 2)
     except USER_ERRORS as exc:
         _fail(args.command, exc, 2)
     except KeyboardInterrupt:

@@ -18,7 +18,8 @@ from typing import Any
 
 from .schema import SECTIONS, ConfigError, section_defaults, validate_config
 
-__all__ = ["preset_names", "load_preset", "check_config", "resolve_config", "parse_override", "read_config"]
+__all__ = ["preset_names", "load_preset", "check_config", "resolve_config", "apply_overrides", "parse_override",
+           "read_config"]
 
 
 def _preset_dir() -> Any:
@@ -98,6 +99,14 @@ def resolve_config(
         cfg = check_config(cfg, families)
     except ConfigError as exc:
         raise ConfigError(f"preset {preset!r}: {exc}") from None
+    return apply_overrides(cfg, overrides, families)
+
+
+def apply_overrides(
+    cfg: dict[str, dict[str, Any]], overrides: Iterable[str], families: dict[str, Callable[..., Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """A validated copy of ``cfg`` with ``section.key=value`` ``overrides`` applied in order."""
+    cfg = copy.deepcopy(cfg)
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:

@@ -102,6 +102,8 @@ def check_images(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = No
         raise ValueError(
             f"expected images of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}"
         )
+    if x.shape[0] == 0:
+        raise ValueError(f"got an empty batch (shape {list(x.shape)}); pass at least one image")
     if not torch.isfinite(x).all():
         raise ValueError("input contains NaN or infinite values; clean the data before the model")
     lo, hi = float(x.detach().min()), float(x.detach().max())

@@ -2,12 +2,15 @@
 ``"cuda:N"``, the values of ``train.device`` and of the CLI's ``--device``."""
 from __future__ import annotations
 
+import functools
+import os
 import re
 
 import torch
 from torch import nn
 
-__all__ = ["DEVICE_PATTERN", "DeviceUnavailable", "resolve_device", "module_device", "module_dtype"]
+__all__ = ["DEVICE_PATTERN", "DeviceUnavailable", "resolve_device", "module_device", "module_dtype", "available_cpus",
+           "auto_threads", "set_threads"]
 
 #: The accepted device names (``train.device`` and ``--device``).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -34,6 +37,33 @@ def resolve_device(name: str, fallback_hint: str = "use --device cpu") -> torch.
     if device.index is not None and device.index >= count:
         raise DeviceUnavailable(f"{name} requested but only {count} CUDA device(s) are visible; {fallback_hint}")
     return device
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def auto_threads() -> int:
+    """CPU threads for this process when none are set (``train.threads = 0``, ``--threads 0``):
+    the CPUs it may run on less those busy with other work (the one-minute load average, rounded),
+    at least 1; decided once per process, so every model in it computes alike. Torch's default
+    (a thread per core) is 13-50x slower on a machine whose cores other jobs keep busy: its
+    threads wait for each other."""
+    cpus = available_cpus()
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # no load average on this platform
+        busy = 0
+    return max(1, cpus - busy)
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` CPU threads (0: :func:`auto_threads`); returns the number set."""
+    threads = threads or auto_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def module_device(module: nn.Module) -> torch.device:

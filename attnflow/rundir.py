@@ -28,8 +28,10 @@ the temporaries an interrupted write left.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,20 +52,26 @@ LOCK = ".lock"
 #: The configuration sections that make a run's set-up; only ``[train]`` may differ between two
 #: runs with the same set-up.
 SETUP_SECTIONS = ("model", "data")
+#: Free bytes below which a failed write is reported as a full disk.
+FULL_DISK_BYTES = 16 * 2**20
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same folder), so a
-    crash never leaves a half-written file at ``path``."""
+    crash never leaves a half-written file at ``path``. A write that fails with the disk (nearly)
+    full is an ``OSError`` with ``errno.ENOSPC`` naming ``path``, whatever the writer raised
+    (``torch.save`` says "unexpected pos ...")."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if not isinstance(exc, OSError) and shutil.disk_usage(path.parent).free < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
 
 

@@ -19,6 +19,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """Commands run in-process set torch's thread count (``--threads``); the next test gets it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A small Glow trained for 30 steps on the bundled digits (a run directory), shared by the

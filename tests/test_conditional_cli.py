@@ -47,6 +47,8 @@ def test_translation_train_and_eval(tmp_path, capsys):
         "--set", "model.source_hidden=4")
     res = json.loads(run(capsys, "eval", str(out), "--json", "--sr-images", "4", "--samples", "1"))
     assert 0 < res["bpd"] < 10 and "bicubic" not in res["conditional"]  # no LR-PSNR for label maps
+    text = run(capsys, "eval", str(out), "--sr-images", "4", "--samples", "1")  # the text report too
+    assert "conditional" in text and "T=0.0" in text and "bicubic" not in text
 
 
 @pytest.mark.parametrize("argv,match", [

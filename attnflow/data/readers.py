@@ -244,7 +244,7 @@ def load_configured(data: Mapping, split: str) -> ImageDataset:
     bits/dim are then on images seen in training), cached as one split. ``test_images = N`` keeps
     at most the first ``N`` images of the test split (every evaluation of a run then uses those: a
     cheaper, noisier figure whose standard error and image count the results give)."""
-    name, root = data["name"], data["root"] or None
+    name, root = data["name"], os.path.expandvars(os.path.expanduser(data["root"])) or None  # ~ and $VARS
     if split == "train" and data.get("train_on", "train") == "train+test":
         source = join(_source(name, "train", root), _source(name, "test", root))
     else:

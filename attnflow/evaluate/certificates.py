@@ -42,7 +42,7 @@ def block_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return captured
 
 
-def certify(model: nn.Module, search_inputs: Tensor | None = None) -> dict[str, Any]:
+def certify(model: nn.Module, search_inputs: Tensor | None = None, progress: bool = False) -> dict[str, Any]:
     """Certificates of every :class:`ResidualBlock` and spectral-normalised layer of ``model``.
 
     With ``search_inputs`` (data images in [0, 1]) each block also gets ``empirical``, the largest
@@ -56,13 +56,13 @@ def certify(model: nn.Module, search_inputs: Tensor | None = None) -> dict[str, 
     of the layer's weight as the next forward pass uses it, ``min(divisor, coeff)``
     (:meth:`SpectralNormConv2d.lipschitz_bound`), and ``uncertified`` the names of
     the blocks whose bound is not below 1. Models without residual blocks give empty lists and
-    ``None`` maxima.
+    ``None`` maxima. ``progress`` shows a bar over the blocks on stderr.
     """
-    blocks = [
-        {"name": name, "bound": module.lipschitz_bound()}
-        for name, module in model.named_modules()
-        if isinstance(module, ResidualBlock)
-    ]
+    from tqdm import tqdm
+
+    residual = [(name, module) for name, module in model.named_modules() if isinstance(module, ResidualBlock)]
+    bar = tqdm(residual, desc="certify", unit="block", leave=False, disable=not progress or not residual)
+    blocks = [{"name": name, "bound": module.lipschitz_bound()} for name, module in bar]
     if search_inputs is not None and blocks:
         inputs = block_inputs(model, search_inputs)
         modules = dict(model.named_modules())

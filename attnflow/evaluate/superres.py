@@ -39,7 +39,8 @@ PSNR_CAP_DB = 100.0
 UNAVAILABLE = {
     "lpips": "unavailable: needs ImageNet-pretrained AlexNet/VGG weights from the network (torchvision); "
              "torchmetrics accepts no complete local weights file",
-    "fid": "unavailable: needs Inception weights (torch-fidelity) that cannot be downloaded here",
+    "fid": "not computed for conditional outputs (`attnflow fid` scores a run's unconditional samples with a local "
+           "Inception weights file)",
 }
 
 
@@ -235,25 +236,32 @@ def save_comparison_grid(
 
 def read_condition_image(path: str | os.PathLike, shape: Sequence[int]) -> Tensor:
     """A user's condition image (PNG / JPEG, 8-bit) as a ``[1, C, H, W]`` float batch of bin
-    centres ``(k + 0.5) / 256``; grey or colour is converted to the ``C`` of ``shape``, and a size
-    other than ``shape``'s is an error naming both."""
+    centres ``(k + 0.5) / 256``. What cannot be read faithfully is an error naming the expected
+    input: more than 8 bits per channel, colour for a grey model or grey for a colour one (palette
+    images are read as colour), a size other than ``shape``'s."""
     from PIL import Image
 
     c, h, w = shape
+    if c not in (1, 3):
+        raise ValueError(f"the model's condition has {c} channels; only grey (1) or RGB (3) images can be read")
+    expected = f"an 8-bit {'grey' if c == 1 else 'RGB'} PNG or JPEG of {w}x{h} pixels"
     try:
         with Image.open(path) as img:
+            mode = img.mode
+            if mode in ("I", "F") or mode.startswith("I;"):
+                raise ValueError(f"{path} has more than 8 bits per channel (mode {mode}); the model reads {expected}")
+            grey = mode in ("1", "L", "LA")
+            if grey != (c == 1):
+                kind = "grey" if grey else f"colour (mode {mode})"
+                raise ValueError(f"{path} is a {kind} image; the model reads {expected}")
             img = img.convert("L" if c == 1 else "RGB")
             array = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
     except FileNotFoundError:
-        raise FileNotFoundError(f"no image at {path}; pass --input with an existing PNG or JPEG file") from None
+        raise FileNotFoundError(f"no image at {path}; pass --input with {expected}") from None
     except OSError as exc:
-        raise ValueError(f"{path} is not a readable image ({exc}); pass a PNG or JPEG file") from None
-    if c not in (1, 3):
-        raise ValueError(f"the model's condition has {c} channels; only grey (1) or RGB (3) images can be read")
+        raise ValueError(f"{path} is not a readable image ({exc}); pass {expected}") from None
     array = array.reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
     if tuple(array.shape[1:]) != (h, w):
-        raise ValueError(
-            f"{path} is {array.shape[2]}x{array.shape[1]} but the model super-resolves {w}x{h} inputs; "
-            f"resize or crop it to {w}x{h}"
-        )
+        raise ValueError(f"{path} is {array.shape[2]}x{array.shape[1]} but the model super-resolves {w}x{h} inputs "
+                         f"({expected}); resize or crop it")
     return (array.double() + 0.5).div(256).float().unsqueeze(0)

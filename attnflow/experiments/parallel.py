@@ -40,8 +40,9 @@ _ERROR_PREFIX = "attnflow train: error: "
 def child_threads(jobs: int) -> int:
     """``train.threads`` of each of ``jobs`` runs sharing this process's CPUs:
     ``max(1, cpus // jobs)`` (``cpus``: the CPUs this process may run on)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // jobs)
+    from ..device import available_cpus
+
+    return max(1, available_cpus() // jobs)
 
 
 @dataclass

@@ -75,6 +75,10 @@ class RunSpec:
         preset, *overrides = _SPLIT.split(text.strip())
         if not preset:
             raise ValueError(f"run specification {text!r} has no preset name; write PRESET[+section.key=value...]")
+        if "+" in preset:
+            name, bad = preset.split("+", 1)
+            raise ValueError(f"run specification {text!r}: {bad!r} is not an override; write PRESET+section.key=value "
+                             f"with its section (model, data or train), e.g. {name}+model.{bad}")
         return cls(preset, tuple(overrides))
 
     def plus(self, *overrides: str) -> RunSpec:

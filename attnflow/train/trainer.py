@@ -48,6 +48,7 @@ from torch import Tensor
 from ..config import check_config
 from ..core import Flow
 from ..data import BatchSampler, BatchStream, load_configured
+from ..device import set_threads
 from ..evaluate import log_prob_to_bits_per_dim
 from ..evaluate.superres import check_pairing
 from ..evaluate.likelihood import check_levels
@@ -168,8 +169,7 @@ class Trainer:
         self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
         t = cfg["train"]
-        if t["threads"]:
-            torch.set_num_threads(t["threads"])
+        set_threads(t["threads"])
         torch.manual_seed(t["seed"])
         self._load_data_and_model(cfg)
         self._build_training(cfg)
