@@ -9,9 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnflow.cli import USER_ERRORS
-from attnflow.config import read_config, resolve_config
-from attnflow.models import FAMILIES, _toml
-from attnflow.schema import ConfigError, Field, field, model_fields, section_fields
+from attnflow.config import field, read_config, resolve_config
+from attnflow.fields import section_fields
+from attnflow.models import FAMILIES
+from attnflow.models.registry import model_fields
+from attnflow.schema import ConfigError, Field
 from attnflow.train import Trainer
 
 # A cheap configuration of each family (one preset each); hypothesis changes one key of it.
@@ -24,6 +26,17 @@ TINY = {
     "denseflow-digits": ["model.units=[1, 1]", "model.modules=[1, 1]"],
 }
 TRAIN = ["train.batch_size=8", "train.warmup_steps=1", "train.threads=1", "train.steps=3"]
+
+
+def _toml(value):
+    """A Python value as a TOML literal for an override."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
 
 
 def test_every_builder_parameter_has_one_field_and_its_default_passes():
