@@ -5,23 +5,11 @@
 section. Every module of this package is imported with it, so a family registers itself with
 :func:`~attnflow.models.registry.register_family` in its own file (see :mod:`.registry`).
 
-================  =====================================================  ===================================
-file              holds                                                  paper
-================  =====================================================  ===================================
-registry.py       register_family, FAMILIES, TINY, check_model
-keys.py           the [model] keys shared by families (Shape, Hidden,
-                  Heads, ...) as Annotated types
-glow.py           glow (multi-scale, affine couplings, iMap / iSDP)       Glow; AttnFlow
-flowpp.py         flowpp (mixture couplings, variational dequantization)  Flow++ (Ho et al. 2019)
-marflow.py        marflow (multi-scale autoregressive priors)             mARFlow (Bhattacharyya et al. 2020)
-residual_flow.py  residual_flow (i-ResNet, Residual Flow, i-DenseNet       ACF; Behrmann et al. 2019; Chen
-                  with Lipschitz attention)                              et al. 2019; Perugachi-Diaz 2021
-hybrid.py         HybridFlow (classifier head on the latent)             Residual Flows; Nalisnick 2019
-denseflow.py      denseflow (cross-unit noise augmentation)              DenseFlow (Grcić et al. 2021)
-srflow.py         srflow (conditional super-resolution, cAttnFlow)       SRFlow (Lugmayr et al. 2020)
-fullglow.py       fullglow (image-to-image translation)                  Full-Glow (Sorkhei et al. 2021)
-nsf.py            nsf (rational-quadratic spline couplings)              NSF (Durkan et al. 2019)
-================  =====================================================  ===================================
+``registry.py`` holds the registry (:func:`~attnflow.models.registry.register_family`,
+``FAMILIES``, ``TINY``), ``keys.py`` the ``[model]`` keys that families share; every other
+module is a family (its builder, whose docstring names the paper) or a piece of one
+(``hybrid.py``: the classifier head of the residual family). ``FAMILIES`` lists them; this file
+lists none, so that a new family touches nothing here.
 """
 from __future__ import annotations
 
