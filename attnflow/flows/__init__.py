@@ -11,6 +11,8 @@ glow.py                        ActNorm, InvertibleConv1x1 (LU),              Glo
 invertible_attention.py        IMap, ISDP, build_invertible_attention        AttnFlow (Sukthanker et al. 2022)
 mixture_coupling.py            MixtureCoupling (mixture-of-logistics CDF),   Flow++ (Ho et al. 2019)
                                MixtureStep
+spline_coupling.py             SplineCoupling, rational_quadratic_spline     Neural Spline Flows (Durkan et
+                               (monotone, linear tails, closed-form inverse) al. 2019)
 variational_dequantization.py  VariationalDequantizer                        Flow++ (Ho et al. 2019)
 autoregressive_prior.py        ChannelAutoregressive,                        mARFlow (Bhattacharyya et al.
                                AutoregressiveFactorOut                       2020)
@@ -43,6 +45,7 @@ from .preprocess import Logit, Shift, build_preprocess
 from .residual_block import InverseDidNotConverge, ResidualBlock
 from .residual_logdet import LogDetConfig, estimate_logdet
 from .source_flow import SourceFlowEncoder
+from .spline_coupling import SplineCoupling, rational_quadratic_spline
 from .variational_dequantization import VariationalDequantizer
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "ResidualBlock",
     "Shift",
     "SourceFlowEncoder",
+    "SplineCoupling",
     "Squeeze",
     "VariationalDequantizer",
     "build_invertible_attention",
@@ -77,4 +81,5 @@ __all__ = [
     "estimate_logdet",
     "invertible_unit",
     "multiscale_transform",
+    "rational_quadratic_spline",
 ]
