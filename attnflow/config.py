@@ -32,8 +32,9 @@ Families = Mapping[str, Callable[..., Any]]
 
 def field(section: str, key: str, family: str | None = None) -> Field | None:
     """The field of ``section.key`` (for ``[model]``, the one of ``family``), or ``None``."""
-    fields = model_fields(family) if section == "model" and family in FAMILIES else section_fields(section)
-    return fields.get(key) if section in SECTIONS else None
+    if section == "model":
+        return model_fields(family).get(key) if family in FAMILIES else None
+    return section_fields(section).get(key) if section in SECTIONS else None
 
 
 def validate_config(cfg: Mapping[str, Any], families: Families | None = None) -> dict[str, dict[str, Any]]:
