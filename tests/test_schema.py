@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnflow.cli import USER_ERRORS
-from attnflow.config import field, read_config, resolve_config
+from attnflow.config import field, preset_names, read_config, resolve_config
 from attnflow.fields import section_fields
+from attnflow.models.registry import TINY as REGISTRY_TINY
 from attnflow.models.registry import model_fields
 from attnflow.schema import ConfigError, Field
 from attnflow.train import Trainer
@@ -26,6 +27,20 @@ TINY = {
 TRAIN = ["train.batch_size=8", "train.warmup_steps=1", "train.threads=1", "train.steps=3"]
 
 
+def _registered_family_presets() -> dict[str, list[str]]:
+    """Every registered family that ``TINY`` lacks, on its first digits preset at the registry's
+    tiny configuration: a new family is fuzzed without an entry here."""
+    covered = {resolve_config(name)["model"]["family"] for name in TINY}
+    found: dict[str, list[str]] = {}
+    for name in preset_names():
+        cfg = resolve_config(name)
+        family = cfg["model"]["family"]
+        if family not in covered and cfg["data"]["name"] == "digits":
+            covered.add(family)
+            found[name] = [f"model.{k}={_toml(v)}" for k, v in REGISTRY_TINY[family].items()]
+    return found
+
+
 def _toml(value):
     """A Python value as a TOML literal for an override."""
     if isinstance(value, bool):
@@ -35,6 +50,9 @@ def _toml(value):
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return repr(value)
+
+
+TINY.update(_registered_family_presets())
 
 
 def test_messages_name_key_range_and_value():
