@@ -134,18 +134,17 @@ class SplineCoupling(Bijection):
             raise ValueError(f"a spline needs bins >= 1 and bound > 0, got bins={bins}, bound={bound}")
         self.channels, self.mask, self.bins, self.bound = channels, mask, bins, float(bound)
         self.context_channels = context_channels
-        invert = mask.endswith("inv")
-        first_half = torch.arange(channels) < channels // 2
-        kept = (first_half != invert) if mask.startswith("channel") else torch.zeros(channels, dtype=torch.bool)
-        self.transformed = [c for c in range(channels) if not kept[c]]  # channels the spline acts on
-        self._kept_channels = kept
+        channel_mask = mask.startswith("channel")
+        kept = [channel_mask and (c < channels // 2) != mask.endswith("inv") for c in range(channels)]
+        self._kept_channels = tuple(float(k) for k in kept)
+        self.transformed = [c for c in range(channels) if not kept[c]]  # the channels the spline acts on
         factory = net_factory or (lambda i, o: conv_coupling_net(i, o, hidden))
         self.net = factory(channels + context_channels, len(self.transformed) * (3 * bins - 1))
 
     def _kept(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The conditioning elements (1) of ``x`` and of its transformed channels, broadcastable."""
         if self.mask.startswith("channel"):
-            return self._kept_channels.to(x).view(1, -1, 1, 1), x.new_zeros(())
+            return x.new_tensor(self._kept_channels).view(1, -1, 1, 1), x.new_zeros(())
         board = checkerboard_mask(x.shape[-2], x.shape[-1], invert=self.mask.endswith("inv"), like=x)
         return board, board
 
