@@ -41,9 +41,10 @@ def validate_config(cfg: Mapping[str, Any], families: Families | None = None) ->
     """Check every key and value of a configuration with ``model``, ``data`` and ``train``
     sections; returns a copy with the values converted (ints as floats where a float is
     expected). ``families`` are the valid model families (default: the registered ones)."""
-    if not isinstance(cfg, Mapping) or set(cfg) != set(SECTIONS) or not all(isinstance(cfg[s], Mapping) for s in SECTIONS):
+    if not (isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS) and all(isinstance(cfg[s], Mapping) for s in SECTIONS)):
         got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
-        raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), got {got}")
+        raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), "
+                          f"got {got}")
     out: dict[str, dict[str, Any]] = {"model": check_model(cfg["model"], families)}
     for section in ("data", "train"):
         fields = section_fields(section)

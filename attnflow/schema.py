@@ -168,7 +168,8 @@ class Field:
         return parse
 
 
-_KEY_OPTIONS = frozenset(f.name for f in dataclasses.fields(Field)) - {"section", "key", "kind", "help", "item", "default"}
+_KEY_OPTIONS = frozenset(f.name for f in dataclasses.fields(Field)) - {
+    "section", "key", "kind", "help", "item", "default"}
 
 
 class Key:
@@ -183,7 +184,8 @@ class Key:
     def __init__(self, help: str, **options: Any) -> None:
         unknown = set(options) - _KEY_OPTIONS
         if unknown:
-            raise TypeError(f"unknown Key options {sorted(unknown)}; valid: {', '.join(sorted(_KEY_OPTIONS))}")
+            raise TypeError(f"unknown Key options {sorted(unknown)}; "
+                            f"valid: {', '.join(sorted(_KEY_OPTIONS))}")
         self.help = help
         self.options = options
 
@@ -196,9 +198,11 @@ def _kind(annotation: Any) -> tuple[type, type | None]:
     if annotation in (int, float, bool, str):
         return annotation, None
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (list, tuple, Sequence) and len(args) == 1 and args[0] in (int, float):
+    sequence = typing.get_origin(annotation) in (list, tuple, Sequence)
+    if sequence and len(args) == 1 and args[0] in (int, float):
         return list, args[0]
-    raise TypeError(f"unsupported configuration type {annotation!r}: use int, float, bool, str or Sequence[int | float]")
+    raise TypeError(f"unsupported configuration type {annotation!r}: "
+                    "use int, float, bool, str or Sequence[int | float]")
 
 
 def signature_fields(fn: Callable[..., Any], section: str = "model") -> dict[str, Field]:

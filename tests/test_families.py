@@ -40,8 +40,8 @@ def test_every_builder_parameter_has_one_field_and_its_default_passes():
 
 def test_choices_are_the_code_registries():
     """A key with choices takes them from the registry of the code that uses them, not a copy."""
-    registries = {"attention": INVERTIBLE_ATTENTION_KINDS, "isdp_init": ISDP_INITS, "preprocess": PREPROCESS_KINDS,
-                  "mask": COUPLING_MASKS}
+    registries = {"attention": INVERTIBLE_ATTENTION_KINDS, "isdp_init": ISDP_INITS,
+                  "preprocess": PREPROCESS_KINDS, "mask": COUPLING_MASKS}
     residual = {"attention": tuple(ATTENTION_KINDS), "branch": tuple(BRANCH_KINDS), "estimator": ESTIMATORS}
     for family in FAMILIES:
         for key, f in model_fields(family).items():
@@ -79,8 +79,8 @@ def test_a_builder_without_keys_or_a_bad_tiny_is_refused_at_registration():
 
 
 def test_unknown_keys_name_their_families():
-    with pytest.raises(ConfigError, match=r"unknown key model.levels \(used by family flowpp, fullglow, srflow\); "
-                                          r"valid keys of model family 'glow': alpha, attention"):
+    used_by = r"unknown key model.levels \(used by family flowpp, fullglow, srflow\); "
+    with pytest.raises(ConfigError, match=used_by + r"valid keys of model family 'glow': alpha, attention"):
         check_model({"family": "glow", "levels": 2})
 
 
@@ -118,7 +118,8 @@ def test_family_trains_a_step(family):
     optimizer.step()
     assert torch.isfinite(loss), family
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), family
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), f"{family}: no parameter moved"
+    moved = any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert moved, f"{family}: no parameter moved"
 
 
 @pytest.mark.parametrize("family", NAMES)

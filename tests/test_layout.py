@@ -76,8 +76,8 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = ".".join([*here[: len(here) - node.level + 1], *([node.module] if node.module else [])]) \
-                    if node.level else node.module or ""
+                parent = here[: len(here) - node.level + 1]
+                base = ".".join([*parent, *([node.module] if node.module else [])]) if node.level else node.module or ""
                 targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
             else:
                 continue

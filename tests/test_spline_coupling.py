@@ -92,7 +92,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="bins >= 1 and bound > 0"):
         SplineCoupling(4, bins=0)
     with pytest.raises(ValueError, match="K widths, K heights and K - 1 derivatives"):
-        rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 4), 1.0)
+        rational_quadratic_spline(torch.zeros(3), *(torch.zeros(3, 4) for _ in range(3)), 1.0)
     with pytest.raises(ValueError, match="coupling expects 4 channels, got 3"):
         SplineCoupling(4)(torch.zeros(1, 3, 2, 2))
     with pytest.raises(ValueError, match="this coupling is conditional"):

@@ -129,7 +129,8 @@ class SplineCoupling(Bijection):
         if mask not in self.MASKS:
             raise ValueError(f"unknown coupling mask {mask!r}; valid masks: {', '.join(self.MASKS)}")
         if mask.startswith("channel") and channels < 2:
-            raise ValueError(f"a channel mask needs at least 2 channels, got {channels}; use a checkerboard mask")
+            raise ValueError(f"a channel mask needs at least 2 channels, got {channels}; "
+                             "use a checkerboard mask")
         if bins < 1 or not bound > 0:
             raise ValueError(f"a spline needs bins >= 1 and bound > 0, got bins={bins}, bound={bound}")
         self.channels, self.mask, self.bins, self.bound = channels, mask, bins, float(bound)

@@ -53,7 +53,8 @@ class DenseFlowModel(Flow):
 def denseflow(
     shape: Shape = (1, 8, 8),
     units: Annotated[Sequence[int], Key("invertible units per scale", lo=1, hi=64, min_length=1)] = (2, 2),
-    modules: Annotated[Sequence[int], Key("Glow-like modules per unit, per scale", lo=1, hi=256, min_length=1)] = (2, 2),
+    modules: Annotated[Sequence[int], Key("Glow-like modules per unit, per scale", lo=1, hi=256,
+                                          min_length=1)] = (2, 2),
     growth: Annotated[int, Key("noise channels per cross-unit coupling", lo=0, hi=4096)] = 4,
     hidden: Hidden = 16,
     depth: Annotated[int, Key("dense-block depth of the coupling networks", lo=1, hi=64)] = 2,

@@ -15,8 +15,8 @@ from ..flows.preprocess import build_preprocess
 from ..flows.variational_dequantization import VariationalDequantizer
 from ..schema import Key
 from .keys import (
-    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Patches, Positions, Preprocess,
-    Scales, Shape, Steps,
+    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Patches, Positions,
+    Preprocess, Scales, Shape, Steps,
 )
 from .registry import register_family
 
@@ -76,7 +76,8 @@ def flowpp(
     patches: Patches = 4,
     isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
     dequantization: Annotated[str, Key("dequantization", choices=DEQUANTIZATIONS)] = "uniform",
-    levels: Annotated[int, Key("grey levels of the data, for the variational dequantizer", lo=2, hi=256)] = 256,
+    levels: Annotated[int, Key("grey levels of the data, for the variational dequantizer", lo=2,
+                               hi=256)] = 256,
     deq_steps: Annotated[int, Key("couplings of the variational dequantizer", lo=1, hi=64)] = 2,
     deq_hidden: Annotated[int, Key("width of the variational dequantizer", lo=1, hi=4096)] = 16,
 ) -> Flow:

@@ -7,8 +7,8 @@ from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from .keys import (
-    COUPLING_MASKS, Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Mask, Patches, Positions, Preprocess, Scales,
-    Shape, Steps,
+    COUPLING_MASKS, Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Mask, Patches, Positions, Preprocess,
+    Scales, Shape, Steps,
 )
 from .registry import register_family
 

@@ -15,8 +15,8 @@ from ..flows.preprocess import PREPROCESS_KINDS
 from ..schema import Key
 
 __all__ = [
-    "COUPLING_MASKS", "Shape", "Preprocess", "Alpha", "Hidden", "Heads", "Scales", "LearnedPrior", "Steps", "Mask",
-    "Attention", "Positions", "Patches", "IsdpInit", "GatedBlocks", "Components", "CouplingHeads",
+    "COUPLING_MASKS", "Shape", "Preprocess", "Alpha", "Hidden", "Heads", "Scales", "LearnedPrior", "Steps",
+    "Mask", "Attention", "Positions", "Patches", "IsdpInit", "GatedBlocks", "Components", "CouplingHeads",
 ]
 
 #: masks of the affine and mixture couplings (each alternates with its ``-inv`` complement)
@@ -40,8 +40,8 @@ Positions = Annotated[Sequence[int], Key(
     lo=1, hi=4, unique=True)]
 Patches = Annotated[int, Key("iSDP patch grid (a perfect square)", lo=1, hi=4096)]
 IsdpInit = Annotated[str, Key(
-    "iSDP initialisation: paper = A + cI (AttnFlow's d = 10, c = 1.01); gated = tanh(gamma) A + cI with gamma = 0, "
-    "near the identity at the start (not in the paper)", choices=ISDP_INITS)]
+    "iSDP initialisation: paper = A + cI (AttnFlow's d = 10, c = 1.01); gated = tanh(gamma) A + cI with "
+    "gamma = 0, near the identity at the start (not in the paper)", choices=ISDP_INITS)]
 
 # -- Flow++'s gated-attention coupling networks (flowpp, marflow) ------------------------------
 GatedBlocks = Annotated[int, Key("gated attention blocks per coupling network", lo=1, hi=64)]

@@ -15,8 +15,8 @@ from ..flows.preprocess import build_preprocess
 from ..nets.flowpp_coupling_net import GatedAttentionNet
 from ..schema import Key
 from .keys import (
-    COUPLING_MASKS, Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Mask, Patches,
-    Positions, Preprocess, Scales, Shape, Steps,
+    COUPLING_MASKS, Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Mask,
+    Patches, Positions, Preprocess, Scales, Shape, Steps,
 )
 from .registry import register_family
 

@@ -57,7 +57,9 @@ def register_family(name: str, tiny: Mapping[str, Any]) -> Callable[[Builder], B
     return register
 
 
-def check_model(section: Mapping[str, Any], families: Mapping[str, Callable[..., Flow]] | None = None) -> dict[str, Any]:
+def check_model(
+    section: Mapping[str, Any], families: Mapping[str, Callable[..., Flow]] | None = None
+) -> dict[str, Any]:
     """A checked copy of a ``[model]`` section (``family`` plus builder keywords) against the
     fields of its family among ``families`` (default: the registered ones): an unknown family or
     key lists the valid ones, a bad value names its valid range."""

@@ -38,8 +38,8 @@ CONDITIONAL_POSITIONS = (0, 1, 2, 3, 4, 5)  # 0: once per level, after its steps
 # keys of the conditional families (srflow, fullglow)
 Levels = Annotated[int, Key("flow levels (a squeeze each)", lo=1, hi=10)]
 ConditionalPositions = Annotated[Sequence[int], Key(
-    "attention places: 0 once after each level's steps (cAttnFlow), in every step 1 before ActNorm, 2 after it, "
-    "3 after the 1x1 conv, 4 after the injector, 5 after the coupling",
+    "attention places: 0 once after each level's steps (cAttnFlow), in every step 1 before ActNorm, "
+    "2 after it, 3 after the 1x1 conv, 4 after the injector, 5 after the coupling",
     lo=min(CONDITIONAL_POSITIONS), hi=max(CONDITIONAL_POSITIONS), unique=True)]
 
 
@@ -93,14 +93,16 @@ def conditional_level(
     return layers if per_step else [PickCondition(Chain(layers), condition)]
 
 
-@register_family("srflow", tiny={"steps": 1, "hidden": 8, "transition_steps": 1, "encoder_features": 8, "encoder_blocks": 1, "encoder_growth": 4})
+@register_family("srflow", tiny={"steps": 1, "hidden": 8, "transition_steps": 1, "encoder_features": 8,
+                                 "encoder_blocks": 1, "encoder_growth": 4})
 def srflow(
     shape: Shape = (1, 8, 8),
     scale: Annotated[int, Key("super-resolution factor: the input is H/scale x W/scale", lo=2, hi=64)] = 2,
     levels: Levels = 2,
     steps: Steps = 4,
     hidden: Hidden = 64,
-    transition_steps: Annotated[int, Key("ActNorm + 1x1 conv steps opening each level (SRFlow)", lo=0, hi=16)] = 2,
+    transition_steps: Annotated[int, Key("ActNorm + 1x1 conv steps opening each level (SRFlow)", lo=0,
+                                         hi=16)] = 2,
     encoder_features: Annotated[int, Key("width of the RRDB low-resolution encoder", lo=1, hi=4096)] = 64,
     encoder_blocks: Annotated[int, Key("RRDB blocks of the encoder", lo=0, hi=64)] = 8,
     encoder_growth: Annotated[int, Key("dense growth of the encoder's RRDB blocks", lo=1, hi=4096)] = 32,

@@ -33,7 +33,8 @@ def load_preset(name: str) -> dict[str, dict[str, Any]]:
     cfg = tomllib.loads(path.read_text())
     unknown = set(cfg) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"preset {name!r} has unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+        raise ConfigError(f"preset {name!r} has unknown sections {sorted(unknown)}; "
+                          f"valid: {', '.join(SECTIONS)}")
     if "family" not in cfg.get("model", {}):
         raise ConfigError(f"preset {name!r} lacks model.family")
     return cfg
