@@ -89,10 +89,10 @@ class CommandFailed(RuntimeError):
 
 
 def _cmd_presets(args: argparse.Namespace) -> None:
-    from .config import _preset_dir, preset_names
+    from .presets import preset_dir, preset_names
 
     for name in preset_names():
-        lines = (_preset_dir() / f"{name}.toml").read_text().splitlines()
+        lines = (preset_dir() / f"{name}.toml").read_text().splitlines()
         header = []  # the leading comment block is the preset's description
         for line in lines:
             if not line.startswith("#"):

@@ -1,9 +1,11 @@
 """Run configurations: named TOML presets with ``[model]``, ``[data]`` and ``[train]`` sections,
 ``section.key=value`` overrides, and a run's saved ``config.json``.
 
-Every value is checked against the one schema of :mod:`attnflow.schema` (type, range, allowed
-values, which model families use a key) wherever a configuration comes from: a preset, an
-override or a resumed run.
+Every value is checked against its :class:`~attnflow.schema.Field` wherever a configuration
+comes from: a preset, an override or a resumed run. The ``[model]`` fields are those of the
+family's builder signature (:mod:`attnflow.models.registry`), the ``[data]`` and ``[train]``
+fields those of :mod:`attnflow.fields`. The configuration is one-way: this module imports the
+schema, the presets and the model registry; none of them imports it.
 """
 from __future__ import annotations
 
@@ -11,38 +13,47 @@ import copy
 import json
 import os
 import tomllib
-from collections.abc import Callable, Iterable
-from importlib import resources
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .schema import SECTIONS, ConfigError, section_defaults, validate_config
+from .fields import section_defaults, section_fields
+from .models.registry import FAMILIES, check_model, model_fields
+from .presets import load_preset, preset_names
+from .schema import SECTIONS, ConfigError, Field, unknown_key
 
-__all__ = ["preset_names", "load_preset", "check_config", "resolve_config", "apply_overrides", "parse_override",
-           "read_config"]
+__all__ = [
+    "preset_names", "load_preset", "check_config", "resolve_config", "apply_overrides", "parse_override",
+    "read_config", "validate_config", "field",
+]
 
-
-def _preset_dir() -> Any:
-    return resources.files("attnflow") / "presets"
-
-
-def preset_names() -> list[str]:
-    """Names of the bundled presets, sorted."""
-    return sorted(p.name[: -len(".toml")] for p in _preset_dir().iterdir() if p.name.endswith(".toml"))
+Families = Mapping[str, Callable[..., Any]]
 
 
-def load_preset(name: str) -> dict[str, dict[str, Any]]:
-    """The raw TOML of preset ``name``; an unknown name is an error listing the presets."""
-    path = _preset_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())}")
-    cfg = tomllib.loads(path.read_text())
-    unknown = set(cfg) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"preset {name!r} has unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
-    if "family" not in cfg.get("model", {}):
-        raise ConfigError(f"preset {name!r} lacks model.family")
-    return cfg
+def field(section: str, key: str, family: str | None = None) -> Field | None:
+    """The field of ``section.key`` (for ``[model]``, the one of ``family``), or ``None``."""
+    if section == "model":
+        return model_fields(family).get(key) if family in FAMILIES else None
+    return section_fields(section).get(key) if section in SECTIONS else None
+
+
+def validate_config(cfg: Mapping[str, Any], families: Families | None = None) -> dict[str, dict[str, Any]]:
+    """Check every key and value of a configuration with ``model``, ``data`` and ``train``
+    sections; returns a copy with the values converted (ints as floats where a float is
+    expected). ``families`` are the valid model families (default: the registered ones)."""
+    if not (isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS) and all(isinstance(cfg[s], Mapping) for s in SECTIONS)):
+        got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
+        raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), "
+                          f"got {got}")
+    out: dict[str, dict[str, Any]] = {"model": check_model(cfg["model"], families)}
+    for section in ("data", "train"):
+        fields = section_fields(section)
+        out[section] = {}
+        for key, value in cfg[section].items():
+            if key not in fields:
+                raise unknown_key(section, key, fields)
+            out[section][key] = fields[key].check(value)
+    return out
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -59,23 +70,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-
-
-def _families(families: dict[str, Callable[..., Any]] | None) -> dict[str, Callable[..., Any]]:
-    if families is None:
-        from .models import FAMILIES  # late import avoids a cycle
-
-        return FAMILIES
-    return families
-
-
 #: Model keys of earlier versions that no longer configure anything: the power iteration whose
 #: estimate the spectral-norm layers divided by (they now divide by a certified bound). A saved run
 #: that has them loads without them; a preset or an override that sets them is refused as unknown.
 RETIRED_MODEL_KEYS = ("power_tol", "power_max_iter")
 
 
-def check_config(cfg: Any, families: dict[str, Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
+def check_config(cfg: Any, families: Families | None = None) -> dict[str, dict[str, Any]]:
     """A complete, validated copy of a configuration: ``[data]`` and ``[train]`` keys it lacks
     (for instance keys added to the schema since a run was written) take their defaults, and every
     value is checked against the schema."""
@@ -84,11 +85,11 @@ def check_config(cfg: Any, families: dict[str, Callable[..., Any]] | None = None
         for section in ("data", "train"):
             if isinstance(cfg.get(section), dict):
                 cfg[section] = {**section_defaults(section), **cfg[section]}
-    return validate_config(cfg, _families(families))
+    return validate_config(cfg, families)
 
 
 def resolve_config(
-    preset: str, overrides: Iterable[str] = (), families: dict[str, Callable[..., Any]] | None = None
+    preset: str, overrides: Iterable[str] = (), families: Families | None = None
 ) -> dict[str, dict[str, Any]]:
     """The full configuration of ``preset`` with ``[data]``/``[train]`` defaults filled in and
     ``overrides`` applied; the preset and the result are validated against the schema (an
@@ -103,7 +104,7 @@ def resolve_config(
 
 
 def apply_overrides(
-    cfg: dict[str, dict[str, Any]], overrides: Iterable[str], families: dict[str, Callable[..., Any]] | None = None
+    cfg: dict[str, dict[str, Any]], overrides: Iterable[str], families: Families | None = None
 ) -> dict[str, dict[str, Any]]:
     """A validated copy of ``cfg`` with ``section.key=value`` ``overrides`` applied in order."""
     cfg = copy.deepcopy(cfg)
@@ -115,7 +116,7 @@ def apply_overrides(
     return check_config(cfg, families)
 
 
-def read_config(path: str | os.PathLike, families: dict[str, Callable[..., Any]] | None = None) -> dict[str, dict[str, Any]]:
+def read_config(path: str | os.PathLike, families: Families | None = None) -> dict[str, dict[str, Any]]:
     """A run's saved ``config.json``, completed and validated by :func:`check_config`; a missing,
     unreadable or invalid file is a :class:`~attnflow.schema.ConfigError` naming the file."""
     path = Path(path)

@@ -22,7 +22,10 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "standard_normal_log_prob"]
+__all__ = [
+    "Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "log_prob_to_bits_per_dim",
+    "standard_normal_log_prob",
+]
 
 
 class Bijection(nn.Module):
@@ -75,6 +78,14 @@ class Chain(Bijection):
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """``log N(z; 0, I)`` summed over all but the batch dimension, shape ``[B]``."""
     return -0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+def log_prob_to_bits_per_dim(log_prob: Tensor, dim: int, levels: int) -> Tensor:
+    """Convert ``log p(x)`` (nats, per image, on [0, 1]^dim) to bits/dim for ``levels`` levels:
+    ``bpd = (-log p(x) + D log L) / (D log 2)`` (see :mod:`attnflow.evaluate.likelihood`)."""
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    return (-log_prob + dim * math.log(levels)) / (dim * math.log(2.0))
 
 
 def _check_dtype(x: Tensor, dtype: torch.dtype | None, what: str) -> None:

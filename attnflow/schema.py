@@ -1,47 +1,30 @@
-"""The one schema of every configuration value: its type, valid range or allowed values, its
-default (``[data]`` and ``[train]``; model defaults are the family builder's keyword defaults)
-and, for ``[model]`` keys, the families that use it.
+"""The one description of a configuration value: its type, valid range or allowed values and
+what it means (:class:`Field`), and the ``Annotated`` metadata (:class:`Key`) from which a model
+family's builder signature gives its ``[model]`` fields (:func:`signature_fields`).
 
-It validates presets, ``--set`` overrides and the ``config.json`` of a resumed or loaded run
-alike (:func:`validate_config`), and the CLI's numeric options (:meth:`Field.argparse_type`),
+A :class:`Field` checks presets, ``--set`` overrides and the ``config.json`` of a resumed or
+loaded run alike (:meth:`Field.check`), and the CLI's numeric options (:meth:`Field.argparse_type`),
 so every bad value gets the same kind of one-line message naming the key and its valid range::
 
     train.checkpoint_every must be an integer >= 1 (steps between checkpoints), got 0
 
-Extending it (new keys, new model families): call :func:`register` with new :class:`Field` s at
-import time of the module that uses them, e.g. for a conditional family ``"srflow"``::
-
-    from attnflow.schema import Field, register, add_family
-    register(Field("model", "scale_factor", int, "upscaling factor", lo=2, hi=16, families=("srflow",)),
-             Field("data", "lr_root", str, "folder of the low-resolution images", default=""))
-    add_family("srflow", "shape", "hidden", "steps")   # shared keys keep one meaning
-
-and add the builder to :data:`attnflow.models.FAMILIES`. A key that means something else in
-another family gets its own :class:`Field` with disjoint ``families`` (see ``growth``).
-``tests/test_schema.py`` checks that every builder parameter has exactly one field for its family
-and that every builder default passes its field.
+This module is the floor of the configuration: it imports nothing from attnflow. The ``[data]``
+and ``[train]`` fields are declared in :mod:`attnflow.fields`, each model family's in its
+builder's signature (:mod:`attnflow.models.registry`); :mod:`attnflow.config` puts them together.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-__all__ = [
-    "ConfigError",
-    "Field",
-    "SECTIONS",
-    "register",
-    "add_family",
-    "field",
-    "section_fields",
-    "section_defaults",
-    "model_fields",
-    "validate_config",
-]
+__all__ = ["ConfigError", "Field", "Key", "SECTIONS", "signature_fields", "unknown_key"]
 
 SECTIONS = ("model", "data", "train")
 
@@ -63,8 +46,8 @@ class Field:
     entries) lie in ``[lo, hi]``, with ``lo_open`` / ``hi_open`` making an end exclusive; strings
     are one of ``choices`` when given (a callable is called at check time, for registries), or
     match the regular expression ``pattern`` in full (``pattern_text`` says what it accepts).
-    ``families`` lists the model families that use a ``[model]`` key; ``default`` is the value of
-    a ``[data]`` / ``[train]`` key that a preset leaves out.
+    ``default`` is the value of a ``[data]`` / ``[train]`` key that a preset leaves out (a
+    ``[model]`` key's default is its builder's keyword default).
     """
 
     section: str
@@ -83,7 +66,6 @@ class Field:
     min_length: int = 0
     unique: bool = False
     odd: bool = False
-    families: tuple[str, ...] = ()
     default: Any = None
 
     @property
@@ -186,95 +168,72 @@ class Field:
         return parse
 
 
-_FIELDS: dict[str, dict[str, list[Field]]] = {s: {} for s in SECTIONS}
+_KEY_OPTIONS = frozenset(f.name for f in dataclasses.fields(Field)) - {
+    "section", "key", "kind", "help", "item", "default"}
 
 
-def register(*fields: Field) -> None:
-    """Add fields to the schema. A ``[model]`` key may have several fields as long as their
-    ``families`` are disjoint; a ``[data]`` / ``[train]`` key has one field with a default."""
-    for f in fields:
-        if f.section not in _FIELDS:
-            raise ValueError(f"unknown section {f.section!r}; valid: {', '.join(SECTIONS)}")
-        existing = _FIELDS[f.section].setdefault(f.key, [])
-        if f.section == "model":
-            if not f.families:
-                raise ValueError(f"model field {f.key!r} must list the families that use it")
-            clash = [g for g in existing if set(g.families) & set(f.families)]
-            if clash:
-                raise ValueError(f"model.{f.key} is already registered for {sorted(set(clash[0].families) & set(f.families))}")
-            existing.append(f)
-        else:
-            if existing:
-                raise ValueError(f"{f.name} is already registered")
-            f.check(f.default)
-            existing.append(f)
+class Key:
+    """``Annotated`` metadata of a builder keyword: its help text and the :class:`Field` options
+    that bound it (``lo``, ``hi``, ``lo_open``, ``hi_open``, ``choices``, ``length``,
+    ``min_length``, ``unique``, ``odd``, ``pattern``); the name, the kind and, for a list, the
+    item type come from the parameter itself, the default from its keyword default::
+
+        def glow(hidden: Annotated[int, Key("width of the coupling networks", lo=1, hi=4096)] = 64): ...
+    """
+
+    def __init__(self, help: str, **options: Any) -> None:
+        unknown = set(options) - _KEY_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown Key options {sorted(unknown)}; "
+                            f"valid: {', '.join(sorted(_KEY_OPTIONS))}")
+        self.help = help
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"Key({self.help!r}, {self.options!r})"
 
 
-def add_family(family: str, *keys: str) -> None:
-    """Let model family ``family`` use the existing (single-field) ``[model]`` keys ``keys``."""
-    for key in keys:
-        fields = _FIELDS["model"].get(key)
-        if not fields or len(fields) != 1:
-            raise ValueError(f"model.{key} has {len(fields or [])} fields; register a field for {family!r} instead")
-        fields[0] = replace(fields[0], families=(*fields[0].families, family))
+def _kind(annotation: Any) -> tuple[type, type | None]:
+    """``(kind, item)`` of a parameter type: a scalar, or a sequence of ints or floats."""
+    if annotation in (int, float, bool, str):
+        return annotation, None
+    args = typing.get_args(annotation)
+    sequence = typing.get_origin(annotation) in (list, tuple, Sequence)
+    if sequence and len(args) == 1 and args[0] in (int, float):
+        return list, args[0]
+    raise TypeError(f"unsupported configuration type {annotation!r}: "
+                    "use int, float, bool, str or Sequence[int | float]")
 
 
-def field(section: str, key: str, family: str | None = None) -> Field | None:
-    """The field of ``section.key`` (for ``[model]``, the one used by ``family``), or ``None``."""
-    for f in _FIELDS.get(section, {}).get(key, []):
-        if section != "model" or family in f.families:
-            return f
-    return None
-
-
-def section_fields(section: str) -> dict[str, Field]:
-    """The fields of the ``[data]`` or ``[train]`` section by key."""
-    return {k: fs[0] for k, fs in _FIELDS[section].items()}
-
-
-def section_defaults(section: str) -> dict[str, Any]:
-    """Defaults of the ``[data]`` or ``[train]`` section."""
-    return {k: f.default for k, f in section_fields(section).items()}
-
-
-def model_fields(family: str) -> dict[str, Field]:
-    """The ``[model]`` fields that ``family`` uses, by key."""
-    return {k: f for k in _FIELDS["model"] if (f := field("model", k, family)) is not None}
-
-
-def _unknown_key(section: str, key: str, valid: Mapping[str, Any], family: str | None) -> ConfigError:
-    users = sorted({fam for f in _FIELDS["model"].get(key, []) for fam in f.families}) if section == "model" else []
-    where = f"{section} keys" if family is None else f"keys of model family {family!r}"
-    used_by = f" (used by family {', '.join(users)})" if users else ""
-    return ConfigError(f"unknown key {section}.{key}{used_by}; valid {where}: {', '.join(sorted(valid))}")
-
-
-def validate_config(cfg: Mapping[str, Any], families: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Check every key and value of a configuration with ``model``, ``data`` and ``train``
-    sections against the schema; returns a copy with the values converted (ints as floats where
-    a float is expected). ``families`` are the valid ``model.family`` names (the builders)."""
-    if not isinstance(cfg, Mapping) or set(cfg) != set(SECTIONS) or not all(isinstance(cfg[s], Mapping) for s in SECTIONS):
-        got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
-        raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), got {got}")
-    family = cfg["model"].get("family")
-    if family not in families:
-        raise ConfigError(f"model.family must be one of: {', '.join(sorted(families))}, got {family!r}")
-    out: dict[str, dict[str, Any]] = {"model": {"family": family}}
-    valid = model_fields(family)
-    for key, value in cfg["model"].items():
-        if key == "family":
-            continue
-        if key not in valid:
-            raise _unknown_key("model", key, valid, family)
-        out["model"][key] = valid[key].check(value)
-    for section in ("data", "train"):
-        fields = section_fields(section)
-        out[section] = {}
-        for key, value in cfg[section].items():
-            if key not in fields:
-                raise _unknown_key(section, key, fields, None)
-            out[section][key] = fields[key].check(value)
+def signature_fields(fn: Callable[..., Any], section: str = "model") -> dict[str, Field]:
+    """The :class:`Field` of every parameter of ``fn``, from its ``Annotated[type, Key(...)]``
+    annotation; a parameter without one, without a default, or whose default its field refuses
+    is a ``TypeError`` naming it."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    where = f"{fn.__module__}.{fn.__qualname__}"
+    out: dict[str, Field] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        hint = hints.get(name)
+        keys = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Key)]
+        if typing.get_origin(hint) is not Annotated or len(keys) != 1:
+            raise TypeError(f"{where}: parameter {name!r} needs a type Annotated[..., Key(help, ...)]")
+        if param.default is inspect.Parameter.empty:
+            raise TypeError(f"{where}: parameter {name!r} needs a default")
+        kind, item = _kind(typing.get_args(hint)[0])
+        f = Field(section, name, kind, keys[0].help, item=item, **keys[0].options)
+        try:
+            f.check(list(param.default) if isinstance(param.default, tuple) else param.default)
+        except ConfigError as exc:
+            raise TypeError(f"{where}: the default of {name!r} is invalid: {exc}") from None
+        out[name] = f
     return out
 
 
-from . import fields as _fields  # noqa: E402,F401  - registers the built-in keys (imports this module)
+def unknown_key(section: str, key: str, valid: Iterable[str], family: str | None = None,
+                users: Iterable[str] = ()) -> ConfigError:
+    """The error of an unknown ``section.key``: the valid keys (of ``family`` for ``[model]``) and
+    the families ``users`` that do have the key."""
+    users = sorted(users)
+    where = f"{section} keys" if family is None else f"keys of model family {family!r}"
+    used_by = f" (used by family {', '.join(users)})" if users else ""
+    return ConfigError(f"unknown key {section}.{key}{used_by}; valid {where}: {', '.join(sorted(valid))}")

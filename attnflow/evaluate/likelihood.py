@@ -17,17 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import Flow
+from ..core import Flow, log_prob_to_bits_per_dim
 from ..device import module_device, module_dtype
 
 __all__ = ["log_prob_to_bits_per_dim", "bits_per_dim", "evaluate_bits_per_dim", "check_levels"]
-
-
-def log_prob_to_bits_per_dim(log_prob: Tensor, dim: int, levels: int) -> Tensor:
-    """Convert ``log p(x)`` (nats, per image, on [0, 1]^dim) to bits/dim for ``levels`` levels."""
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
-    return (-log_prob + dim * math.log(levels)) / (dim * math.log(2.0))
 
 
 def check_levels(flow: Flow, levels: int) -> None:

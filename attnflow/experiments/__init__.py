@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Defaults] = {
     # ACF Table 2 (Residual Flow + L2: 1, 4, 16 heads); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7 heads)
     "heads": Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
                       fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"),
-                      heads=(("residual", (1, 4, 16)), ("glow", (1, 3, 5, 7)))),
+                      heads=heads.DEFAULT_HEADS),
     # AttnFlow Fig. 13: the no-attention baseline, then iMap and iSDP at pos-1..4
     "positions": Defaults(45, test_images=0, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
                           fashion=("glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp")),

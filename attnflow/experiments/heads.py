@@ -2,7 +2,7 @@
 attention with 1, 4 and 16 heads; AttnFlow Fig. 14: iSDP with 1, 3, 5 and 7 heads).
 
 Each base specification is trained with ``model.heads`` set to every count of its family's list
-(``DEFAULTS["heads"].heads``, or ``--heads`` for all). Counts that do not divide the width are
+(:data:`DEFAULT_HEADS`, or ``--heads`` for all). Counts that do not divide the width are
 trained with uneven (iSDP) or padded (Lipschitz attention) head groups; a count the model refuses
 (more heads than the width it splits) is recorded as a refused row with the model's message, not
 an error. iMap has no heads (its attention is a per-element map), so the Glow row uses iSDP as the
@@ -20,11 +20,13 @@ DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the 
                "(Residual Flow + L2 attention; Glow + iSDP); refused head counts are recorded")
 
 
+#: head counts per family: ACF Table 2 (Residual Flow + L2: 1, 4, 16); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7)
+DEFAULT_HEADS: tuple[tuple[str, tuple[int, ...]], ...] = (("residual", (1, 4, 16)), ("glow", (1, 3, 5, 7)))
+
+
 def head_counts(settings: Settings, base: RunSpec) -> tuple[int, ...]:
     """``--heads`` when given, else the default counts of the base's family (1, 2, 4 otherwise)."""
-    from . import DEFAULTS
-
-    return settings.heads or dict(DEFAULTS[NAME].heads).get(base.family(), (1, 2, 4))
+    return settings.heads or dict(DEFAULT_HEADS).get(base.family(), (1, 2, 4))
 
 
 def plan(settings: Settings) -> list[tuple[RunSpec, int, RunSpec]]:

@@ -173,7 +173,7 @@ def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: fl
     """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
     run's family uses, then the experiment's own keys (``train.steps``, ``data.test_images`` and, with
     ``jobs > 1``, ``train.threads`` only where neither sets them)."""
-    from ..schema import model_fields
+    from ..models.registry import model_fields
     from .parallel import child_threads
 
     valid = model_fields(spec.family())
@@ -197,7 +197,7 @@ def run_config(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float
 def check_overrides(settings: Settings, specs: Iterable[RunSpec]) -> None:
     """Refuse ``--set`` keys the experiment sets itself, and model keys no run's family uses."""
     from ..config import parse_override
-    from ..schema import model_fields
+    from ..models.registry import model_fields
 
     families = {s.family() for s in specs}  # an unknown preset fails here
     for text in settings.overrides:

@@ -18,6 +18,8 @@ glow.py                        ActNorm, InvertibleConv1x1 (LU),              Glo
 invertible_attention.py        IMap, ISDP, build_invertible_attention        AttnFlow (Sukthanker et al. 2022)
 mixture_coupling.py            MixtureCoupling (a MaskedCoupling;            Flow++ (Ho et al. 2019)
                                mixture-of-logistics CDF), MixtureStep
+spline_coupling.py             SplineCoupling, rational_quadratic_spline     Neural Spline Flows (Durkan et
+                               (monotone, linear tails, closed-form inverse) al. 2019)
 variational_dequantization.py  VariationalDequantizer                        Flow++ (Ho et al. 2019)
 autoregressive_prior.py        ChannelAutoregressive,                        mARFlow (Bhattacharyya et al.
                                AutoregressiveFactorOut                       2020)
@@ -53,6 +55,7 @@ from .preprocess import Logit, Shift, build_preprocess
 from .residual_block import InverseDidNotConverge, ResidualBlock
 from .residual_logdet import LogDetConfig, estimate_logdet
 from .source_flow import SourceFlowEncoder
+from .spline_coupling import SplineCoupling, rational_quadratic_spline
 from .variational_dequantization import VariationalDequantizer
 
 __all__ = [
@@ -82,6 +85,7 @@ __all__ = [
     "ResidualBlock",
     "Shift",
     "SourceFlowEncoder",
+    "SplineCoupling",
     "Squeeze",
     "VariationalDequantizer",
     "alternating_masks",
@@ -91,4 +95,5 @@ __all__ = [
     "estimate_logdet",
     "invertible_unit",
     "multiscale_transform",
+    "rational_quadratic_spline",
 ]

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..core import Bijection
 
-__all__ = ["Shift", "Logit", "build_preprocess"]
+__all__ = ["Shift", "Logit", "PREPROCESS_KINDS", "build_preprocess"]
 
 
 class Shift(Bijection):
@@ -45,10 +45,14 @@ class Logit(Bijection):
         return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
 
 
+#: the pre-processing bijections :func:`build_preprocess` builds
+PREPROCESS_KINDS = ("logit", "shift")
+
+
 def build_preprocess(kind: str, alpha: float = 0.05) -> Bijection:
     """``"shift"`` or ``"logit"`` (with ``alpha``)."""
     if kind == "shift":
         return Shift()
     if kind == "logit":
         return Logit(alpha)
-    raise ValueError(f"unknown preprocess {kind!r}; valid: 'shift', 'logit'")
+    raise ValueError(f"unknown preprocess {kind!r}; valid: {', '.join(PREPROCESS_KINDS)}")

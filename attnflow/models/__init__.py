@@ -1,40 +1,37 @@
-"""Assembled architectures and the preset registry.
+"""Assembled architectures, one model family a file, and the family registry.
 
 ``build(name, **overrides)`` builds the model of a named preset (see ``presets()``), with any
-``[model]`` keyword of its family overridden.
+``[model]`` keyword of its family overridden; ``build_from_config`` builds a resolved ``[model]``
+section. Every module of this package is imported with it, so a family registers itself with
+:func:`~attnflow.models.registry.register_family` in its own file (see :mod:`.registry`).
+
+``registry.py`` holds the registry (:func:`~attnflow.models.registry.register_family`,
+``FAMILIES``, ``TINY``), ``keys.py`` the ``[model]`` keys that families share; every other
+module is a family (its builder, whose docstring names the paper) or a piece of one
+(``hybrid.py``: the classifier head of the residual family). ``FAMILIES`` lists them; this file
+lists none, so that a new family touches nothing here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 from typing import Any
 
 from ..core import Flow
-from .denseflow import denseflow
-from .flowpp import flowpp
-from .fullglow import fullglow
-from .glow import glow
-from .marflow import marflow
-from .residual_flow import residual_flow
-from .srflow import srflow
+from ..presets import load_preset, preset_names
+from .registry import FAMILIES, TINY, check_model, register_family
 
-__all__ = ["FAMILIES", "build", "build_from_config", "presets"]
+__all__ = ["FAMILIES", "TINY", "build", "build_from_config", "presets", "register_family"]
 
-# family name -> builder(**model keys) -> Flow
-FAMILIES: dict[str, Callable[..., Flow]] = {
-    "glow": glow,
-    "denseflow": denseflow,
-    "flowpp": flowpp,
-    "marflow": marflow,
-    "residual": residual_flow,
-    "srflow": srflow,
-    "fullglow": fullglow,
-}
+for _module in pkgutil.iter_modules(__path__):  # each family module registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
+# the builders by their names (``from attnflow.models import glow``), as the package has always offered
+globals().update({builder.__name__: builder for builder in FAMILIES.values()})
+__all__ += [builder.__name__ for builder in FAMILIES.values()]
 
 
 def presets() -> list[str]:
     """Names of the bundled presets."""
-    from ..config import preset_names
-
     return preset_names()
 
 
@@ -48,19 +45,6 @@ def build_from_config(model_cfg: dict[str, Any]) -> Flow:
 
 
 def build(name: str, **overrides: Any) -> Flow:
-    """The model of preset ``name`` with ``[model]`` keys overridden by ``overrides``."""
-    from ..config import resolve_config
-
-    cfg = resolve_config(name, [f"model.{k}={_toml(v)}" for k, v in overrides.items()])
-    return build_from_config(cfg["model"])
-
-
-def _toml(value: Any) -> str:
-    """A Python value as a TOML literal for an override."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)
+    """The model of preset ``name`` with ``[model]`` keys overridden by ``overrides`` (Python
+    values, checked against the family's fields)."""
+    return build_from_config(check_model({**load_preset(name).get("model", {}), **overrides}))

@@ -26,6 +26,7 @@ standard normal; no BatchNorm in the coupling network (see :mod:`attnflow.nets.d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 from ..core import Bijection, Chain, Flow
 from ..flows.denseflow_unit import invertible_unit
@@ -33,6 +34,9 @@ from ..flows.multiscale import FactorOut, Flatten, Squeeze
 from ..flows.noise_augmentation import CrossUnitStage
 from ..flows.preprocess import build_preprocess
 from ..nets.denseflow_coupling_net import dense_net_factory
+from ..schema import Key
+from .keys import Alpha, Hidden, LearnedPrior, Preprocess, Shape
+from .registry import register_family
 
 __all__ = ["DenseFlowModel", "denseflow"]
 
@@ -45,21 +49,24 @@ class DenseFlowModel(Flow):
     log_prob_is_bound = True
 
 
+@register_family("denseflow", tiny={"units": (1, 1), "modules": (1, 1)})
 def denseflow(
-    shape: Sequence[int] = (1, 8, 8),
-    units: Sequence[int] = (2, 2),
-    modules: Sequence[int] = (2, 2),
-    growth: int = 4,
-    hidden: int = 16,
-    depth: int = 2,
-    dense_growth: int = 8,
-    heads: int = 1,
-    landmarks: int = 4,
-    noise_depth: int = 1,
-    noise_growth: int = 8,
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    learned_prior: bool = True,
+    shape: Shape = (1, 8, 8),
+    units: Annotated[Sequence[int], Key("invertible units per scale", lo=1, hi=64, min_length=1)] = (2, 2),
+    modules: Annotated[Sequence[int], Key("Glow-like modules per unit, per scale", lo=1, hi=256,
+                                          min_length=1)] = (2, 2),
+    growth: Annotated[int, Key("noise channels per cross-unit coupling", lo=0, hi=4096)] = 4,
+    hidden: Hidden = 16,
+    depth: Annotated[int, Key("dense-block depth of the coupling networks", lo=1, hi=64)] = 2,
+    dense_growth: Annotated[int, Key("dense-block growth of the coupling networks", lo=1, hi=4096)] = 8,
+    heads: Annotated[int, Key("Nyström attention heads in the coupling networks; 0 = no attention", lo=0,
+                              hi=256)] = 1,
+    landmarks: Annotated[int, Key("Nyström attention landmarks", lo=1, hi=4096)] = 4,
+    noise_depth: Annotated[int, Key("dense-block depth of the noise network", lo=1, hi=64)] = 1,
+    noise_growth: Annotated[int, Key("dense-block growth of the noise network", lo=1, hi=4096)] = 8,
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    learned_prior: LearnedPrior = True,
 ) -> DenseFlowModel:
     """Build a DenseFlow for images of ``shape = (C, H, W)``.
 

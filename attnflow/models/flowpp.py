@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import Tensor
@@ -13,6 +14,12 @@ from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import Flatten, Squeeze
 from ..flows.preprocess import build_preprocess
 from ..flows.variational_dequantization import VariationalDequantizer
+from ..schema import Key
+from .keys import (
+    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Patches, Positions,
+    Preprocess, Scales, Shape, Steps,
+)
+from .registry import register_family
 
 __all__ = ["flowpp", "VariationallyDequantizedFlow"]
 
@@ -53,25 +60,27 @@ class VariationallyDequantizedFlow(Flow):
         return standard_normal_log_prob(z) + logdet - log_q
 
 
+@register_family("flowpp", tiny={"steps": 1, "hidden": 8, "components": 2})
 def flowpp(
-    shape: Sequence[int] = (1, 8, 8),
-    scales: int = 2,
-    steps: int = 4,
-    hidden: int = 32,
-    blocks: int = 1,
-    components: int = 4,
-    coupling_heads: int = 1,
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    attention: str = "none",
-    positions: Sequence[int] = (),
-    heads: int = 1,
-    patches: int = 4,
-    isdp_init: str = ISDP_DEFAULT_INIT,
-    dequantization: str = "uniform",
-    levels: int = 256,
-    deq_steps: int = 2,
-    deq_hidden: int = 16,
+    shape: Shape = (1, 8, 8),
+    scales: Scales = 2,
+    steps: Steps = 4,
+    hidden: Hidden = 32,
+    blocks: GatedBlocks = 1,
+    components: Components = 4,
+    coupling_heads: CouplingHeads = 1,
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    attention: Attention = "none",
+    positions: Positions = (),
+    heads: Heads = 1,
+    patches: Patches = 4,
+    isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
+    dequantization: Annotated[str, Key("dequantization", choices=DEQUANTIZATIONS)] = "uniform",
+    levels: Annotated[int, Key("grey levels of the data, for the variational dequantizer", lo=2,
+                               hi=256)] = 256,
+    deq_steps: Annotated[int, Key("couplings of the variational dequantizer", lo=1, hi=64)] = 2,
+    deq_hidden: Annotated[int, Key("width of the variational dequantizer", lo=1, hi=4096)] = 16,
 ) -> Flow:
     """Flow++: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, mixture coupling)] x scales
     -> flatten``, without factor-out (Flow++ keeps every dimension to the end).

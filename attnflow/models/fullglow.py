@@ -11,6 +11,7 @@ level's steps (position 0) or into every step (1-5), as in :func:`~attnflow.mode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 from ..core import Bijection, Chain, Flow
 from ..flows.conditional import ConditionedTransform
@@ -18,26 +19,31 @@ from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..flows.source_flow import SourceFlowEncoder
-from .srflow import conditional_level, level_sizes
+from ..schema import Key
+from .keys import Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Patches, Preprocess, Shape, Steps
+from .registry import register_family
+from .srflow import ConditionalPositions, Levels, conditional_level, level_sizes
 
 __all__ = ["fullglow"]
 
 
+@register_family("fullglow", tiny={"steps": 1, "hidden": 8, "source_hidden": 8})
 def fullglow(
-    shape: Sequence[int] = (1, 8, 8),
-    source_shape: Sequence[int] = (1, 8, 8),
-    levels: int = 2,
-    steps: int = 4,
-    hidden: int = 64,
-    source_hidden: int = 32,
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    learned_prior: bool = True,
-    attention: str = "none",
-    positions: Sequence[int] = (),
-    heads: int = 1,
-    patches: int = 4,
-    isdp_init: str = ISDP_DEFAULT_INIT,
+    shape: Shape = (1, 8, 8),
+    source_shape: Annotated[Sequence[int], Key("channels, height and width of the source images", length=3,
+                                                lo=1, hi=4096)] = (1, 8, 8),
+    levels: Levels = 2,
+    steps: Steps = 4,
+    hidden: Hidden = 64,
+    source_hidden: Annotated[int, Key("width of the source flow's coupling networks", lo=1, hi=4096)] = 32,
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    learned_prior: LearnedPrior = True,
+    attention: Attention = "none",
+    positions: ConditionalPositions = (),
+    heads: Heads = 1,
+    patches: Patches = 4,
+    isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """The translation model of ``x_b`` (``shape``) given ``x_a`` (``source_shape``, same height
     and width, any number of channels)."""

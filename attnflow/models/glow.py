@@ -1,32 +1,36 @@
 """Glow (Kingma & Dhariwal, 2018), optionally with AttnFlow's invertible attention in its steps."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..core import Chain, Flow
 from ..flows.glow import GlowStep
 from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
+from .keys import (
+    Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Mask, Patches, Positions, Preprocess,
+    Scales, Shape, Steps,
+)
+from .registry import register_family
 
 __all__ = ["glow"]
 
 
+@register_family("glow", tiny={"steps": 1, "hidden": 8})
 def glow(
-    shape: Sequence[int] = (1, 8, 8),
-    scales: int = 2,
-    steps: int = 4,
-    hidden: int = 64,
-    mask: str = "channel",
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    learned_prior: bool = True,
-    attention: str = "none",
-    positions: Sequence[int] = (),
-    heads: int = 1,
-    patches: int = 4,
-    isdp_init: str = ISDP_DEFAULT_INIT,
+    shape: Shape = (1, 8, 8),
+    scales: Scales = 2,
+    steps: Steps = 4,
+    hidden: Hidden = 64,
+    mask: Mask = "channel",
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    learned_prior: LearnedPrior = True,
+    attention: Attention = "none",
+    positions: Positions = (),
+    heads: Heads = 1,
+    patches: Patches = 4,
+    isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """A multi-scale Glow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, affine
     coupling) -> factor-out] x scales``. ``mask`` is the coupling mask; ``"checkerboard"``

@@ -42,8 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Bijection, Flow, standard_normal_log_prob
-from ..evaluate.likelihood import log_prob_to_bits_per_dim
+from ..core import Bijection, Flow, log_prob_to_bits_per_dim, standard_normal_log_prob
 from ..flows.glow import ActNorm
 
 __all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "training_outputs", "latent_pieces", "check_labels"]

@@ -3,7 +3,7 @@ Priors", CVPR 2020): AttnFlow's image backbone (AttnFlow Sec. 5, Tables 2-3), op
 iMap / iSDP invertible attention in its steps."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Annotated
 
 from ..core import Bijection, Chain, Flow
 from ..flows.autoregressive_prior import AutoregressiveFactorOut, ChannelAutoregressive
@@ -14,6 +14,12 @@ from ..flows.mixture_coupling import MixtureStep
 from ..flows.multiscale import FactorOut, multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..nets.flowpp_coupling_net import GatedAttentionNet
+from ..schema import Key
+from .keys import (
+    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Mask,
+    Patches, Positions, Preprocess, Scales, Shape, Steps,
+)
+from .registry import register_family
 
 __all__ = ["marflow"]
 
@@ -36,25 +42,26 @@ def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Ch
     return Chain(layers)
 
 
+@register_family("marflow", tiny={"steps": 1, "hidden": 8, "prior_hidden": 4})
 def marflow(
-    shape: Sequence[int] = (1, 8, 8),
-    scales: int = 2,
-    steps: int = 4,
-    hidden: int = 32,
-    blocks: int = 1,
-    components: int = 4,
-    coupling_heads: int = 1,
-    coupling: str = "mixture",
-    mask: str = "channel",
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    prior_group: int = 1,
-    prior_hidden: int = 16,
-    attention: str = "none",
-    positions: Sequence[int] = (),
-    heads: int = 1,
-    patches: int = 4,
-    isdp_init: str = ISDP_DEFAULT_INIT,
+    shape: Shape = (1, 8, 8),
+    scales: Scales = 2,
+    steps: Steps = 4,
+    hidden: Hidden = 32,
+    blocks: GatedBlocks = 1,
+    components: Components = 4,
+    coupling_heads: CouplingHeads = 1,
+    coupling: Annotated[str, Key("coupling layer", choices=COUPLINGS)] = "mixture",
+    mask: Mask = "channel",
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    prior_group: Annotated[int, Key("channels per autoregressive prior group", lo=1, hi=4096)] = 1,
+    prior_hidden: Annotated[int, Key("ConvLSTM state channels of the priors", lo=1, hi=4096)] = 16,
+    attention: Attention = "none",
+    positions: Positions = (),
+    heads: Heads = 1,
+    patches: Patches = 4,
+    isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """mARFlow: ``preprocess -> [squeeze -> steps x (ActNorm, 1x1 conv, coupling) ->
     autoregressive factor-out] x scales``, the last scale ending in an unconditional channel

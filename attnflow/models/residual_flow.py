@@ -5,6 +5,7 @@ Contractive Flow with Lipschitz Constrained Self-Attention"; Behrmann et al. 201
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 from torch import nn
 
@@ -13,10 +14,13 @@ from ..flows.glow import ActNorm
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..flows.residual_block import ResidualBlock
-from ..flows.residual_logdet import LogDetConfig
+from ..flows.residual_logdet import ESTIMATORS, LogDetConfig
 from ..nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
 from ..nets.residual_branches import BRANCH_KINDS, build_branch
+from ..schema import Key
 from .hybrid import HybridFlow, latent_pieces
+from .keys import Alpha, Heads, Hidden, LearnedPrior, Preprocess, Scales, Shape
+from .registry import register_family
 
 __all__ = ["residual_flow", "ATTENTION_KINDS", "lipschitz_attention"]
 
@@ -36,36 +40,46 @@ def lipschitz_attention(kind: str, heads: int) -> Callable[[int], nn.Module] | N
     return None if cls is None else (lambda channels: cls(channels, heads))
 
 
+@register_family("residual", tiny={"blocks": 1, "hidden": 8, "estimator": "exact"})
 def residual_flow(
-    shape: Sequence[int] = (1, 8, 8),
-    scales: int = 2,
-    blocks: int = 2,
-    branch: str = "residual_flow",
-    hidden: int = 64,
-    kernels: Sequence[int] = (3, 1, 3),
-    growth: int = 32,
-    depth: int = 3,
-    coeff: float = 0.97,
-    attention: str = "none",
-    heads: int = 1,
-    attention_scales: Sequence[int] = (),
-    mix_init: float = 0.1,
-    actnorm: bool = True,
-    squeeze_first: bool = False,
-    factor_out: bool = False,
-    learned_prior: bool = True,
-    preprocess: str = "logit",
-    alpha: float = 1e-5,
-    estimator: str = "russian_roulette",
-    n_exact: int = 2,
-    geom_p: float = 0.5,
-    n_terms: int = 10,
-    neumann_grad: bool = True,
-    eval_n_exact: int = 20,
-    inverse_atol: float = 1e-6,
-    inverse_max_iter: int = 1000,
-    classes: int = 0,
-    classifier_hidden: int = 256,
+    shape: Shape = (1, 8, 8),
+    scales: Scales = 2,
+    blocks: Annotated[int, Key("residual blocks per scale", lo=1, hi=256)] = 2,
+    branch: Annotated[str, Key("residual branch", choices=tuple(BRANCH_KINDS))] = "residual_flow",
+    hidden: Hidden = 64,
+    kernels: Annotated[Sequence[int], Key("kernel sizes of the branch convolutions", lo=1, hi=15,
+                                          min_length=1, odd=True)] = (3, 1, 3),
+    growth: Annotated[int, Key("i-DenseNet growth (channels per dense layer)", lo=1, hi=4096)] = 32,
+    depth: Annotated[int, Key("i-DenseNet dense layers", lo=1, hi=64)] = 3,
+    coeff: Annotated[float, Key("spectral-norm coefficient (Lipschitz bound of each layer)", lo=0.0, hi=1.0,
+                                lo_open=True, hi_open=True)] = 0.97,
+    attention: Annotated[str, Key("Lipschitz attention in the branches",
+                                  choices=tuple(ATTENTION_KINDS))] = "none",
+    heads: Heads = 1,
+    attention_scales: Annotated[Sequence[int], Key("scales with attention; empty = all", lo=0, hi=9,
+                                                   unique=True)] = (),
+    mix_init: Annotated[float, Key("initial attention weight", lo=0.0, hi=1.0, lo_open=True,
+                                   hi_open=True)] = 0.1,
+    actnorm: Annotated[bool, Key("ActNorm before each block")] = True,
+    squeeze_first: Annotated[bool, Key("squeeze before the first scale")] = False,
+    factor_out: Annotated[bool, Key("factor out half of the channels between scales")] = False,
+    learned_prior: LearnedPrior = True,
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 1e-5,
+    estimator: Annotated[str, Key("log-det estimator in training", choices=ESTIMATORS)] = "russian_roulette",
+    n_exact: Annotated[int, Key("exact terms of the Russian-roulette estimator", lo=0, hi=1000)] = 2,
+    geom_p: Annotated[float, Key("Russian-roulette geometric parameter", lo=0.0, hi=1.0, lo_open=True,
+                                 hi_open=True)] = 0.5,
+    n_terms: Annotated[int, Key("power-series terms", lo=1, hi=1000)] = 10,
+    neumann_grad: Annotated[bool, Key("Neumann-series gradient")] = True,
+    eval_n_exact: Annotated[int, Key("exact terms of the evaluation estimator", lo=0, hi=1000)] = 20,
+    inverse_atol: Annotated[float, Key("tolerance of the fixed-point inverse", lo=0.0, hi=1.0,
+                                       lo_open=True)] = 1e-6,
+    inverse_max_iter: Annotated[int, Key("iterations of the fixed-point inverse", lo=1, hi=10**6)] = 1000,
+    classes: Annotated[int, Key("classes of the classifier head on the latent (hybrid model); 0 = no head",
+                                lo=0, hi=100_000)] = 0,
+    classifier_hidden: Annotated[int, Key("width of the classifier head's convolutions", lo=1,
+                                          hi=4096)] = 256,
 ) -> Flow:
     """A multi-scale contractive residual flow.
 

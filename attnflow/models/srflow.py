@@ -18,6 +18,7 @@ half (as SRFlow's, unconditioned).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 from ..core import Bijection, Chain, Flow
 from ..flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
@@ -26,10 +27,20 @@ from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..nets.rrdb_encoder import RRDBEncoder
+from ..schema import Key
+from .keys import Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Patches, Preprocess, Shape, Steps
+from .registry import register_family
 
 __all__ = ["srflow", "conditional_level", "level_sizes", "CONDITIONAL_POSITIONS"]
 
 CONDITIONAL_POSITIONS = (0, 1, 2, 3, 4, 5)  # 0: once per level, after its steps (cAttnFlow)
+
+# keys of the conditional families (srflow, fullglow)
+Levels = Annotated[int, Key("flow levels (a squeeze each)", lo=1, hi=10)]
+ConditionalPositions = Annotated[Sequence[int], Key(
+    "attention places: 0 once after each level's steps (cAttnFlow), in every step 1 before ActNorm, "
+    "2 after it, 3 after the 1x1 conv, 4 after the injector, 5 after the coupling",
+    lo=min(CONDITIONAL_POSITIONS), hi=max(CONDITIONAL_POSITIONS), unique=True)]
 
 
 def level_sizes(shape: Sequence[int], levels: int) -> list[tuple[int, int]]:
@@ -82,24 +93,27 @@ def conditional_level(
     return layers if per_step else [PickCondition(Chain(layers), condition)]
 
 
+@register_family("srflow", tiny={"steps": 1, "hidden": 8, "transition_steps": 1, "encoder_features": 8,
+                                 "encoder_blocks": 1, "encoder_growth": 4})
 def srflow(
-    shape: Sequence[int] = (1, 8, 8),
-    scale: int = 2,
-    levels: int = 2,
-    steps: int = 4,
-    hidden: int = 64,
-    transition_steps: int = 2,
-    encoder_features: int = 64,
-    encoder_blocks: int = 8,
-    encoder_growth: int = 32,
-    preprocess: str = "logit",
-    alpha: float = 0.05,
-    learned_prior: bool = True,
-    attention: str = "none",
-    positions: Sequence[int] = (),
-    heads: int = 1,
-    patches: int = 4,
-    isdp_init: str = ISDP_DEFAULT_INIT,
+    shape: Shape = (1, 8, 8),
+    scale: Annotated[int, Key("super-resolution factor: the input is H/scale x W/scale", lo=2, hi=64)] = 2,
+    levels: Levels = 2,
+    steps: Steps = 4,
+    hidden: Hidden = 64,
+    transition_steps: Annotated[int, Key("ActNorm + 1x1 conv steps opening each level (SRFlow)", lo=0,
+                                         hi=16)] = 2,
+    encoder_features: Annotated[int, Key("width of the RRDB low-resolution encoder", lo=1, hi=4096)] = 64,
+    encoder_blocks: Annotated[int, Key("RRDB blocks of the encoder", lo=0, hi=64)] = 8,
+    encoder_growth: Annotated[int, Key("dense growth of the encoder's RRDB blocks", lo=1, hi=4096)] = 32,
+    preprocess: Preprocess = "logit",
+    alpha: Alpha = 0.05,
+    learned_prior: LearnedPrior = True,
+    attention: Attention = "none",
+    positions: ConditionalPositions = (),
+    heads: Heads = 1,
+    patches: Patches = 4,
+    isdp_init: IsdpInit = ISDP_DEFAULT_INIT,
 ) -> Flow:
     """The SRFlow / cAttnFlow model of ``x_HR`` (``shape``) given ``x_LR`` of shape
     ``(C, H / scale, W / scale)``; ``model.sample(n, temperature, context=x_LR)`` gives

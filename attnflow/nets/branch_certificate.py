@@ -66,16 +66,15 @@ def _slopes(layer: nn.Module) -> tuple[float, float] | None:
 
 def _compose(element: tuple[float, float], layer: nn.Module) -> tuple[float, float] | None:
     """``(c, r)`` of ``layer o element`` (``element = c I + r R``), ``None`` if not expandable."""
-    from .residual_branches import AttentionMix  # the mix lives with the branches that hold it
-
     c, r = element
     slopes = _slopes(layer)
     if slopes is not None:
         a, b = min(slopes[0], 0.0), max(slopes[1], 0.0)
         m, rest = (a + b) / 2, (b - a) / 2
         return c * m, abs(m) * r + rest * (abs(c) + r)  # (mI + rest R')(cI + rR)
-    if isinstance(layer, AttentionMix):
-        weight, bound, divisor = layer._mix_terms()
+    mix_terms = getattr(layer, "mix_terms", None)  # an AttentionMix (residual_branches imports this module)
+    if mix_terms is not None:
+        weight, bound, divisor = mix_terms()
         alpha = float(weight)
         return (1 - alpha) * c, (1 - alpha) * r + alpha * bound / divisor * (abs(c) + r)
     return None

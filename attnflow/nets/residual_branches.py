@@ -122,7 +122,9 @@ class AttentionMix(nn.Module):
         self.attention = attention
         self.gamma = nn.Parameter(torch.logit(torch.tensor(float(mix_init))))
 
-    def _mix_terms(self) -> tuple[Tensor, float, float]:
+    def mix_terms(self) -> tuple[Tensor, float, float]:
+        """``(a, B_F, s)``: the attention weight, the attention's bound and its divisor. A layer with
+        this method is a convex mix to :func:`~attnflow.nets.branch_certificate.expansion_bound`."""
         bound = float(self.attention.lipschitz_bound())
         # an attention without a finite bound (plain dot-product, the ablation) is mixed in raw,
         # as ACF's baseline does: the branch's bound is then infinite and invertibility is lost.
@@ -131,7 +133,7 @@ class AttentionMix(nn.Module):
 
     def _mixer(self) -> Callable[[Tensor, Tensor], Tensor]:
         """``(x, f) -> (1 - a) x + (a / s) f``; linear, so it also combines Jacobian products."""
-        a, _, divisor = self._mix_terms()
+        a, _, divisor = self.mix_terms()
         return lambda x, f: (1 - a) * x + (a / divisor) * f
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,7 +151,7 @@ class AttentionMix(nn.Module):
         )
 
     def lipschitz_bound(self) -> float:
-        a, bound, divisor = self._mix_terms()
+        a, bound, divisor = self.mix_terms()
         a = a.detach().item()
         return (1 - a) + a * bound / divisor
 
