@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -75,6 +76,24 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 #: that has them loads without them; a preset or an override that sets them is refused as unknown.
 RETIRED_MODEL_KEYS = ("power_tol", "power_max_iter")
 
+#: Keys that moved to the section of what they configure, ``(old section, key) -> (new section,
+#: default)``: ``train.likelihood_weight`` weighs a hybrid model's objective, so it is the residual
+#: family's ``model.likelihood_weight``. A saved run, a preset or a configuration that sets the old
+#: key is read as the new one (at its default it configured nothing and is dropped); an override of
+#: the old key is read as the new one with a one-line note.
+MOVED_KEYS: dict[tuple[str, str], tuple[str, Any]] = {("train", "likelihood_weight"): ("model", 1.0)}
+
+
+def _move_keys(cfg: dict[str, Any]) -> None:
+    """Move the :data:`MOVED_KEYS` of ``cfg`` (a dict of section dicts, changed in place) to their
+    new sections; a key set in its new section keeps that value."""
+    for (old, key), (new, default) in MOVED_KEYS.items():
+        if isinstance(cfg.get(old), dict) and key in cfg[old] and isinstance(cfg.get(new), dict):
+            cfg[old] = dict(cfg[old])
+            value = cfg[old].pop(key)
+            if value != default and key not in cfg[new]:
+                cfg[new] = {**cfg[new], key: value}
+
 
 def check_config(cfg: Any, families: Families | None = None) -> dict[str, dict[str, Any]]:
     """A complete, validated copy of a configuration: ``[data]`` and ``[train]`` keys it lacks
@@ -82,6 +101,7 @@ def check_config(cfg: Any, families: Families | None = None) -> dict[str, dict[s
     value is checked against the schema."""
     if isinstance(cfg, dict):
         cfg = dict(cfg)
+        _move_keys(cfg)
         for section in ("data", "train"):
             if isinstance(cfg.get(section), dict):
                 cfg[section] = {**section_defaults(section), **cfg[section]}
@@ -112,6 +132,11 @@ def apply_overrides(
         section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(f"unknown section {section!r} in {text!r}; valid sections: {', '.join(SECTIONS)}")
+        if (section, key) in MOVED_KEYS:
+            new = MOVED_KEYS[section, key][0]
+            print(f"attnflow: note: {section}.{key} is now {new}.{key}; {text!r} is read as {new}.{key}",
+                  file=sys.stderr)
+            section = new
         cfg[section][key] = value
     return check_config(cfg, families)
 

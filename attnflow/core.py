@@ -13,17 +13,23 @@ in which the prior is a standard normal, so that, exactly,
 Learned (conditional) priors over factored-out latents are bijections inside the transform
 (see :class:`attnflow.flows.multiscale.FactorOut`), so temperature sampling, interpolation and
 noise experiments all work in this one latent space.
+
+A flow owns its training objective: :meth:`Flow.loss` takes a :class:`Batch` (images, their grey
+levels, a conditional flow's context, class labels) and returns the loss with the metrics it
+reports; the plain flow's is its negative log-likelihood in bits/dim, and a model with another
+objective (:class:`attnflow.models.hybrid.HybridFlow`) overrides it.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "log_prob_to_bits_per_dim",
+    "Batch", "Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "log_prob_to_bits_per_dim",
     "standard_normal_log_prob",
 ]
 
@@ -140,6 +146,18 @@ class NonFiniteSamples(RuntimeError):
         )
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What a training step gives :meth:`Flow.loss`: dequantized ``images`` ``[B, *shape]`` in
+    [0, 1], the number of grey ``levels`` of their data (for bits/dim), a conditional flow's
+    ``context`` and the class ``labels`` ``[B]`` (each ``None`` when the data has none)."""
+
+    images: Tensor
+    levels: int
+    context: Tensor | None = None
+    labels: Tensor | None = None
+
+
 class Flow(nn.Module):
     """A normalizing flow: a transform to a flat latent plus a standard-normal prior.
 
@@ -153,11 +171,13 @@ class Flow(nn.Module):
     ``log_prob_is_bound`` is ``True`` for models whose :meth:`log_prob` is a lower bound
     (variational dequantization or noise augmentation); evaluation reports bits/dim as an
     upper bound for them. ``data_levels`` is the number of grey levels a model requires of its
-    data (a variational dequantizer is built for one), ``None`` when any will do.
+    data (a variational dequantizer is built for one), ``None`` when any will do. ``classes`` is
+    the number of classes of a classifier on the latent (a hybrid model), 0 for a density model.
     """
 
     log_prob_is_bound: bool = False
     data_levels: int | None = None
+    classes: int = 0
 
     def __init__(
         self,
@@ -212,6 +232,14 @@ class Flow(nn.Module):
         """``log p(x)`` in nats per image, shape ``[B]``, for continuous ``x`` in [0, 1]."""
         z, logdet = self.forward_and_logdet(x, context)
         return standard_normal_log_prob(z) + logdet
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training objective of ``batch`` and the metrics a model reports beside it (detached
+        scalars, none here): the negative log-likelihood in bits/dim, the batch mean of
+        ``(-log p(x | c) + D log L) / (D log 2)`` (:func:`log_prob_to_bits_per_dim`). A model
+        that overrides it with another objective reports its ``bpd`` among the metrics."""
+        log_prob = self.log_prob(batch.images, batch.context)
+        return log_prob_to_bits_per_dim(log_prob, self.dim, batch.levels).mean(), {}
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Flat latent ``[B, latent_dim]`` of ``x`` (all scales concatenated)."""

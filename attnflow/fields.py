@@ -73,10 +73,6 @@ _SECTION_FIELDS: tuple[Field, ...] = (
           choices=_conditions, default="none"),
     Field("data", "scale", int, "downscaling factor of data.condition=lowres", lo=2, hi=64, default=2),
     Field("data", "pad", int, "zero-pad the images to pad x pad; 0 = no padding", lo=0, hi=4096, default=0),
-    # hybrid models (a classifier head on a residual flow's latent; attnflow.models.hybrid)
-    Field("train", "likelihood_weight", float, "hybrid models: weight of bits/dim against the cross-entropy in "
-          "bits, lambda*D in E[lambda log p(x) + log p(y|x)] (1 = Residual Flows' lambda 1/D, 0 = classifier only)",
-          lo=0.0, hi=1e9, default=1.0),
 )
 
 

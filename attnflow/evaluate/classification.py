@@ -10,12 +10,13 @@ training.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core import Flow
 from ..models.hybrid import HybridFlow
 from .likelihood import evaluate_bits_per_dim
 
@@ -38,7 +39,7 @@ def accuracy_summary(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def evaluate_hybrid(
-    model: HybridFlow,
+    model: Flow,
     images: Tensor,
     labels: Tensor | None,
     levels: int,
@@ -48,16 +49,18 @@ def evaluate_hybrid(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Bits/dim (the dictionary of :func:`evaluate_bits_per_dim`, same arguments) of a hybrid
-    model over uint8 ``images``, plus the test ``accuracy``, ``accuracy_stderr`` and
-    ``cross_entropy`` against ``labels``, from one pass through the flow."""
-    if not isinstance(model, HybridFlow):
+    model (``model.classes`` > 0, a :class:`~attnflow.models.hybrid.HybridFlow`) over uint8
+    ``images``, plus the test ``accuracy``, ``accuracy_stderr`` and ``cross_entropy`` against
+    ``labels``, from one pass through the flow."""
+    if not model.classes:
         raise ValueError("accuracy needs a hybrid model with a classifier head; train one with model.classes > 0")
+    hybrid = cast(HybridFlow, model)  # a model with classes is a HybridFlow
     if labels is None:
         raise ValueError("the dataset has no class labels, so accuracy cannot be measured; use a labelled dataset")
     batches: list[Tensor] = []
 
     def log_prob(x: Tensor) -> Tensor:
-        lp, logits = model.log_prob_and_logits(x)
+        lp, logits = hybrid.log_prob_and_logits(x)
         batches.append(logits.double().cpu())
         return lp
 

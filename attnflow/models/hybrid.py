@@ -13,7 +13,7 @@ where ``log p(x)`` is the flow's exact (or unbiasedly estimated) log-density and
 ``lambda = 0`` (a classifier only), ``lambda = 1/D`` and ``lambda = 1`` (``D`` data dimensions;
 their training script's classification task, and its hybrid task with and without scaling by
 the dimension); ``1/D`` balances a per-dimension likelihood against one label and is the default
-here. The weight is given per dimension, ``train.likelihood_weight = lambda * D`` (1 =
+here. The weight is given per dimension, ``model.likelihood_weight = lambda * D`` (1 =
 ``lambda = 1/D``, 0 = the classifier alone, ``D`` = ``lambda = 1``), and the loss is in bits, as
 in Residual Flows' training script::
 
@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Bijection, Flow, log_prob_to_bits_per_dim, standard_normal_log_prob
+from ..core import Batch, Bijection, Flow, log_prob_to_bits_per_dim, standard_normal_log_prob
 from ..flows.glow import ActNorm
 
-__all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "training_outputs", "latent_pieces", "check_labels"]
+__all__ = ["ClassifierHead", "HybridFlow", "hybrid_loss", "latent_pieces", "check_labels"]
 
 Shape = tuple[int, int, int]
 
@@ -104,15 +104,17 @@ class HybridFlow(Flow):
 
     The :class:`attnflow.core.Flow` API is unchanged (``log_prob``, ``encode``, ``decode``,
     ``sample`` are the flow's; the head never enters the bijection); :meth:`classify` gives the
-    logits and :meth:`log_prob_and_logits` both from one pass through the flow.
+    logits and :meth:`log_prob_and_logits` both from one pass through the flow. Its :meth:`loss` is
+    the hybrid objective with weight ``likelihood_weight`` (see the module docstring).
     """
 
     def __init__(self, transform: Bijection, shape: Sequence[int], pieces: Sequence[Shape], classes: int,
-                 hidden: int) -> None:
+                 hidden: int, likelihood_weight: float = 1.0) -> None:
         super().__init__(transform, shape)
         if sum(math.prod(p) for p in pieces) != self.latent_dim:
             raise ValueError(f"latent pieces {list(pieces)} do not add up to the latent's {self.latent_dim} dimensions")
         self.classes = int(classes)
+        self.likelihood_weight = float(likelihood_weight)
         self.head = ClassifierHead(pieces, classes, hidden)
 
     def classify(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -124,10 +126,19 @@ class HybridFlow(Flow):
         z, logdet = self.forward_and_logdet(x, context)
         return standard_normal_log_prob(z) + logdet, self.head(z)
 
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`hybrid_loss` of the batch (one pass through the flow), with its ``bpd``, ``ce`` and
+        ``accuracy``."""
+        if batch.labels is None:
+            raise ValueError(f"model.classes={self.classes} trains on class labels but the batch has none; "
+                             "pass labels=... in the Batch (a labelled dataset)")
+        log_prob, logits = self.log_prob_and_logits(batch.images, batch.context)
+        return hybrid_loss(log_prob, logits, batch.labels, self.dim, batch.levels, self.likelihood_weight)
+
 
 def check_labels(model: Flow, labels: Tensor | None, dataset: str) -> None:
     """Refuse a hybrid model on data without labels, or with labels outside ``0..classes-1``."""
-    if not isinstance(model, HybridFlow):
+    if not model.classes:
         return
     if labels is None:
         raise ValueError(
@@ -141,21 +152,14 @@ def check_labels(model: Flow, labels: Tensor | None, dataset: str) -> None:
         )
 
 
-def training_outputs(model: Flow, x: Tensor, context: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-    """What a training step differentiates: ``log p(x)`` [B] in nats, and for a
-    :class:`HybridFlow` also its logits, from one forward pass (the call that data-parallel
-    training wraps)."""
-    return model.log_prob_and_logits(x, context) if isinstance(model, HybridFlow) else model.log_prob(x, context)
-
-
 def hybrid_loss(log_prob: Tensor, logits: Tensor, labels: Tensor, dim: int, levels: int,
-                likelihood_weight: float) -> tuple[Tensor, dict[str, float]]:
+                likelihood_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
     """Residual Flows' hybrid loss in bits, ``likelihood_weight * bits/dim + CE / ln 2`` (the
     batch means; see the module docstring), from a :class:`HybridFlow`'s ``log p(x)`` and logits
     for images of ``dim`` dimensions, and the batch's ``bpd``, cross-entropy ``ce`` (nats) and
-    ``accuracy``."""
+    ``accuracy`` (detached scalars)."""
     bpd = log_prob_to_bits_per_dim(log_prob, dim, levels).mean()
     ce = F.cross_entropy(logits, labels)
     loss = likelihood_weight * bpd + ce / math.log(2.0)
     accuracy = (logits.detach().argmax(1) == labels).float().mean()
-    return loss, {"bpd": float(bpd.detach()), "ce": float(ce.detach()), "accuracy": float(accuracy)}
+    return loss, {"bpd": bpd.detach(), "ce": ce.detach(), "accuracy": accuracy}

@@ -80,6 +80,9 @@ def residual_flow(
                                 lo=0, hi=100_000)] = 0,
     classifier_hidden: Annotated[int, Key("width of the classifier head's convolutions", lo=1,
                                           hi=4096)] = 256,
+    likelihood_weight: Annotated[float, Key(
+        "hybrid model: weight of bits/dim against the cross-entropy in bits, lambda*D in E[lambda log p(x) + "
+        "log p(y|x)] (1 = Residual Flows' lambda 1/D, 0 = classifier only)", lo=0.0, hi=1e9)] = 1.0,
 ) -> Flow:
     """A multi-scale contractive residual flow.
 
@@ -99,8 +102,12 @@ def residual_flow(
     evaluation.
 
     Hybrid model: ``classes`` > 0 returns a :class:`attnflow.models.hybrid.HybridFlow`, the same
-    flow with Residual Flows' classifier head (width ``classifier_hidden``) on its latent.
+    flow with Residual Flows' classifier head (width ``classifier_hidden``) on its latent, trained on
+    the hybrid objective with weight ``likelihood_weight`` (:mod:`attnflow.models.hybrid`).
     """
+    if not classes and likelihood_weight != 1.0:
+        raise ValueError("model.likelihood_weight (train.likelihood_weight in version 0.1) weighs a hybrid model's "
+                         "likelihood; set model.classes > 0 or leave it at 1")
     if branch not in BRANCH_KINDS:
         raise ValueError(f"unknown branch {branch!r}; valid: {', '.join(sorted(BRANCH_KINDS))}")
     attention_factory = lipschitz_attention(attention, heads)  # heads vs width: checked by the module
@@ -131,4 +138,4 @@ def residual_flow(
     if not classes:
         return Flow(transform, shape)
     pieces = latent_pieces(shape, scales, squeeze_first, factor_out)
-    return HybridFlow(transform, shape, pieces, classes, classifier_hidden)
+    return HybridFlow(transform, shape, pieces, classes, classifier_hidden, likelihood_weight)

@@ -1,7 +1,7 @@
 """``train.compile = true``: the training step's model forward compiled with ``torch.compile``.
 
-:class:`CompiledForward` wraps a forward function (the trainer's ``log p(x)``, or a hybrid
-model's ``log p(x)`` and logits) in ``torch.compile`` with the default inductor backend and static
+:class:`CompiledForward` wraps a forward function (the trainer's: the model's loss,
+:meth:`attnflow.core.Flow.loss`) in ``torch.compile`` with the default inductor backend and static
 shapes (``dynamic=False``: a training batch keeps its shape, and inductor's dynamic-shape code
 failed on the Flow++, mARFlow and DenseFlow coupling networks here, torch 2.13). The
 first calls compile (minutes on a CPU; then again for each new input shape), later ones reuse the

@@ -28,8 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..core import Flow
-from ..models.hybrid import training_outputs
+from ..core import Batch, Flow
 from ..device import DeviceUnavailable, resolve_device
 from ..sharding import BatchShard
 
@@ -45,16 +44,16 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in _ENV)
 
 
-class _TrainingForward(nn.Module):
-    """:func:`~attnflow.models.hybrid.training_outputs` (``log p(x)``, and a hybrid model's
-    logits) as a module ``forward``, the call DistributedDataParallel wraps."""
+class _TrainingLoss(nn.Module):
+    """The model's :meth:`~attnflow.core.Flow.loss` (the loss and its metrics) as a module
+    ``forward``, the call DistributedDataParallel wraps."""
 
     def __init__(self, model: Flow) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        return training_outputs(self.model, x, context)
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model.loss(batch)
 
 
 class Distributed:
@@ -121,17 +120,16 @@ class Distributed:
             dist.barrier()
 
     def data_parallel(self, model: Flow, device: torch.device) -> nn.Module | None:
-        """A DistributedDataParallel module computing ``model.log_prob`` (and a hybrid model's
-        logits) whose backward averages the
-        gradients over the processes (rank 0's parameters and buffers broadcast at start); ``None``
-        in one process, where ``model.log_prob`` is called directly."""
+        """A DistributedDataParallel module computing ``model.loss(batch)`` whose backward averages
+        the gradients over the processes (rank 0's parameters and buffers broadcast at start);
+        ``None`` in one process, where ``model.loss`` is called directly."""
         if not self.active:
             return None
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         # DDP's default buffer synchronisation: rank 0's buffers before every forward pass
-        return DistributedDataParallel(_TrainingForward(model), device_ids=ids, output_device=device if ids else None)
+        return DistributedDataParallel(_TrainingLoss(model), device_ids=ids, output_device=device if ids else None)
 
     def close(self) -> None:
         """Destroy the process group if :func:`start` created it (idempotent)."""

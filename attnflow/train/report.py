@@ -23,7 +23,6 @@ from ..evaluate import evaluate_bits_per_dim, finite_samples, plot_metrics, save
 from ..evaluate.certificates import certificate_summary, certify, uncertified_message
 from ..evaluate.classification import evaluate_hybrid
 from ..evaluate.superres import save_comparison_grid, sr_scale
-from ..models.hybrid import HybridFlow
 from ..rundir import RunDir
 from .checkpoint import save_weights
 from .contraction import ContractionMonitor
@@ -37,8 +36,8 @@ GRID_SAMPLES = 64
 
 def evaluate_test(model: Flow, test_set: ImageDataset, levels: int, max_batches: int = 0,
                   progress: bool = False) -> dict[str, Any]:
-    """Test bits/dim of ``model``; for a hybrid model also its accuracy, from the same pass."""
-    if isinstance(model, HybridFlow):
+    """Test bits/dim of ``model``; for a model with classes (a hybrid) also its accuracy, from the same pass."""
+    if model.classes:
         return evaluate_hybrid(model, test_set.images, test_set.labels, levels, max_batches=max_batches,
                                progress=progress)
     return evaluate_bits_per_dim(model, test_set.images, levels, max_batches=max_batches, progress=progress,

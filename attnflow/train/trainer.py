@@ -46,17 +46,16 @@ import torch
 from torch import Tensor
 
 from ..config import check_config
-from ..core import Flow
+from ..core import Batch, Flow
 from ..data import BatchSampler, BatchStream, load_configured
 from ..device import set_threads
-from ..evaluate import log_prob_to_bits_per_dim
 from ..evaluate.superres import check_pairing
 from ..evaluate.likelihood import check_levels
 from ..models import build_from_config
 from ..precision import mixed_precision
 from ..rundir import RunDir, setup_changes
 from ..sharding import batch_shard
-from ..models.hybrid import HybridFlow, check_labels, hybrid_loss, training_outputs
+from ..models.hybrid import check_labels
 from .distributed import start as start_processes
 from .contraction import ContractionMonitor
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -227,26 +226,22 @@ class Trainer:
         check_pairing(self.model, self.train_set)
         self.levels = self.train_set.levels
         check_levels(self.model, self.levels)
-        self.hybrid = isinstance(self.model, HybridFlow)
         for split in (self.train_set, self.test_set):
             check_labels(self.model, split.labels, data["name"])
-        if not self.hybrid and t["likelihood_weight"] != 1.0:
-            raise ValueError("train.likelihood_weight weighs a hybrid model's likelihood; set model.classes > 0 "
-                             "(model.family = residual) or leave it at 1")
         if t["batch_size"] > len(self.train_set):
             raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
 
     def _build_training(self, cfg: dict[str, Any]) -> None:
         """Optimizer, EMA, the (parallel, compiled) forward pass, the batches and their noise."""
         t = cfg["train"]
-        self.step_metrics: dict[str, float] = {}  # the last step's hybrid metrics (bpd, ce, accuracy)
+        self.step_metrics: dict[str, float] = {}  # the last step's metrics of the model's loss (and the loss)
         self.dist.split(t["batch_size"])
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t["optimizer"]]
         self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
         self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
         self.ddp = self.dist.data_parallel(self.model, self.device)  # None in one process
-        forward = self.ddp if self.ddp is not None else (lambda x, ctx: training_outputs(self.model, x, ctx))
+        forward = self.ddp if self.ddp is not None else self.model.loss
         self.forward = CompiledForward(forward, f"the {cfg['model']['family']} model") if t["compile"] else forward
         self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
         self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
@@ -342,22 +337,18 @@ class Trainer:
         t = self.cfg["train"]
         wait_start = time.perf_counter()
         batch = next(self.batches)  # this process's rows of the global batch, with the global batch's noise
-        idx, x = batch.index, batch.x.to(self.device, non_blocking=True)
+        x = batch.x.to(self.device, non_blocking=True)
         context = None if batch.context is None else batch.context.to(self.device, non_blocking=True)
+        labels = None if self.train_set.labels is None else self.train_set.labels[batch.index].to(self.device)
         self.data_wait += time.perf_counter() - wait_start
         self.model.train()
         with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
-            outputs = self.forward(x, context)
-            if self.hybrid:  # Residual Flows' weighted objective (attnflow.models.hybrid)
-                labels = self.train_set.labels[idx].to(self.device)
-                loss, metrics = hybrid_loss(*outputs, labels, self.model.dim, self.levels, t["likelihood_weight"])
-                # the global batch's means (every process holds an equal share of it), in one all-reduce
-                means = self.dist.mean(torch.tensor(list(metrics.values()), device=self.device))
+            loss, metrics = self.forward(Batch(x, self.levels, context, labels))  # the model's own objective
+            if metrics:  # the global batch's means (every process holds an equal share of it), in one all-reduce
+                means = self.dist.mean(torch.stack(list(metrics.values())))
                 self.step_metrics = dict(zip(metrics, means.tolist()))
-            else:
-                loss = log_prob_to_bits_per_dim(outputs, self.model.dim, self.levels).mean()
         global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
-        if self.hybrid:
+        if metrics:  # an objective other than bits/dim logs its value beside its bpd
             self.step_metrics["loss"] = float(global_loss)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
