@@ -1,5 +1,5 @@
 """attnflow: normalizing flows with attention on images (Glow, AttnFlow, ACF, DenseFlow)."""
-from .core import Bijection, Chain, Flow
+from .core import Batch, Bijection, Chain, Flow
 
 __version__ = "0.1.0"
-__all__ = ["Bijection", "Chain", "Flow", "__version__"]
+__all__ = ["Batch", "Bijection", "Chain", "Flow", "__version__"]

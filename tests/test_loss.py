@@ -58,7 +58,8 @@ def test_the_loss_of_a_density_model_is_its_mean_bits_per_dim(family):
 @pytest.mark.parametrize("weight", [0.0, 1.0, 64.0])
 def test_the_loss_of_a_hybrid_model_is_weighted_bits_per_dim_plus_cross_entropy_in_bits(weight):
     torch.manual_seed(0)
-    model = _perturbed(residual_flow(**TINY["residual"], classifier_hidden=16, classes=10, likelihood_weight=weight))
+    model = residual_flow(**TINY["residual"], classifier_hidden=16, classes=10, likelihood_weight=weight)
+    model = _perturbed(model)
     x, y = _images(6, model.shape), torch.tensor([0, 1, 2, 3, 4, 9])
     with torch.no_grad():
         loss, metrics = model.loss(Batch(x, LEVELS, labels=y))
@@ -92,8 +93,9 @@ def test_the_trainer_trains_on_the_objective_the_model_owns(tmp_path, monkeypatc
         return model
 
     monkeypatch.setattr(trainer_module, "build_from_config", build)
-    cfg = resolve_config("glow-digits", ["model.steps=1", "model.hidden=8", "train.steps=2", "train.log_every=1",
-                                         "train.batch_size=8", "train.threads=1", "train.checkpoint_every=1000"])
+    cfg = resolve_config("glow-digits", ["model.steps=1", "model.hidden=8", "train.steps=2",
+                                         "train.log_every=1", "train.batch_size=8", "train.threads=1",
+                                         "train.checkpoint_every=1000"])
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer.run()
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -114,7 +116,8 @@ def test_a_saved_train_likelihood_weight_reads_as_the_model_key(tmp_path):
     assert build_from_config(read["model"]).likelihood_weight == 0.25
     # at its old default, 1, the key configured nothing: a density model's saved run loads without it
     glow = resolve_config("glow-digits")
-    (tmp_path / "config.json").write_text(json.dumps({**glow, "train": {**glow["train"], "likelihood_weight": 1.0}}))
+    old = {**glow, "train": {**glow["train"], "likelihood_weight": 1.0}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
     assert read_config(tmp_path / "config.json") == glow
 
 

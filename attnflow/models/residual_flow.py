@@ -106,8 +106,8 @@ def residual_flow(
     the hybrid objective with weight ``likelihood_weight`` (:mod:`attnflow.models.hybrid`).
     """
     if not classes and likelihood_weight != 1.0:
-        raise ValueError("model.likelihood_weight (train.likelihood_weight in version 0.1) weighs a hybrid model's "
-                         "likelihood; set model.classes > 0 or leave it at 1")
+        raise ValueError("model.likelihood_weight (train.likelihood_weight in version 0.1) weighs a hybrid "
+                         "model's likelihood; set model.classes > 0 or leave it at 1")
     if branch not in BRANCH_KINDS:
         raise ValueError(f"unknown branch {branch!r}; valid: {', '.join(sorted(BRANCH_KINDS))}")
     attention_factory = lipschitz_attention(attention, heads)  # heads vs width: checked by the module

@@ -129,7 +129,8 @@ class Distributed:
 
         ids = [device.index] if device.type == "cuda" else None
         # DDP's default buffer synchronisation: rank 0's buffers before every forward pass
-        return DistributedDataParallel(_TrainingLoss(model), device_ids=ids, output_device=device if ids else None)
+        return DistributedDataParallel(_TrainingLoss(model), device_ids=ids,
+                                       output_device=device if ids else None)
 
     def close(self) -> None:
         """Destroy the process group if :func:`start` created it (idempotent)."""

@@ -36,7 +36,8 @@ GRID_SAMPLES = 64
 
 def evaluate_test(model: Flow, test_set: ImageDataset, levels: int, max_batches: int = 0,
                   progress: bool = False) -> dict[str, Any]:
-    """Test bits/dim of ``model``; for a model with classes (a hybrid) also its accuracy, from the same pass."""
+    """Test bits/dim of ``model``; for a model with classes (a hybrid) also its accuracy, from the
+    same pass."""
     if model.classes:
         return evaluate_hybrid(model, test_set.images, test_set.labels, levels, max_batches=max_batches,
                                progress=progress)

@@ -344,7 +344,7 @@ class Trainer:
         self.model.train()
         with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
             loss, metrics = self.forward(Batch(x, self.levels, context, labels))  # the model's own objective
-            if metrics:  # the global batch's means (every process holds an equal share of it), in one all-reduce
+            if metrics:  # the global batch's means (each process holds an equal share), in one all-reduce
                 means = self.dist.mean(torch.stack(list(metrics.values())))
                 self.step_metrics = dict(zip(metrics, means.tolist()))
         global_loss = self.dist.mean(loss)  # the mean over the global batch, the same in every process
