@@ -86,6 +86,7 @@ def test_the_trainer_trains_on_the_objective_the_model_owns(tmp_path, monkeypatc
 
         def loss(batch: Batch):
             bpd, _ = Flow.loss(model, batch)
+            assert batch.labels is not None
             seen.append(batch.labels)
             return 2 * bpd, {"bpd": bpd.detach(), "label_mean": batch.labels.double().mean()}
 
