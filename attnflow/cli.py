@@ -295,16 +295,26 @@ def _cmd_fid(args: argparse.Namespace) -> None:
               f"vs {res['n_reference']} {args.split} images)")
 
 
-def _run_and_images(args: argparse.Namespace, n: int):
-    """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1] and
-    the data's number of levels."""
+def _run_and_images(args: argparse.Namespace, n: int, conditional: bool = False):
+    """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1], the
+    data's number of levels and the images' conditions (``None`` for an unconditional run). A
+    command that has no meaning on a conditional run (``conditional=False``) refuses one, naming
+    the commands that apply."""
     from .data import to_float
+    from .data.pairs import condition_batch
 
     model, cfg = _load(args)
+    if model.context_shape is not None and not conditional:
+        raise ValueError(f"{args.run} is a conditional run (data.condition = {cfg['data'].get('condition')!r}): "
+                         f"{args.command} works on unconditional runs; use `attnflow sample` or `attnflow sr` for its "
+                         f"outputs and `attnflow eval` for its metrics")
     data = _load_split(cfg, args.split)
     if n > len(data.images):
         raise ValueError(f"{n} images asked for; the {args.split} split has {len(data.images)}")
-    return model, to_float(data.images[:n], data.levels).to(module_device(model)), data.levels
+    device = module_device(model)
+    contexts = condition_batch(data, slice(0, n))
+    return (model, to_float(data.images[:n], data.levels).to(device), data.levels,
+            None if contexts is None else contexts.to(device))
 
 
 def _report_wrong(what: str, errors: torch.Tensor, tolerance: float) -> None:
@@ -324,8 +334,8 @@ def _report_wrong(what: str, errors: torch.Tensor, tolerance: float) -> None:
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
     from .evaluate import reconstruct, save_image_grid
 
-    model, x, _ = _run_and_images(args, args.n)
-    rec = reconstruct(model, x)
+    model, x, _, contexts = _run_and_images(args, args.n, conditional=True)  # the test images' own conditions
+    rec = reconstruct(model, x, contexts)
     if not rec.converged:
         raise CommandFailed(f"the inverse did not converge: {rec.failure}")
     width = min(args.n, 8)  # rows of up to 8 images: real, then reconstructed
@@ -342,7 +352,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     from .evaluate import interpolate, save_image_grid
     from .evaluate.reconstruction import max_error_per_image
 
-    model, x, _ = _run_and_images(args, 2 * args.pairs)
+    model, x, _, _ = _run_and_images(args, 2 * args.pairs)
     x_a, x_b = x[: args.pairs], x[args.pairs :]
     rows = interpolate(model, x_a, x_b, args.steps)
     save_image_grid(rows.flatten(0, 1), args.out, nrow=args.steps)
@@ -354,7 +364,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
 def _cmd_perturb(args: argparse.Namespace) -> None:
     from .evaluate import noise_perturbation, save_image_grid
 
-    model, x, levels = _run_and_images(args, args.n)
+    model, x, levels, _ = _run_and_images(args, args.n)
     rows, images = noise_perturbation(model, x, levels, args.sigmas, torch.Generator().manual_seed(args.seed),
                                       tolerance=args.tolerance)
     if args.out:
