@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .device import module_device, set_threads
+from .heartbeat import heartbeat
 from .rundir import RunDir
 from .schema import Field
 
@@ -216,9 +217,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                                     contexts=contexts)
     if contexts is not None:  # conditional bits/dim -log2 p(x | c) / D, then the output metrics
         k = min(args.sr_images, len(data))
-        res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
-                                                  args.temperatures, args.samples, sr_scale(cfg["data"]),
-                                                  seed=args.seed)
+        with heartbeat(f"attnflow eval: output metrics of {k} conditions"):
+            res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
+                                                      args.temperatures, args.samples, sr_scale(cfg["data"]),
+                                                      seed=args.seed)
     weights = "ema" if args.weights == "ema" and cfg["train"]["ema_decay"] > 0 else "live"  # no EMA kept: live
     res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": weights})
     report = certify(model)
@@ -227,8 +229,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if message := uncertified_message(report):
             print(f"attnflow eval: {message}", file=sys.stderr)
     if res["upper_bound"] and args.importance_samples > 0:
-        iw = importance_weighted_bits_per_dim(model, data.images, data.levels, args.importance_samples,
-                                              batch_size=args.batch_size, seed=args.seed, max_batches=args.max_batches)
+        with heartbeat(f"attnflow eval: importance-weighted bits/dim, K = {args.importance_samples}"):
+            iw = importance_weighted_bits_per_dim(model, data.images, data.levels, args.importance_samples,
+                                                  batch_size=args.batch_size, seed=args.seed,
+                                                  max_batches=args.max_batches)
         res["importance_weighted"] = iw
     if args.json:
         print(json.dumps(res))
@@ -254,13 +258,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         from .evaluate.superres import save_comparison_grid, sr_scale
 
         data = _load_split(cfg, "test")
-        save_comparison_grid(model, data, args.out, sr_scale(cfg["data"]), [args.temperature] * 4,
-                             n=min(args.n, 16), seed=args.seed)
+        with heartbeat("attnflow sample: sampling"):
+            save_comparison_grid(model, data, args.out, sr_scale(cfg["data"]), [args.temperature] * 4,
+                                 n=min(args.n, 16), seed=args.seed)
         print(f"wrote condition, 4 outputs at temperature {args.temperature} and ground truth (rows) for "
               f"{min(args.n, 16)} test images to {args.out}")
         return
     gen = torch.Generator().manual_seed(args.seed)
-    x, non_finite = finite_samples(model, args.n, args.temperature, generator=gen)
+    with heartbeat(f"attnflow sample: sampling {args.n} images"):
+        x, non_finite = finite_samples(model, args.n, args.temperature, generator=gen)
     if len(x):
         save_image_grid(x, args.out)
         print(f"wrote {len(x)} samples at temperature {args.temperature} to {args.out}")
@@ -280,12 +286,15 @@ def _cmd_fid(args: argparse.Namespace) -> None:
     if model.context_shape is not None:
         raise ValueError("attnflow fid scores unconditional samples; for conditional runs use attnflow eval")
     data = _load_split(cfg, args.split)
-    x, non_finite = finite_samples(model, args.n, args.temperature, generator=torch.Generator().manual_seed(args.seed))
+    with heartbeat(f"attnflow fid: sampling {args.n} images"):
+        x, non_finite = finite_samples(model, args.n, args.temperature,
+                                       generator=torch.Generator().manual_seed(args.seed))
     if non_finite:
         raise CommandFailed(f"{non_finite}; FID/KID/IS need {args.n} finite samples")
     reference = to_float(data.images[: args.n], data.levels)
-    res = sample_quality(x, reference, args.inception_weights, batch_size=args.batch_size,
-                         cuda=module_device(model).type == "cuda")
+    with heartbeat(f"attnflow fid: Inception features of {len(x)} samples and {len(reference)} images"):
+        res = sample_quality(x, reference, args.inception_weights, batch_size=args.batch_size,
+                             cuda=module_device(model).type == "cuda")
     res.update(run=str(args.run), temperature=args.temperature, split=args.split)
     if args.json:
         print(json.dumps(res))

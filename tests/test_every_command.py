@@ -56,7 +56,7 @@ def invoke(capsys, argv: list[str]) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
     if code:
-        lines = [line for line in err.splitlines() if line.strip() and "/s]" not in line]
+        lines = [line for line in err.splitlines() if line.strip() and "/s]" not in line and "still working" not in line]
         assert code in (1, 2) and len(lines) == 1 and lines[0].startswith(f"attnflow {argv[0]}:"), (code, err)
     return code, out, err
 
@@ -135,3 +135,26 @@ def test_samples_experiment_on_every_family(runs, tmp_path, capsys):
     for family in RUNS:
         assert f"{runs[family].name}-t0.5.png" in report
     assert len(list((tmp_path / "e" / "samples").glob("*.png"))) == 4 * len(RUNS)
+
+
+@pytest.mark.parametrize("experiment", ["interpolation", "perturbation"])
+def test_experiments_on_unconditional_flows_refuse_a_conditional_run(runs, tmp_path, capsys, experiment):
+    extra = ["--run", str(runs["srflow"])] if experiment == "interpolation" else ["--preset", "srflow-digits-2x",
+                                                                                  "--budget", "0.02"]
+    code, _, err = invoke(capsys, ["experiment", experiment, "--out", str(tmp_path / "e"), "--data", "digits",
+                                   "--quiet", *extra, *FAST])
+    assert code == 2 and "is a conditional " in err and "samples experiment" in err
+
+
+def test_a_long_step_prints_a_line_every_few_seconds(capsys):
+    import time
+
+    from attnflow.heartbeat import heartbeat
+
+    with heartbeat("attnflow sample: sampling 64 images", every=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) >= 2 and lines[0].startswith("attnflow sample: sampling 64 images: still working, ")
+    with heartbeat("quiet", enabled=False, every=0.01):
+        time.sleep(0.05)
+    assert capsys.readouterr().err == ""

@@ -17,7 +17,11 @@ from typing import Any
 
 import torch
 
-from .plumbing import RunResult, Settings, load_trained, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from ..heartbeat import heartbeat
+from .plumbing import (
+    RunResult, Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
+    train_runs, write_outputs,
+)
 
 NAME = "interpolation"
 DESCRIPTION = "ACF Algorithm 2: latent interpolation strips between random test pairs, end-point errors and path bits/dim"
@@ -60,6 +64,8 @@ def run(settings: Settings) -> None:
     from ..device import module_device
     from ..evaluate import save_image_grid
 
+    for what in settings.runs or settings.specs:
+        refuse_conditional(what, "interpolation")
     results: list[RunResult] = [] if settings.runs else train_runs(settings, settings.specs)
     run_dirs: list[Path] = list(settings.runs) or [r.dir for r in results if r.ok]
     numbers: dict[str, Any] = {"runs": {}}
@@ -71,7 +77,8 @@ def run(settings: Settings) -> None:
         model, cfg = load_trained(run_dir, settings)
         test = load_configured(cfg["data"], "test")
         x = to_float(test.images, test.levels).to(module_device(model))
-        nums, strips = interpolation_strips(model, x, test.levels)
+        with heartbeat(f"interpolation: {run_dir}", settings.progress):
+            nums, strips = interpolation_strips(model, x, test.levels)
         numbers["runs"][str(run_dir)] = nums
         png = f"interpolation-{i}.png"
         save_image_grid(torch.nan_to_num(strips.flatten(0, 1).cpu(), nan=0.0, posinf=1.0, neginf=0.0),

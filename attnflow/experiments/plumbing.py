@@ -90,6 +90,12 @@ class RunSpec:
 
         return load_preset(self.preset)["model"]["family"]
 
+    def conditional(self) -> bool:
+        """Whether the run's data pairs each image with a condition (SRFlow, Full-Glow)."""
+        from ..config import resolve_config
+
+        return resolve_config(self.preset, list(self.overrides))["data"].get("condition", "none") != "none"
+
     @property
     def text(self) -> str:
         return "+".join((self.preset, *self.overrides))
@@ -357,6 +363,18 @@ def load_trained(run: RunResult | Path, settings: Settings) -> tuple[Any, dict[s
     from ..train import load_run
 
     return load_run(run.dir if isinstance(run, RunResult) else run, device=settings.eval_device)
+
+
+def refuse_conditional(what: Any, experiment: str) -> None:
+    """An experiment on unconditional flows refuses a conditional run (a run directory, or a run
+    specification before it is trained) in one line."""
+    conditional = what.conditional() if isinstance(what, RunSpec) else RunDir(what).config()["data"].get(
+        "condition", "none") != "none"
+    if conditional:
+        kind = "preset" if isinstance(what, RunSpec) else "run"
+        raise ValueError(f"{getattr(what, 'text', what)} is a conditional {kind}: the {experiment} experiment works on "
+                         f"unconditional runs (the samples experiment, `attnflow sample` and `attnflow eval` take "
+                         f"conditional ones)")
 
 
 def say(message: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..heartbeat import heartbeat
 from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
 
 NAME = "samples"
@@ -61,7 +62,8 @@ def run(settings: Settings) -> None:
             numbers["runs"][str(run_dir)] = entry
             continue
         for t in TEMPERATURES:
-            x, bad = finite_samples(model, N_SAMPLES, temperature=t, generator=torch.Generator().manual_seed(0))
+            with heartbeat(f"samples: {run_dir} at T = {t:g}", settings.progress):
+                x, bad = finite_samples(model, N_SAMPLES, temperature=t, generator=torch.Generator().manual_seed(0))
             entry["non_finite"][str(t)] = bad.count if bad else 0
             png = f"samples/{i}-{run_dir.name}-t{t:g}.png"
             if len(x):
