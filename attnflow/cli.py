@@ -112,6 +112,9 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
     from .config import apply_overrides, resolve_config
 
     run = RunDir(args.out)
+    if run.weights.is_file() and not run.has_checkpoint():
+        raise ValueError(f"{args.out} holds a trained model ({run.weights.name}) without its {run.checkpoint.name}, "
+                         f"so it cannot resume; evaluate it with `attnflow eval {args.out}`, or train into a new --out")
     if not (args.resume and run.is_run()):
         if not args.preset:
             raise ValueError("give --preset NAME (see `attnflow presets`), or --resume to continue the run in --out")
