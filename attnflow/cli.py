@@ -45,7 +45,7 @@ OPTIONS = {
     "max_batches": _option("max_batches", int, "batches to evaluate; 0 = the whole split", lo=0, hi=10**9),
     "importance_samples": _option("importance_samples", int, "noise draws; 0 = off", lo=0, hi=10**4),
     "seed": _option("seed", int, "random seed", lo=0, hi=2**63 - 1),
-    "sigma": _option("sigma", float, "noise standard deviation", lo=0.0, hi=100.0),
+    "noise_std": _option("noise_std", float, "noise standard deviation", lo=0.0, hi=100.0),
     "tolerance": _option("tolerance", float, "largest per-pixel reconstruction error accepted", lo=0.0,
                          lo_open=True, hi=1.0),
     "temperatures": _option("temperatures", float, "latent temperatures; 0 = the mean output", lo=0.0, hi=100.0),
@@ -374,14 +374,15 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
 
 
 def _cmd_perturb(args: argparse.Namespace) -> None:
-    from .evaluate import noise_perturbation, save_image_grid
+    from .evaluate import noise_perturbation
 
     model, x, levels, _ = _run_and_images(args, args.n)
-    rows, images = noise_perturbation(model, x, levels, args.sigmas, torch.Generator().manual_seed(args.seed),
+    rows, images = noise_perturbation(model, x, levels, args.noise_stds, torch.Generator().manual_seed(args.seed),
                                       tolerance=args.tolerance)
     if args.out:
         shown = min(args.n, 8)
-        save_image_grid(images[:, :, :shown].flatten(0, 2), args.out, nrow=shown)
+        labels = [text for r in rows for text in (f"std {r['noise_std']:.0e}", "inverse")]
+        _save_labelled_rows(images[:, :, :shown].flatten(0, 2), args.out, shown, labels)
     if args.json:
         print(json.dumps(rows))
         return
@@ -396,6 +397,23 @@ def _cmd_perturb(args: argparse.Namespace) -> None:
         print(f"{r['noise_std']:9.0e}  {r['bpd']:8.4f} ± {r['bpd_stderr']:.4f}  {inverse}")
     if args.out:
         print(f"wrote perturbed inputs and reconstructions (row pairs, one per noise std) to {args.out}")
+
+
+def _save_labelled_rows(images: torch.Tensor, path: str, nrow: int, labels: list[str]) -> None:
+    """An image grid of ``nrow`` images a row, each row labelled on its left."""
+    from PIL import Image, ImageDraw
+
+    from .evaluate.images import image_grid
+
+    scale = max(2, 256 // (images.shape[-1] * nrow))
+    grid = image_grid(images, nrow=nrow, scale=scale)
+    margin, row_h = 64, (grid.shape[0] - scale) / len(labels)
+    canvas = Image.new(Image.fromarray(grid).mode, (grid.shape[1] + margin, grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(labels):
+        draw.text((2, int(i * row_h + row_h / 2) - 5), text, fill=0 if canvas.mode == "L" else (0, 0, 0))
+    canvas.save(path)
 
 
 def _cmd_sr(args: argparse.Namespace) -> None:
@@ -610,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = image_command("perturb", "noise-perturbation analysis: bits/dim and reconstructions of noisy test images",
                       _cmd_perturb, "", "PNG grid of the perturbed inputs and their reconstructions (first 8 images)")
-    number(n, "--sigmas", "sigma", [1e-5, 1e-3, 1e-2, 1e-1, 1.0], "noise standard deviations", nargs="+")
+    number(n, "--sigmas", "noise_std", [1e-5, 1e-3, 1e-2, 1e-1, 1.0], "noise standard deviations (not variances)",
+           nargs="+", dest="noise_stds")
     number(n, "--n", "n", 64, "test images")
     number(n, "--seed", "seed", 0)
     n.add_argument("--json", action="store_true")
@@ -765,8 +784,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _fail(command: str, exc: BaseException | str, status: int) -> None:
+    """Print the error in one line and exit with ``status``. Under ``torchrun`` a user error
+    (status 2: every process reads the same command line) is printed by rank 0 alone."""
     message = " ".join(str(exc).split()) or type(exc).__name__  # always one line
-    print(f"attnflow {command}: error: {message}", file=sys.stderr)
+    if status != 2 or os.environ.get("RANK", "0") == "0":
+        print(f"attnflow {command}: error: {message}", file=sys.stderr)
     sys.exit(status)
 
 

@@ -270,3 +270,21 @@ def test_a_corrupt_inception_weights_file_is_one_short_line(tmp_path):
     message = str(exc.value)
     assert "\n" not in message and "weights_only" not in message and len(message) < 250
     assert "is not a readable PyTorch weights file" in message
+
+
+def test_perturb_grid_labels_its_rows(tmp_path, capsys):
+    main(["perturb", str(RUNS / "glow-isdp"), "--n", "2", "--sigmas", "0", "0.1", "--out", str(tmp_path / "p.png"),
+          "--threads", "1"])
+    labelled = np.asarray(Image.open(tmp_path / "p.png"))
+    margin = labelled[:, :64]  # the label column left of the grid: text in each of the 4 rows (2 per noise std)
+    bands = np.array_split(margin, 4)
+    assert all((band < 128).any() for band in bands) and (labelled[:, 64:] < 255).any()
+
+
+@pytest.mark.parametrize("rank,printed", [("0", True), ("1", False)])
+def test_under_torchrun_rank_0_alone_prints_a_user_error(tmp_path, capsys, monkeypatch, rank, printed):
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "glow-digits", "--out", str(tmp_path / "r"), "--set", "train.batch_size=0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and ("attnflow train: error: " in err) == printed and "Traceback" not in err
