@@ -6,6 +6,7 @@ the problem — never a traceback. The families' runs: the 0.1.0 run directories
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -128,10 +129,12 @@ def test_compare_presets_and_experiment_list(runs, tmp_path, capsys):
 
 def test_samples_experiment_on_every_family(runs, tmp_path, capsys):
     """``experiment samples --run`` over all the families, conditional ones included."""
-    code, _, _ = invoke(capsys, ["experiment", "samples", "--out", str(tmp_path / "e"), "--data", "digits",
-                                 "--quiet", *(a for f in RUNS for a in ("--run", str(runs[f]))), *FAST])
+    argv = ["experiment", "samples", "--out", str(tmp_path / "e"), "--data", "digits", "--quiet",
+            *(a for f in RUNS for a in ("--run", str(runs[f]))), *FAST]
+    code, _, _ = invoke(capsys, argv)
     assert code == 0
     report = (tmp_path / "e" / "report.md").read_text()
+    assert f"- command: `attnflow {shlex.join(argv)}`" in report  # the argv as given: it reruns the experiment
     for family in RUNS:
         assert f"{runs[family].name}-t0.5.png" in report
     assert len(list((tmp_path / "e" / "samples").glob("*.png"))) == 4 * len(RUNS)

@@ -128,7 +128,9 @@ def _os_error(command: str, exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # as given: the command an experiment's report records
     try:
         _expand_paths(args)
         _check_out(args)

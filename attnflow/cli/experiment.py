@@ -1,7 +1,11 @@
-"""``attnflow experiment``: one of the papers' experiments into a directory (``--list`` describes them)."""
+"""``attnflow experiment``: one of the papers' experiments into a directory (``--list`` describes them).
+Its options become one typed :class:`~attnflow.experiments.ExperimentOptions` here; the report
+records the command line as given (shell-quoted), which reruns the experiment: repeatable options
+accumulate, so each value given is kept."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import CommandFailed, _device_name, number
 
@@ -9,7 +13,7 @@ __all__ = ["register"]
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
-    from ..experiments import listing, make_settings, run_experiment
+    from ..experiments import ExperimentOptions, listing, resolve_settings, run_experiment
     from ..experiments.plumbing import ExperimentFailed, ExperimentInterrupted, command_line
 
     if args.list:
@@ -17,21 +21,15 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         return
     if not args.name or not args.out:
         raise ValueError("give an experiment NAME and --out DIR (or --list to see the experiments)")
-    given = [("--preset", args.preset), ("--set", args.set), ("--heads", args.heads), ("--run", args.run)]
-    argv = ["experiment", args.name, "--out", args.out, "--data", args.data]
-    argv += [a for flag, values in given for v in values or () for a in (flag, str(v))]
-    argv += [a for flag, v in (("--budget", args.budget), ("--seeds", args.seeds), ("--clock", args.clock),
-                               ("--device", args.device), ("--jobs", args.jobs if args.jobs > 1 else None),
-                               ("--importance-samples", args.importance_samples),
-                               ("--importance-images", args.importance_images), ("--test-images", args.test_images))
-             if v is not None for a in (flag, str(v))]
-    settings = make_settings(args.name, args.out, budget=args.budget, data=args.data, presets=args.preset,
-                             seeds=args.seeds, clock=args.clock, device=args.device, overrides=args.set,
-                             head_counts=args.heads, runs=args.run, command=command_line(argv),
-                             progress=not args.quiet, jobs=args.jobs, importance_samples=args.importance_samples,
-                             importance_images=args.importance_images, test_images=args.test_images)
+    options = ExperimentOptions(
+        args.name, Path(args.out), budget=args.budget, data=args.data, presets=tuple(args.preset), seeds=args.seeds,
+        clock=args.clock, device=args.device, overrides=tuple(args.set),
+        heads=None if args.heads is None else tuple(args.heads), runs=tuple(Path(r) for r in args.run),
+        command=command_line(args.argv), progress=not args.quiet, jobs=args.jobs,
+        importance_samples=args.importance_samples, importance_images=args.importance_images,
+        test_images=args.test_images)
     try:
-        run_experiment(settings)
+        run_experiment(resolve_settings(options))
     except ExperimentInterrupted as exc:
         raise CommandFailed(str(exc), status=130) from None
     except ExperimentFailed as exc:

@@ -22,10 +22,10 @@ from .plumbing import (
     RunResult, Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
     train_runs, write_outputs,
 )
+from .protocol import Experiment
 
 NAME = "interpolation"
 DESCRIPTION = "ACF Algorithm 2: latent interpolation strips between random test pairs, end-point errors and path bits/dim"
-TAKES_RUNS = True
 PAIRS = 8
 STEPS = 10
 METHOD = (f"Random test pairs are encoded to z_1, z_2 and z_1 + i/N (z_2 - z_1) is decoded for i = 0..N "
@@ -103,3 +103,6 @@ def run(settings: Settings) -> None:
     sections.append("## Bits/dim along the paths\n\n![bits/dim along the interpolation paths](interpolation-bpd.png)")
     write_outputs(settings, "Latent interpolation (ACF Algorithm 2)", DESCRIPTION + ". " + METHOD, sections, numbers,
                   results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)

@@ -24,6 +24,7 @@ from .plumbing import (
     Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
     train_runs, write_outputs,
 )
+from .protocol import Experiment
 
 NAME = "perturbation"
 DESCRIPTION = ("ACF Table 5 / Fig. 2: bits/dim, log-likelihood, log-det and reconstruction of test images "
@@ -129,3 +130,6 @@ def _plot(models: dict[str, list[dict[str, Any]]], settings: Settings) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     save_figure(fig, settings.out / "perturbation.png")
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)

@@ -179,12 +179,16 @@ def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: fl
     """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
     run's family uses, then the experiment's own keys (``train.steps``, ``data.test_images`` and, with
     ``jobs > 1``, ``train.threads`` only where neither sets them)."""
+    from ..config import parse_override
     from ..models.registry import model_fields
     from .parallel import child_threads
 
+    def key(text: str) -> tuple[str, str]:  # (section, key) of an override
+        return parse_override(text)[:2]
+
     valid = model_fields(spec.family())
-    used = [o for o in settings.overrides if not o.startswith("model.") or o.split("=", 1)[0][6:] in valid]
-    given = {o.split("=", 1)[0].strip() for o in (*spec.overrides, *used)}
+    used = [o for o in settings.overrides if key(o)[0] != "model" or key(o)[1] in valid]
+    given = {".".join(key(o)) for o in (*spec.overrides, *used)}
     own = [f"train.time_limit_s={time_limit_s!r}", f"train.clock={settings.clock!r}", f"train.seed={seed}"]
     own += [f"train.steps={TRAIN_STEPS}"] * ("train.steps" not in given)
     own += [f"train.threads={child_threads(settings.jobs)}"] * (settings.jobs > 1 and "train.threads" not in given)

@@ -18,10 +18,10 @@ import torch
 
 from ..heartbeat import heartbeat
 from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
+from .protocol import Experiment
 
 NAME = "samples"
 DESCRIPTION = "sample grids at temperatures 0.5, 0.7, 0.85 and 1.0 for every model family"
-TAKES_RUNS = True
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 N_SAMPLES = 64
 #: test conditions per grid of a conditional run
@@ -78,3 +78,6 @@ def run(settings: Settings) -> None:
         markdown_table(["run", *(f"T = {t:g}" for t in TEMPERATURES)], rows),
     ])
     write_outputs(settings, "Samples at several temperatures", DESCRIPTION + ".", [section], numbers, results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)

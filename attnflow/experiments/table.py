@@ -28,6 +28,7 @@ from typing import Any
 from ..rundir import RunDir
 from .plumbing import (RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs,
                        write_outputs)
+from .protocol import Experiment
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "
@@ -236,3 +237,6 @@ def _plot(rows: list[dict[str, Any]], settings: Settings) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test bits/dim (± s.e.; y axis not from 0)")
     save_figure(fig, settings.out / "table.png")
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)
