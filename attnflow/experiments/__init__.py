@@ -144,9 +144,9 @@ def listing(data: str = "fashion-mnist") -> list[str]:
     lines, minutes, runs = [], 0.0, 0
     for name, experiment in EXPERIMENTS.items():
         n = count_runs(make_settings(name, "unused", data=data))
-        budget = experiment.defaults.minutes
+        budget = DEFAULTS[name].minutes
         minutes, runs = minutes + budget, runs + n
-        test = experiment.defaults.test_images or "all"
+        test = DEFAULTS[name].test_images or "all"
         lines.append(f"{name:15s} {budget:4g} min  {n:3d} runs  {budget / n:4.1f} min/run  test images {test!s:>4}  "
                      f"{experiment.description}")
     lines.append(f"{'(all)':15s} {minutes:4g} min  {runs:3d} runs  on {data}; --jobs 2 on 2 cores: about "
@@ -154,15 +154,15 @@ def listing(data: str = "fashion-mnist") -> list[str]:
     return lines
 
 
-def _check(o: ExperimentOptions) -> Experiment:
-    """The experiment ``o`` names, with the options it does not take refused in one line."""
+def _check(o: ExperimentOptions) -> None:
+    """Refuse, in one line, an unknown experiment and the options the experiment does not take."""
     if o.name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {o.name!r}; experiments: {', '.join(EXPERIMENTS)} "
                          "(`attnflow experiment --list` describes them)")
     if o.data not in DATA_SETS:
         raise ValueError(f"--data must be one of {', '.join(DATA_SETS)}, got {o.data!r}")
     experiment = EXPERIMENTS[o.name]
-    if o.seeds is not None and experiment.defaults.seeds is None:
+    if o.seeds is not None and DEFAULTS[o.name].seeds is None:
         raise ValueError(f"experiment {o.name} evaluates one trained model per preset; --seeds applies to "
                          f"{', '.join(n for n, x in DEFAULTS.items() if x.seeds is not None)}")
     if o.heads is not None and o.name != "heads":
@@ -184,13 +184,13 @@ def _check(o: ExperimentOptions) -> Experiment:
         raise ValueError(f"--budget must be a positive number of minutes, got {o.budget}")
     if o.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {o.jobs}")
-    return experiment
 
 
 def resolve_settings(o: ExperimentOptions) -> Settings:
     """The settings of the experiment ``o`` names: its options, with :data:`DEFAULTS` for those
     not given; options an experiment does not take are one-line errors."""
-    d = _check(o).defaults
+    _check(o)
+    d = DEFAULTS[o.name]
     specs = tuple(RunSpec.parse(p) for p in (o.presets or (d.digits if o.data == "digits" else d.fashion)))
     return Settings(name=o.name, out=Path(o.out), budget_minutes=d.minutes if o.budget is None else o.budget,
                     data=o.data, specs=specs, seeds=o.seeds or d.seeds or 1,

@@ -3,8 +3,8 @@ object each experiment module declares (``EXPERIMENT = Experiment(...)``) instea
 attributes read with defaults.
 
 The per-experiment defaults (budget, run specifications per data set, seeds, head counts, test
-images) stay in one table, :data:`attnflow.experiments.DEFAULTS`, whose budgets add up to the
-whole set's; :attr:`Experiment.defaults` reads an experiment's row of it.
+images) stay in one table, :data:`attnflow.experiments.DEFAULTS` (keyed by :attr:`Experiment.name`),
+whose budgets add up to the whole set's.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import Defaults
     from .plumbing import RunSpec, Settings
 
 __all__ = ["Experiment"]
@@ -35,9 +34,3 @@ class Experiment:
     run: Callable[[Settings], None]
     plan: Callable[[Settings], list[RunSpec]] = _given_specs
     takes_runs: bool = False
-
-    @property
-    def defaults(self) -> Defaults:
-        from . import DEFAULTS
-
-        return DEFAULTS[self.name]
