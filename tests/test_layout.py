@@ -42,7 +42,7 @@ def test_the_check_sees_a_flows_import(tmp_path):
 ROOT = Path(attnflow.__file__).parent
 #: the floors of the library, lowest first; a module imports from its own floor or lower ones
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("core", "schema", "precision", "device", "sharding"),
+    ("core", "schema", "precision", "device", "sharding", "heartbeat"),
     ("nets",),
     ("flows",),
     ("models", "presets", "data", "testing"),

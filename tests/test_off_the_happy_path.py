@@ -225,3 +225,66 @@ def test_repeated_experiment_options_accumulate_so_recorded_commands_rerun():
                              "--run", "b"])
     again = build_parser().parse_args(shlex.split(recorded)[1:])
     assert (again.heads, again.run) == ([1, 2], ["a", "b"])
+
+
+def test_a_test_split_of_another_size_is_refused_before_training(tmp_path, capsys):
+    for split, size in (("train", 8), ("test", 16)):
+        (tmp_path / "ds" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((size, size), 40 * i, dtype=np.uint8)).save(tmp_path / "ds" / split / f"{i}.png")
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "glow-digits", "--out", str(out), "--quiet", "--threads", "1",
+              "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'ds'}"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("attnflow data: converting")]
+    assert exc.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    line = errors[0]
+    assert "the test split of dataset 'folder' has images of shape [1, 16, 16]" in line
+    assert f"(e.g. {tmp_path / 'ds' / 'test' / '0.png'})" in line and "train split [1, 8, 8]" in line
+    assert not (out / "checkpoint.pt").exists() and not (out / "config.json").exists()  # nothing blocks --out
+
+
+def test_a_run_with_weights_but_no_checkpoint_evaluates_them_and_is_not_trained_over(tmp_path, capsys):
+    run = tmp_path / "shared"
+    shutil.copytree(RUNS / "residual-l2", run)  # kept EMA weights: model.safetensors holds them
+    main(["eval", str(run), "--json", "--max-batches", "1"])
+    with_checkpoint = json.loads(capsys.readouterr().out)
+    (run / "checkpoint.pt").unlink()
+    main(["eval", str(run), "--json", "--max-batches", "1"])
+    assert json.loads(capsys.readouterr().out)["bpd"] == with_checkpoint["bpd"]
+    line = one_line_error(capsys, ["eval", str(run), "--weights", "live"])
+    assert "has no checkpoint.pt, only model.safetensors (its EMA weights)" in line
+    line = one_line_error(capsys, ["train", "--preset", "resflow-digits", "--out", str(run)])
+    assert "holds a trained model (model.safetensors) without its checkpoint.pt" in line and "new --out" in line
+    (run / "model.safetensors").write_bytes(b"not safetensors")
+    assert "is corrupt or not a safetensors file" in one_line_error(capsys, ["eval", str(run)])
+
+
+def test_a_corrupt_inception_weights_file_is_one_short_line(tmp_path):
+    from attnflow.evaluate.fidelity import check_inception_weights
+
+    (tmp_path / "w.pth").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError) as exc:
+        check_inception_weights(tmp_path / "w.pth")
+    message = str(exc.value)
+    assert "\n" not in message and "weights_only" not in message and len(message) < 250
+    assert "is not a readable PyTorch weights file" in message
+
+
+def test_perturb_grid_labels_its_rows(tmp_path, capsys):
+    main(["perturb", str(RUNS / "glow-isdp"), "--n", "2", "--sigmas", "0", "0.1", "--out", str(tmp_path / "p.png"),
+          "--threads", "1"])
+    labelled = np.asarray(Image.open(tmp_path / "p.png"))
+    margin = labelled[:, :64]  # the label column left of the grid: text in each of the 4 rows (2 per noise std)
+    bands = np.array_split(margin, 4)
+    assert all((band < 128).any() for band in bands) and (labelled[:, 64:] < 255).any()
+
+
+@pytest.mark.parametrize("rank,printed", [("0", True), ("1", False)])
+def test_under_torchrun_rank_0_alone_prints_a_user_error(tmp_path, capsys, monkeypatch, rank, printed):
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "glow-digits", "--out", str(tmp_path / "r"), "--set", "train.batch_size=0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and ("attnflow train: error: " in err) == printed and "Traceback" not in err

@@ -68,7 +68,9 @@ def check_inception_weights(path: str | os.PathLike) -> Path:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise ValueError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from None
+        # torch's message repeats its weights_only=False advice, which would run a hostile file's code
+        raise ValueError(f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: corrupt, truncated "
+                         f"or not plain tensors); use torch-fidelity's pt_inception-2015-12-05 weights") from None
     if not isinstance(state, dict) or not {"Conv2d_1a_3x3.conv.weight", "fc.weight"} <= set(state):
         raise ValueError(
             f"{path} is not an Inception-v3 state dict (no Conv2d_1a_3x3.conv.weight / fc.weight); "

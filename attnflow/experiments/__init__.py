@@ -8,20 +8,25 @@ counts of the ``heads`` experiment. The budgets add up to 405 minutes of trainin
 set on Fashion-MNIST (275 for the papers' figures and tables, 130 for the results ``table``; every
 run at least 2.5 minutes); ``attnflow experiment --list`` prints them with each experiment's
 number of runs.
+
+Each experiment module declares its :class:`~.protocol.Experiment` (name, description, the runs
+it plans, its report); the command line's options arrive as one typed
+:class:`ExperimentOptions`, resolved against :data:`DEFAULTS` into the
+:class:`~.plumbing.Settings` the experiment runs with (:func:`resolve_settings`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 from ..rundir import RunDir
 from . import classification, convergence, heads, interpolation, perturbation, positions, samples, table
 from .plumbing import RunSpec, Settings
+from .protocol import Experiment
 
-__all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "make_settings", "run_experiment", "listing",
-           "count_runs"]
+__all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "Experiment", "ExperimentOptions", "resolve_settings",
+           "make_settings", "run_experiment", "listing", "count_runs"]
 
 DATA_SETS = ("digits", "fashion-mnist")
 
@@ -91,16 +96,45 @@ DEFAULTS: dict[str, Defaults] = {
         "acf-resflow-lipnorm-fmnist-tiny+train.ema_decay=0", "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny")),
 }
 
-EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
+EXPERIMENTS: dict[str, Experiment] = {m.EXPERIMENT.name: m.EXPERIMENT for m in (
     convergence, heads, positions, perturbation, interpolation, classification, samples, table)}
+
+
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """The options of ``attnflow experiment NAME --out DIR ...`` as given; ``None`` (or empty) is
+    the experiment's default (:data:`DEFAULTS`): ``budget`` minutes of training in all, the run
+    specifications ``presets``, ``seeds`` per specification, ``clock`` (``cpu`` when ``jobs > 1``,
+    runs then share the cores, else ``wall``), ``device``, ``--set`` ``overrides``,
+    ``heads`` (the heads experiment's counts), existing ``runs`` instead of training, the
+    ``command`` recorded in the report, ``progress`` bars, ``jobs`` trained at once, the table's
+    ``importance_samples`` / ``importance_images`` (16 draws on the whole test set) and the runs'
+    ``test_images``."""
+
+    name: str
+    out: Path
+    budget: float | None = None
+    data: str = "fashion-mnist"
+    presets: tuple[str, ...] = ()
+    seeds: int | None = None
+    clock: str | None = None
+    device: str | None = None
+    overrides: tuple[str, ...] = ()
+    heads: tuple[int, ...] | None = None
+    runs: tuple[Path, ...] = ()
+    command: str = ""
+    progress: bool = True
+    jobs: int = 1
+    importance_samples: int | None = None
+    importance_images: int | None = None
+    test_images: int | None = None
 
 
 def count_runs(settings: Settings) -> int:
     """The number of training runs of ``settings`` (refused ones included)."""
     if settings.runs:
         return 0
-    trained_specs = getattr(EXPERIMENTS[settings.name], "trained_specs", lambda s: s.specs)
-    return len(trained_specs(settings)) * settings.seeds
+    return len(EXPERIMENTS[settings.name].plan(settings)) * settings.seeds
 
 
 def listing(data: str = "fashion-mnist") -> list[str]:
@@ -108,78 +142,71 @@ def listing(data: str = "fashion-mnist") -> list[str]:
     run's share of the budget, the test images its runs are evaluated on, and description; then the
     total."""
     lines, minutes, runs = [], 0.0, 0
-    for name, m in EXPERIMENTS.items():
+    for name, experiment in EXPERIMENTS.items():
         n = count_runs(make_settings(name, "unused", data=data))
         budget = DEFAULTS[name].minutes
         minutes, runs = minutes + budget, runs + n
         test = DEFAULTS[name].test_images or "all"
         lines.append(f"{name:15s} {budget:4g} min  {n:3d} runs  {budget / n:4.1f} min/run  test images {test!s:>4}  "
-                     f"{m.DESCRIPTION}")
+                     f"{experiment.description}")
     lines.append(f"{'(all)':15s} {minutes:4g} min  {runs:3d} runs  on {data}; --jobs 2 on 2 cores: about "
                  f"{minutes / 2:g} min elapsed, evaluation extra")
     return lines
 
 
-def make_settings(
-    name: str,
-    out: str | Path,
-    budget: float | None = None,
-    data: str = "fashion-mnist",
-    presets: Sequence[str] = (),
-    seeds: int | None = None,
-    clock: str | None = None,
-    device: str | None = None,
-    overrides: Sequence[str] = (),
-    head_counts: Sequence[int] | None = None,
-    runs: Sequence[str | Path] = (),
-    command: str = "",
-    progress: bool = True,
-    jobs: int = 1,
-    importance_samples: int | None = None,
-    importance_images: int | None = None,
-    test_images: int | None = None,
-) -> Settings:
-    """The settings of experiment ``name`` from its options, with :data:`DEFAULTS` for those not
-    given (``clock``: ``cpu`` when ``jobs > 1``, runs then share the cores, else ``wall``;
-    ``importance_samples`` / ``importance_images``: the table's, 16 draws on the whole test set;
-    ``test_images``: the runs' ``data.test_images``, unless a specification or ``--set`` gives it);
-    options an experiment does not take are one-line errors."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; experiments: {', '.join(EXPERIMENTS)} "
+def _check(o: ExperimentOptions) -> None:
+    """Refuse, in one line, an unknown experiment and the options the experiment does not take."""
+    if o.name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {o.name!r}; experiments: {', '.join(EXPERIMENTS)} "
                          "(`attnflow experiment --list` describes them)")
-    if data not in DATA_SETS:
-        raise ValueError(f"--data must be one of {', '.join(DATA_SETS)}, got {data!r}")
-    d = DEFAULTS[name]
-    if seeds is not None and d.seeds is None:
-        raise ValueError(f"experiment {name} evaluates one trained model per preset; --seeds applies to "
+    if o.data not in DATA_SETS:
+        raise ValueError(f"--data must be one of {', '.join(DATA_SETS)}, got {o.data!r}")
+    experiment = EXPERIMENTS[o.name]
+    if o.seeds is not None and DEFAULTS[o.name].seeds is None:
+        raise ValueError(f"experiment {o.name} evaluates one trained model per preset; --seeds applies to "
                          f"{', '.join(n for n, x in DEFAULTS.items() if x.seeds is not None)}")
-    if head_counts is not None and name != "heads":
+    if o.heads is not None and o.name != "heads":
         raise ValueError("--heads applies to the heads experiment only")
-    if (importance_samples is not None or importance_images is not None) and name != "table":
+    if (o.importance_samples is not None or o.importance_images is not None) and o.name != "table":
         raise ValueError("--importance-samples and --importance-images apply to the table experiment only")
-    if (importance_samples or 0) < 0 or (importance_images or 0) < 0:
+    if (o.importance_samples or 0) < 0 or (o.importance_images or 0) < 0:
         raise ValueError(f"--importance-samples and --importance-images must be >= 0 (0: none / the whole test set), "
-                         f"got {importance_samples} and {importance_images}")
-    if runs and not getattr(EXPERIMENTS[name], "TAKES_RUNS", False):
-        raise ValueError(f"--run applies to {', '.join(n for n, m in EXPERIMENTS.items() if getattr(m, 'TAKES_RUNS', False))}; "
-                         f"experiment {name} trains its own runs")
-    for run in map(RunDir, runs):
+                         f"got {o.importance_samples} and {o.importance_images}")
+    if o.runs and not experiment.takes_runs:
+        raise ValueError(f"--run applies to {', '.join(n for n, e in EXPERIMENTS.items() if e.takes_runs)}; "
+                         f"experiment {o.name} trains its own runs")
+    for run in map(RunDir, o.runs):
         if not run.is_run():
             raise FileNotFoundError(f"--run {run.not_a_run()}; train it with `attnflow train`")
-    if (test_images or 0) < 0:
-        raise ValueError(f"--test-images must be >= 0 (0: the whole test set), got {test_images}")
-    if budget is not None and not budget > 0:
-        raise ValueError(f"--budget must be a positive number of minutes, got {budget}")
-    if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    specs = tuple(RunSpec.parse(p) for p in (presets or (d.digits if data == "digits" else d.fashion)))
-    return Settings(name=name, out=Path(out), budget_minutes=d.minutes if budget is None else budget, data=data,
-                    specs=specs, seeds=seeds or d.seeds or 1, clock=clock or ("cpu" if jobs > 1 else "wall"), device=device, overrides=tuple(overrides),
-                    heads=None if head_counts is None else tuple(head_counts), runs=tuple(Path(r) for r in runs),
-                    command=command, progress=progress, jobs=jobs,
-                    importance_samples=16 if importance_samples is None else importance_samples,
-                    importance_images=importance_images or 0,
-                    test_images=d.test_images if test_images is None else test_images)
+    if (o.test_images or 0) < 0:
+        raise ValueError(f"--test-images must be >= 0 (0: the whole test set), got {o.test_images}")
+    if o.budget is not None and not o.budget > 0:
+        raise ValueError(f"--budget must be a positive number of minutes, got {o.budget}")
+    if o.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {o.jobs}")
+
+
+def resolve_settings(o: ExperimentOptions) -> Settings:
+    """The settings of the experiment ``o`` names: its options, with :data:`DEFAULTS` for those
+    not given; options an experiment does not take are one-line errors."""
+    _check(o)
+    d = DEFAULTS[o.name]
+    specs = tuple(RunSpec.parse(p) for p in (o.presets or (d.digits if o.data == "digits" else d.fashion)))
+    return Settings(name=o.name, out=Path(o.out), budget_minutes=d.minutes if o.budget is None else o.budget,
+                    data=o.data, specs=specs, seeds=o.seeds or d.seeds or 1,
+                    clock=o.clock or ("cpu" if o.jobs > 1 else "wall"), device=o.device, overrides=tuple(o.overrides),
+                    heads=None if o.heads is None else tuple(o.heads), runs=tuple(Path(r) for r in o.runs),
+                    command=o.command, progress=o.progress, jobs=o.jobs,
+                    importance_samples=16 if o.importance_samples is None else o.importance_samples,
+                    importance_images=o.importance_images or 0,
+                    test_images=d.test_images if o.test_images is None else o.test_images)
+
+
+def make_settings(name: str, out: str | Path, **options: Any) -> Settings:
+    """:func:`resolve_settings` of ``ExperimentOptions(name, out, **options)``, sequences given as
+    lists or tuples (the short form for Python callers and tests)."""
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return resolve_settings(ExperimentOptions(name, Path(out), **given))
 
 
 def run_experiment(settings: Settings) -> None:

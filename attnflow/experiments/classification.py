@@ -11,6 +11,7 @@ from typing import Any
 
 from ..rundir import RunDir
 from .plumbing import Settings, format_bpd, group_by_spec, markdown_table, spread, train_runs, write_outputs
+from .protocol import Experiment
 
 NAME = "classification"
 DESCRIPTION = ("ACF Table 3: test accuracy and bits/dim of the hybrid Residual Flow (classifier head on the "
@@ -48,3 +49,6 @@ def run(settings: Settings) -> None:
         "per run.",
     ])
     write_outputs(settings, "Hybrid classification (ACF Table 3)", DESCRIPTION + ".", [section], numbers, results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)

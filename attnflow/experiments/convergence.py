@@ -23,6 +23,7 @@ import numpy as np
 
 from .plumbing import (RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread,
                        train_runs, write_outputs)
+from .protocol import Experiment
 
 NAME = "convergence"
 DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "
@@ -132,3 +133,6 @@ def _mean_bpd(logged: Logged, step: int | None = None) -> float | None:
 
 def _range(values: dict[str, float] | None) -> str:
     return "-" if values is None else f"{values['mean']:.4f} [{values['min']:.4f}, {values['max']:.4f}]"
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)

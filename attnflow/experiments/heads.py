@@ -14,6 +14,7 @@ from typing import Any
 
 from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread, train_runs, \
     write_outputs
+from .protocol import Experiment
 
 NAME = "heads"
 DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the number of heads "
@@ -79,3 +80,6 @@ def run(settings: Settings) -> None:
     ])
     write_outputs(settings, "Bits/dim against attention heads (ACF Table 2, AttnFlow Fig. 14)", DESCRIPTION + ".",
                   [section], numbers, results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs)

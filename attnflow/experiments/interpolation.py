@@ -17,11 +17,15 @@ from typing import Any
 
 import torch
 
-from .plumbing import RunResult, Settings, load_trained, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from ..heartbeat import heartbeat
+from .plumbing import (
+    RunResult, Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
+    train_runs, write_outputs,
+)
+from .protocol import Experiment
 
 NAME = "interpolation"
 DESCRIPTION = "ACF Algorithm 2: latent interpolation strips between random test pairs, end-point errors and path bits/dim"
-TAKES_RUNS = True
 PAIRS = 8
 STEPS = 10
 METHOD = (f"Random test pairs are encoded to z_1, z_2 and z_1 + i/N (z_2 - z_1) is decoded for i = 0..N "
@@ -60,6 +64,8 @@ def run(settings: Settings) -> None:
     from ..device import module_device
     from ..evaluate import save_image_grid
 
+    for what in settings.runs or settings.specs:
+        refuse_conditional(what, "interpolation")
     results: list[RunResult] = [] if settings.runs else train_runs(settings, settings.specs)
     run_dirs: list[Path] = list(settings.runs) or [r.dir for r in results if r.ok]
     numbers: dict[str, Any] = {"runs": {}}
@@ -71,7 +77,8 @@ def run(settings: Settings) -> None:
         model, cfg = load_trained(run_dir, settings)
         test = load_configured(cfg["data"], "test")
         x = to_float(test.images, test.levels).to(module_device(model))
-        nums, strips = interpolation_strips(model, x, test.levels)
+        with heartbeat(f"interpolation: {run_dir}", settings.progress):
+            nums, strips = interpolation_strips(model, x, test.levels)
         numbers["runs"][str(run_dir)] = nums
         png = f"interpolation-{i}.png"
         save_image_grid(torch.nan_to_num(strips.flatten(0, 1).cpu(), nan=0.0, posinf=1.0, neginf=0.0),
@@ -96,3 +103,6 @@ def run(settings: Settings) -> None:
     sections.append("## Bits/dim along the paths\n\n![bits/dim along the interpolation paths](interpolation-bpd.png)")
     write_outputs(settings, "Latent interpolation (ACF Algorithm 2)", DESCRIPTION + ". " + METHOD, sections, numbers,
                   results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)

@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
-from .plumbing import Settings, load_trained, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from ..heartbeat import heartbeat
+from .plumbing import (
+    Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
+    train_runs, write_outputs,
+)
+from .protocol import Experiment
 
 NAME = "perturbation"
 DESCRIPTION = ("ACF Table 5 / Fig. 2: bits/dim, log-likelihood, log-det and reconstruction of test images "
@@ -61,6 +66,8 @@ def run(settings: Settings) -> None:
     from ..device import module_device
     from ..evaluate import save_image_grid
 
+    for spec in settings.specs:
+        refuse_conditional(spec, "perturbation")
     results = train_runs(settings, settings.specs)
     numbers: dict[str, Any] = {"noise": "x + sqrt(sigma) * N(0, I), clipped to [0, 1]; sigma is the variance",
                                "variances": list(VARIANCES), "images": None, "models": {}}
@@ -72,7 +79,8 @@ def run(settings: Settings) -> None:
         n = min(N_IMAGES, len(test))
         numbers["images"] = n
         x = to_float(test.images[:n], test.levels).to(module_device(model))
-        rows, images = perturbation_rows(model, x, test.levels)
+        with heartbeat(f"perturbation: {r.spec.text}", settings.progress):
+            rows, images = perturbation_rows(model, x, test.levels)
         numbers["models"][r.spec.text] = rows
         table5[r.spec.text] = [_fmt(row["reconstruction_bpd"]) for row in rows]
         png = f"perturbation-{r.spec.slug}.png"
@@ -122,3 +130,6 @@ def _plot(models: dict[str, list[dict[str, Any]]], settings: Settings) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     save_figure(fig, settings.out / "perturbation.png")
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)

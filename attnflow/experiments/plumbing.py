@@ -90,6 +90,12 @@ class RunSpec:
 
         return load_preset(self.preset)["model"]["family"]
 
+    def conditional(self) -> bool:
+        """Whether the run's data pairs each image with a condition (SRFlow, Full-Glow)."""
+        from ..config import resolve_config
+
+        return resolve_config(self.preset, list(self.overrides))["data"].get("condition", "none") != "none"
+
     @property
     def text(self) -> str:
         return "+".join((self.preset, *self.overrides))
@@ -173,12 +179,16 @@ def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: fl
     """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
     run's family uses, then the experiment's own keys (``train.steps``, ``data.test_images`` and, with
     ``jobs > 1``, ``train.threads`` only where neither sets them)."""
+    from ..config import parse_override
     from ..models.registry import model_fields
     from .parallel import child_threads
 
+    def key(text: str) -> tuple[str, str]:  # (section, key) of an override
+        return parse_override(text)[:2]
+
     valid = model_fields(spec.family())
-    used = [o for o in settings.overrides if not o.startswith("model.") or o.split("=", 1)[0][6:] in valid]
-    given = {o.split("=", 1)[0].strip() for o in (*spec.overrides, *used)}
+    used = [o for o in settings.overrides if key(o)[0] != "model" or key(o)[1] in valid]
+    given = {".".join(key(o)) for o in (*spec.overrides, *used)}
     own = [f"train.time_limit_s={time_limit_s!r}", f"train.clock={settings.clock!r}", f"train.seed={seed}"]
     own += [f"train.steps={TRAIN_STEPS}"] * ("train.steps" not in given)
     own += [f"train.threads={child_threads(settings.jobs)}"] * (settings.jobs > 1 and "train.threads" not in given)
@@ -357,6 +367,18 @@ def load_trained(run: RunResult | Path, settings: Settings) -> tuple[Any, dict[s
     from ..train import load_run
 
     return load_run(run.dir if isinstance(run, RunResult) else run, device=settings.eval_device)
+
+
+def refuse_conditional(what: Any, experiment: str) -> None:
+    """An experiment on unconditional flows refuses a conditional run (a run directory, or a run
+    specification before it is trained) in one line."""
+    conditional = what.conditional() if isinstance(what, RunSpec) else RunDir(what).config()["data"].get(
+        "condition", "none") != "none"
+    if conditional:
+        kind = "preset" if isinstance(what, RunSpec) else "run"
+        raise ValueError(f"{getattr(what, 'text', what)} is a conditional {kind}: the {experiment} experiment works on "
+                         f"unconditional runs (the samples experiment, `attnflow sample` and `attnflow eval` take "
+                         f"conditional ones)")
 
 
 def say(message: str) -> None:

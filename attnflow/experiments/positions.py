@@ -11,6 +11,7 @@ from typing import Any
 
 from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, run_config, spread, \
     train_runs, write_outputs
+from .protocol import Experiment
 
 NAME = "positions"
 DESCRIPTION = ("AttnFlow Fig. 13: test bits/dim and step time of iMap and iSDP at pos-1..4 of a Glow step, "
@@ -89,3 +90,6 @@ def _plot(entries: list[dict[str, Any]], settings: Settings) -> None:
         ax.grid(alpha=0.3)
     ax_bpd.legend(fontsize=8)
     save_figure(fig, settings.out / "positions.png")
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs)

@@ -3,6 +3,9 @@ contractive residual flows, DenseFlow): ``x = decode(T * z)``, ``z ~ N(0, I)``, 
 :func:`attnflow.evaluate.finite_samples`; samples whose inverse is not finite are counted and
 left out of the grid.
 
+A conditional run (SRFlow, Full-Glow) is sampled as ``attnflow sample`` samples it: 4 outputs
+for each of its first test conditions, beside the condition and the ground truth.
+
 ``--run DIR ...`` samples existing runs; otherwise the experiment trains one preset per family
 within the budget.
 """
@@ -13,13 +16,32 @@ from typing import Any
 
 import torch
 
+from ..heartbeat import heartbeat
 from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
+from .protocol import Experiment
 
 NAME = "samples"
 DESCRIPTION = "sample grids at temperatures 0.5, 0.7, 0.85 and 1.0 for every model family"
-TAKES_RUNS = True
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 N_SAMPLES = 64
+#: test conditions per grid of a conditional run
+N_CONDITIONS = 8
+
+
+def _conditional_grids(model: Any, cfg: dict[str, Any], settings: Settings, i: int, run_dir: Path) -> list[str]:
+    """A conditional run's cells: at each temperature, a grid of the first
+    :data:`N_CONDITIONS` test conditions (rows: condition, bicubic for super-resolution, 4 outputs,
+    ground truth; an output that overflowed is black), as ``attnflow sample`` draws them."""
+    from ..data import load_configured
+    from ..evaluate.superres import save_comparison_grid, sr_scale
+
+    data = load_configured(cfg["data"], "test")
+    cells = []
+    for t in TEMPERATURES:
+        png = f"samples/{i}-{run_dir.name}-t{t:g}.png"
+        save_comparison_grid(model, data, settings.out / png, sr_scale(cfg["data"]), [t] * 4, n=N_CONDITIONS)
+        cells.append(f"![T={t:g}]({png})")
+    return cells
 
 
 def run(settings: Settings) -> None:
@@ -34,8 +56,14 @@ def run(settings: Settings) -> None:
         model, cfg = load_trained(run_dir, settings)
         entry: dict[str, Any] = {"family": cfg["model"]["family"], "non_finite": {}}
         cells = []
+        if model.context_shape is not None:  # conditional: outputs for the run's own test conditions
+            rows.append([f"{entry['family']}: {run_dir.name}", *_conditional_grids(model, cfg, settings, i, run_dir)])
+            entry["conditional"] = True
+            numbers["runs"][str(run_dir)] = entry
+            continue
         for t in TEMPERATURES:
-            x, bad = finite_samples(model, N_SAMPLES, temperature=t, generator=torch.Generator().manual_seed(0))
+            with heartbeat(f"samples: {run_dir} at T = {t:g}", settings.progress):
+                x, bad = finite_samples(model, N_SAMPLES, temperature=t, generator=torch.Generator().manual_seed(0))
             entry["non_finite"][str(t)] = bad.count if bad else 0
             png = f"samples/{i}-{run_dir.name}-t{t:g}.png"
             if len(x):
@@ -50,3 +78,6 @@ def run(settings: Settings) -> None:
         markdown_table(["run", *(f"T = {t:g}" for t in TEMPERATURES)], rows),
     ])
     write_outputs(settings, "Samples at several temperatures", DESCRIPTION + ".", [section], numbers, results)
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)

@@ -28,6 +28,7 @@ from typing import Any
 from ..rundir import RunDir
 from .plumbing import (RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs,
                        write_outputs)
+from .protocol import Experiment
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "
@@ -81,6 +82,7 @@ def _importance(run: RunResult, settings: Settings, cached: dict[str, Any] | Non
     for the same run state, ``K`` and image count)."""
     from ..data import load_configured
     from ..evaluate.importance import importance_weighted_bits_per_dim
+    from ..heartbeat import heartbeat
     from .plumbing import load_trained
 
     key = {"k": settings.importance_samples, "images": settings.importance_images, "run_step": run.results["step"],
@@ -93,7 +95,9 @@ def _importance(run: RunResult, settings: Settings, cached: dict[str, Any] | Non
     images = data.images[: settings.importance_images or None]
     say(f"{run.spec.text}: importance-weighted bits/dim, K = {key['k']} on {len(images)} test images")
     start = time.process_time()
-    iw = importance_weighted_bits_per_dim(model, images, data.levels, key["k"], batch_size=IW_BATCH, chunk=IW_CHUNK)
+    with heartbeat(f"{run.spec.text}: importance-weighted bits/dim", settings.progress):
+        iw = importance_weighted_bits_per_dim(model, images, data.levels, key["k"], batch_size=IW_BATCH,
+                                              chunk=IW_CHUNK)
     return {**iw, **key, "cpu_seconds": time.process_time() - start}
 
 
@@ -233,3 +237,6 @@ def _plot(rows: list[dict[str, Any]], settings: Settings) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test bits/dim (± s.e.; y axis not from 0)")
     save_figure(fig, settings.out / "table.png")
+
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run)

@@ -64,6 +64,17 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
+def _read_weights(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors`` file, with a clear error for a corrupt one."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for a damaged header or body
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({type(exc).__name__}); restore it, or "
+                              f"train the run again") from None
+
+
 def load_run(
     run_dir: str | os.PathLike, use_ema: bool = True, device: str | torch.device = "cpu"
 ) -> tuple[Flow, dict[str, Any]]:
@@ -76,9 +87,15 @@ def load_run(
     if not run.is_run():
         raise CheckpointError(f"{run.not_a_run()}; train with `attnflow train --out {run.path}`")
     cfg = run.config()
-    state = load_checkpoint(run.checkpoint, map_location=device)
     model = build_from_config(cfg["model"]).to(device)
-    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
+    if not run.has_checkpoint() and run.weights.is_file():  # a shared run: its evaluation weights alone
+        if not use_ema and cfg["train"]["ema_decay"] > 0:
+            raise CheckpointError(f"{run.path} has no {run.checkpoint.name}, only {run.weights.name} (its EMA "
+                                  f"weights): evaluate those (without --weights live)")
+        weights = _read_weights(run.weights, device)
+    else:
+        state = load_checkpoint(run.checkpoint, map_location=device)
+        weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,6 +223,12 @@ class Trainer:
             raise ValueError(
                 f"dataset {data['name']!r} has images of shape {self.train_set.shape} but the model expects "
                 f"{self.model.shape}; set model.shape={list(self.train_set.shape)}"
+            )
+        if tuple(self.test_set.shape) != tuple(self.train_set.shape):
+            raise ValueError(
+                f"the test split of dataset {data['name']!r} has images of shape {list(self.test_set.shape)}"
+                f"{_example_file(data, 'test')} but its train split {list(self.train_set.shape)}; give both splits "
+                f"images of one size"
             )
         check_pairing(self.model, self.train_set)
         self.levels = self.train_set.levels
@@ -507,3 +514,14 @@ class Trainer:
         end = EndOfRun(self.rundir, self.step, self.train_seconds, self.test_set, self.levels,
                        self.cfg["data"], self.contraction)
         return end.write(self.eval_model(), progress=self.progress)
+
+
+def _example_file(data: dict[str, Any], split: str) -> str:
+    """`` (e.g. FILE)``: the first image file of a folder dataset's ``split``, or nothing."""
+    from ..data.folder import IMAGE_SUFFIXES
+
+    folder = Path(os.path.expandvars(os.path.expanduser(data.get("root") or ""))) / split
+    if not data.get("root") or not folder.is_dir():
+        return ""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return f" (e.g. {files[0]})" if files else ""

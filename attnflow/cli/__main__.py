@@ -1,0 +1,4 @@
+"""``python -m attnflow.cli``."""
+from . import main
+
+main()

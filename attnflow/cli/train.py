@@ -1,0 +1,103 @@
+"""``attnflow train``: a preset (or a resumed run's saved configuration) with ``--set`` applied,
+trained into a run directory; a broken run fails the command."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from ..rundir import RunDir
+from .common import OPTIONS, CommandFailed
+
+__all__ = ["register", "FIXED_ON_RESUME", "FAR_WORSE_BITS"]
+
+
+#: Settings a resumed run cannot change: the order of its batches and its random draws follow them.
+FIXED_ON_RESUME = ("batch_size", "seed")
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration to train with: the preset with ``--set`` applied; on ``--resume`` the run's
+    saved configuration with ``--set`` applied (a ``--preset`` given then must match the run)."""
+    from ..config import apply_overrides, resolve_config
+
+    run = RunDir(args.out)
+    if run.weights.is_file() and not run.has_checkpoint():
+        raise ValueError(f"{args.out} holds a trained model ({run.weights.name}) without its {run.checkpoint.name}, "
+                         f"so it cannot resume; evaluate it with `attnflow eval {args.out}`, or train into a new --out")
+    if not (args.resume and run.is_run()):
+        if not args.preset:
+            raise ValueError("give --preset NAME (see `attnflow presets`), or --resume to continue the run in --out")
+        return resolve_config(args.preset, args.set)
+    saved = run.config()
+    cfg = apply_overrides(saved, args.set)
+    for key in FIXED_ON_RESUME:
+        if cfg["train"][key] != saved["train"][key]:
+            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
+                             f"{key} = {saved['train'][key]}, and its batches and random draws follow it); resume "
+                             f"without changing it, or train a new run into another --out")
+    if args.preset:
+        preset = resolve_config(args.preset, args.set)
+        for section in ("model", "data"):
+            if preset[section] != cfg[section]:
+                raise ValueError(f"the run in {args.out} was not trained from preset {args.preset!r} (its [{section}] "
+                                 f"differs); resume without --preset: the run's own configuration is used")
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ..train import Trainer
+
+    cfg = _train_config(args)
+    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    result = trainer.run()
+    if "interrupted_at" in result:
+        sys.exit(143 if result.get("signal") == "SIGTERM" else 130)
+    if not trainer.dist.is_main:  # under torchrun rank 0 evaluates and reports
+        return
+    test = result["test"]
+    kind = "upper bound on " if test["upper_bound"] else ""
+    print(
+        f"test {kind}bits/dim: {test['bpd']:.4f} ± {test['bpd_stderr']:.4f} "
+        f"({test['n']} images, {result['levels']} levels) after {result['step']} steps"
+    )
+    if "accuracy" in test:
+        print(f"test accuracy: {test['accuracy']:.4f} ± {test['accuracy_stderr']:.4f}")
+    run = RunDir(args.out)
+    written = [str(path) for path in (run.samples, run.curves, run.results_path) if path.is_file()]
+    print(f"wrote {', '.join(written)}")
+    _check_trained(result, run, cfg)
+
+
+#: Test bits/dim more than this above the uniform model's ``log2(levels)`` mean training failed.
+FAR_WORSE_BITS = 1.0
+
+
+def _check_trained(result: dict[str, Any], run: RunDir, cfg: dict[str, Any]) -> None:
+    """A broken run is not a success: test bits/dim far above the uniform model's, or not one
+    finite sample, fail the command (exit 1); the run directory stays as it is."""
+    bpd, uniform = result["test"]["bpd"], math.log2(result["levels"])
+    problems = []
+    if not math.isfinite(bpd) or bpd > uniform + FAR_WORSE_BITS:
+        problems.append(f"test bits/dim {bpd:.4f} are far worse than the uniform model's {uniform:.4f}")
+    if not run.samples.is_file():
+        problems.append(f"no sample is finite (no {run.samples.name})")
+    if problems:
+        raise CommandFailed(f"training failed: {'; '.join(problems)}. The run in {run.path} is kept; train again "
+                            f"with a lower train.lr (now {cfg['train']['lr']:g}) into a new --out")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train a preset into a run directory")
+    t.add_argument("--preset", help="preset name (see `attnflow presets`); with --resume not needed: the run's saved "
+                   "configuration is used, with any --set applied")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a preset field, e.g. train.steps=500 (repeatable)")
+    t.add_argument("--out", required=True, help="run directory (checkpoint, metrics, figures)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=OPTIONS["threads"].argparse_type(), default=None,
+                   help="sets train.threads (CPU threads; 0 = the CPUs not busy with other work); default: the "
+                        "configuration's train.threads")
+    t.set_defaults(func=_cmd_train)
