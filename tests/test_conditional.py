@@ -7,7 +7,7 @@ import torch
 from attnflow.core import Chain, standard_normal_log_prob
 from attnflow.flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
 from attnflow.flows.glow import GlowStep
-from attnflow.flows.invertible_attention import IMap, ISDP
+from attnflow.flows.invertible_attention import ISDP, IMap
 from attnflow.flows.source_flow import SourceFlowEncoder
 from attnflow.models import build
 from attnflow.models.fullglow import fullglow

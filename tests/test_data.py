@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from attnflow.data import (
-    BatchSampler, ImageDataset, dataset_names, dequantize, load_dataset, reduce_bits, to_float,
+    BatchSampler,
+    ImageDataset,
+    dataset_names,
+    dequantize,
+    load_dataset,
+    reduce_bits,
+    to_float,
 )
 from attnflow.data.readers import FASHION_MNIST_ROOT
 
@@ -462,8 +468,8 @@ def test_test_images_keeps_the_first_test_images_only():
 
 
 def test_trained_run_evaluates_the_first_test_images(tmp_path):
-    from attnflow.train import Trainer
     from attnflow.config import resolve_config
+    from attnflow.train import Trainer
 
     cfg = resolve_config("glow-digits", ["train.steps=2", "data.test_images=40", "train.threads=1"])
     results = Trainer(cfg, tmp_path / "run", progress=False).run()

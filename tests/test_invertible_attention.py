@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnflow.flows.invertible_attention import IMap, ISDP, build_invertible_attention
+from attnflow.flows.invertible_attention import ISDP, IMap, build_invertible_attention
 from attnflow.testing import check_bijection
 
 DT = torch.float64

@@ -4,14 +4,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from attnflow.cli import USER_ERRORS
 from attnflow.config import field, preset_names, read_config, resolve_config
 from attnflow.fields import section_fields
-from attnflow.models.registry import TINY as REGISTRY_TINY
-from attnflow.models.registry import model_fields
+from attnflow.models.registry import TINY as REGISTRY_TINY, model_fields
 from attnflow.schema import ConfigError, Field
 from attnflow.train import Trainer
 

@@ -4,8 +4,8 @@ from .latent import interpolate
 from .likelihood import bits_per_dim, evaluate_bits_per_dim, log_prob_to_bits_per_dim
 from .perturbation import noise_perturbation
 from .reconstruction import DEFAULT_TOLERANCE, Reconstruction, reconstruct
-from .sampling import finite_samples
 from .runs import plot_runs, run_summary
+from .sampling import finite_samples
 
 __all__ = [
     "bits_per_dim",

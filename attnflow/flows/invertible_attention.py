@@ -52,7 +52,7 @@ ISDP_INITS = ("paper", "gated")
 ISDP_DEFAULT_INIT = "gated"
 
 
-def _clear_mask_cache(module: "_MaskedSplit", incompatible_keys: object) -> None:
+def _clear_mask_cache(module: _MaskedSplit, incompatible_keys: object) -> None:
     """Load-state-dict post hook: the seed may have changed, so rebuild masks on demand."""
     module._masks.clear()
 

@@ -16,8 +16,20 @@ from ..flows.preprocess import build_preprocess
 from ..flows.variational_dequantization import VariationalDequantizer
 from ..schema import Key
 from .keys import (
-    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Patches, Positions,
-    Preprocess, Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Components,
+    CouplingHeads,
+    GatedBlocks,
+    Heads,
+    Hidden,
+    IsdpInit,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 

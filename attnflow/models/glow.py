@@ -8,8 +8,19 @@ from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from .keys import (
-    Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Mask, Patches, Positions, Preprocess,
-    Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Heads,
+    Hidden,
+    IsdpInit,
+    LearnedPrior,
+    Mask,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 

@@ -16,8 +16,21 @@ from ..flows.preprocess import build_preprocess
 from ..nets.flowpp_coupling_net import GatedAttentionNet
 from ..schema import Key
 from .keys import (
-    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Mask,
-    Patches, Positions, Preprocess, Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Components,
+    CouplingHeads,
+    GatedBlocks,
+    Heads,
+    Hidden,
+    IsdpInit,
+    Mask,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
 from .branch_certificate import expansion_bound
 from .linearization import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
+from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
 
 __all__ = [
     "AttentionMix",
