@@ -99,7 +99,8 @@ def folder_pairs(directory: Path) -> tuple[list[Path], list[Path]]:
     src_dir, tgt_dir = directory / "source", directory / "target"
     for d in (src_dir, tgt_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"expected {d} with images (paired folders: {directory}/source and {directory}/target)")
+            raise FileNotFoundError(f"expected {d} with images "
+                                    f"(paired folders: {directory}/source and {directory}/target)")
     src = {p.stem: p for p in list_images(src_dir)}
     tgt = {p.stem: p for p in list_images(tgt_dir)}
     unmatched = sorted(set(src) ^ set(tgt))

@@ -129,8 +129,9 @@ def evaluate_conditional(
             rows = sums[float(t)]
             rows.setdefault("non_finite", []).append((~ok).sum().reshape(1))
             ok_cond = ok.view(samples, -1).all(0)
-            rows.setdefault("diversity", []).append(outs[:, ok_cond].double().std(0, unbiased=False).flatten(1).mean(1)
-                                                    if samples > 1 else torch.zeros(int(ok_cond.sum()), dtype=torch.float64))
+            diversity = (outs[:, ok_cond].double().std(0, unbiased=False).flatten(1).mean(1) if samples > 1
+                         else torch.zeros(int(ok_cond.sum()), dtype=torch.float64))
+            rows.setdefault("diversity", []).append(diversity)
             if not ok.any():
                 continue
             truth = hr.repeat(samples, 1, 1, 1)[ok]

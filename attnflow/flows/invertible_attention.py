@@ -369,7 +369,8 @@ def build_invertible_attention(
         return IMap(channels)
     if kind == "isdp":
         return ISDP(channels, heads=heads, patches=patches, init=isdp_init)
-    raise ValueError(f"unknown invertible attention kind {kind!r}; valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+    raise ValueError(f"unknown invertible attention kind {kind!r}; "
+                     f"valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
 
 
 def invertible_attention_factory(

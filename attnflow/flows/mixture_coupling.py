@@ -169,4 +169,5 @@ class MixtureStep(GlowStep):
         **coupling_kwargs: object,
     ) -> None:
         coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)  # type: ignore[arg-type]
-        super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels, coupling=coupling)
+        super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels,
+                         coupling=coupling)

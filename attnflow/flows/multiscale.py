@@ -125,7 +125,8 @@ def multiscale_transform(
     squeezes = scales - 1 + int(squeeze_first)
     if h % 2**squeezes or w % 2**squeezes:
         halvings = min((h & -h).bit_length(), (w & -w).bit_length()) - 1  # times both sides can be halved
-        fix = f"use scales <= {halvings + 1 - int(squeeze_first)}" if halvings >= int(squeeze_first) else "use even image sizes"
+        fix = (f"use scales <= {halvings + 1 - int(squeeze_first)}" if halvings >= int(squeeze_first)
+               else "use even image sizes")
         raise ValueError(
             f"{scales} scales squeeze the {h}x{w} input {squeezes} times, so its height and width must be "
             f"multiples of {2**squeezes}: {fix}"
@@ -137,7 +138,8 @@ def multiscale_transform(
     if scales == 1:
         layers.append(Flatten((c, h, w)))
     elif not factor_out:
-        layers.append(multiscale_transform((c, h, w), scales - 1, lambda ch, i: steps(ch, i + 1), learned_prior, True, False))
+        layers.append(multiscale_transform((c, h, w), scales - 1, lambda ch, i: steps(ch, i + 1), learned_prior,
+                                           True, False))
     else:
         keep = c // 2
         if keep < 1:

@@ -41,7 +41,7 @@ class SourceFlowEncoder(nn.Module):
         self.levels = nn.ModuleList()
         self.step_channels: list[int] = []
         self.keep: list[int] = []
-        for level in range(levels):
+        for _ in range(levels):
             c = 4 * c
             masks = alternating_masks("channel", steps)
             self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))

@@ -65,5 +65,6 @@ def glow(
         attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
         return [GlowStep(channels, hidden, m, attend, positions) for m in masks]
 
-    transform = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, scales, scale_steps, learned_prior)])
+    transform = Chain([build_preprocess(preprocess, alpha),
+                       multiscale_transform(shape, scales, scale_steps, learned_prior)])
     return Flow(transform, shape)

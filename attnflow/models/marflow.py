@@ -108,7 +108,8 @@ def marflow(
             net = lambda i, o: GatedAttentionNet(i, o, hidden, blocks, coupling_heads)  # noqa: E731
             return [GlowStep(channels, hidden, m, attend, positions, net) for m in masks]
         return [
-            MixtureStep(channels, hidden, m, attend, positions, components=components, blocks=blocks, heads=coupling_heads)
+            MixtureStep(channels, hidden, m, attend, positions, components=components, blocks=blocks,
+                        heads=coupling_heads)
             for m in masks
         ]
 

@@ -54,7 +54,7 @@ def level_sizes(shape: Sequence[int], levels: int) -> list[tuple[int, int]]:
             f"{levels} levels halve the size {levels} times: H and W must be divisible by {1 << levels}, "
             f"got {h}x{w}; use fewer levels or pad the images (data.pad)"
         )
-    return [(h >> (l + 1), w >> (l + 1)) for l in range(levels)]
+    return [(h >> (k + 1), w >> (k + 1)) for k in range(levels)]
 
 
 def conditional_level(

@@ -54,7 +54,9 @@ __all__ = ["SLOPE_RANGES", "expansion_bound"]
 
 # Slope intervals [a, b] of the 1-Lipschitz activations (rounded outwards).
 LIPSWISH_SLOPES = (-0.0998394 / 1.1, 1.0)
-SLOPE_RANGES: dict[type[nn.Module], tuple[float, float]] = {nn.ReLU: (0.0, 1.0), nn.ELU: (0.0, 1.0), LipSwish: LIPSWISH_SLOPES}
+SLOPE_RANGES: dict[type[nn.Module], tuple[float, float]] = {
+    nn.ReLU: (0.0, 1.0), nn.ELU: (0.0, 1.0), LipSwish: LIPSWISH_SLOPES,
+}
 _SVD_MARGIN = 1.0 + 1e-9
 
 
@@ -115,7 +117,8 @@ def _run_norm(layers: Sequence[SpectralNormConv2d], grid: tuple[int, int]) -> fl
     computation: its ``lipschitz_bound()``."""
     layer = layers[0]
     own_grid = circulant_grid(layer.input_size, layer.kernel_size, layer.padding)
-    if len(layers) == 1 and not layer.divides_by_explicit_matrix() and (layer.kernel_size == (1, 1) or own_grid == grid):
+    if (len(layers) == 1 and not layer.divides_by_explicit_matrix()
+            and (layer.kernel_size == (1, 1) or own_grid == grid)):
         return layer.lipschitz_bound()  # its divisor bounds this very circulant (a 1x1 kernel's on any grid)
     product = None
     for kernel in _folded_kernels(layers):

@@ -85,7 +85,8 @@ class RRDBEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if features < 1 or blocks < 0 or growth < 1:
-            raise ValueError(f"RRDB encoder needs features >= 1, blocks >= 0, growth >= 1; got {features}, {blocks}, {growth}")
+            raise ValueError(f"RRDB encoder needs features >= 1, blocks >= 0, growth >= 1; "
+                             f"got {features}, {blocks}, {growth}")
         self.level_sizes = [tuple(int(v) for v in s) for s in level_sizes]
         self.first = nn.Conv2d(in_channels, features, 3, padding=1)
         self.trunk = nn.ModuleList(RRDB(features, growth) for _ in range(blocks))
