@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection, Chain
+from ..nets.glow_coupling_net import zero_conv
 
 __all__ = ["Squeeze", "FactorOut", "Flatten", "multiscale_transform"]
 
@@ -73,9 +74,7 @@ class FactorOut(Bijection):
         self.out_shape = (c - self.keep, h, w)
         self.prior = None
         if learned_prior:
-            self.prior = nn.Conv2d(self.keep, 2 * (c - self.keep), 3, padding=1)
-            nn.init.zeros_(self.prior.weight)
-            nn.init.zeros_(self.prior.bias)
+            self.prior = zero_conv(nn.Conv2d(self.keep, 2 * (c - self.keep), 3, padding=1))
 
     def _prior(self, x_keep: Tensor) -> tuple[Tensor, Tensor]:
         if self.prior is None:
@@ -110,7 +109,7 @@ def multiscale_transform(
     learned_prior: bool = True,
     squeeze_first: bool = True,
     factor_out: bool = True,
-) -> Bijection:
+) -> Chain:
     """The multi-scale architecture of RealNVP/Glow, ending in a flat latent.
 
     At each scale ``i`` (0-based): squeeze (except at scale 0 when ``squeeze_first`` is False),

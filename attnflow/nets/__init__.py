@@ -19,7 +19,8 @@ lipschitz_attention.py     L2MultiheadSelfAttention, LipNormSelfAttention,   ACF
 softmax_attention.py       softmax_attention (PyTorch's fused kernel or      Vaswani et al. 2017
                            explicit), SelfAttention2d (coupling networks)
 nystrom_attention.py       NystromAttention                                  Nyströmformer (Xiong et al. 2021)
-glow_coupling_net.py       conv_coupling_net, CouplingNetFactory             Glow (Kingma & Dhariwal 2018)
+glow_coupling_net.py       conv_coupling_net, CouplingNetFactory, zero_conv  Glow (Kingma & Dhariwal 2018)
+                           (zero-initialised last convolution)
 flowpp_coupling_net.py     GatedAttentionNet (gated convolutions and         Flow++ (Ho et al. 2019)
                            self-attention, SelfAttention2d)
 denseflow_coupling_net.py  DenseBlock, DenseFlowCouplingNet (dense block     DenseFlow (Grcić et al. 2021)
