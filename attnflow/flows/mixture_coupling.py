@@ -96,6 +96,8 @@ class MixtureCoupling(MaskedCoupling):
     they would otherwise receive identical gradients forever).
     """
 
+    mu_offset: Tensor  # buffer
+
     def __init__(
         self,
         channels: int,

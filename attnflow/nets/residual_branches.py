@@ -99,8 +99,9 @@ class LipschitzSequential(nn.Sequential):
         return compose_linearizations(parts)
 
 
-class _Bounded(Protocol):
-    """A module with a certified Lipschitz bound (what :class:`AttentionMix` mixes in)."""
+class LipschitzBounded(Protocol):
+    """A module with a certified Lipschitz bound (an attention :class:`AttentionMix` mixes in, a
+    residual block's branch)."""
 
     def lipschitz_bound(self) -> float: ...
 
@@ -132,7 +133,7 @@ class AttentionMix(nn.Module):
     def mix_terms(self) -> tuple[Tensor, float, float]:
         """``(a, B_F, s)``: the attention weight, the attention's bound and its divisor. A layer with
         this method is a convex mix to :func:`~attnflow.nets.branch_certificate.expansion_bound`."""
-        bound = float(cast(_Bounded, self.attention).lipschitz_bound())  # checked in __init__
+        bound = float(cast(LipschitzBounded, self.attention).lipschitz_bound())  # checked in __init__
         # an attention without a finite bound (plain dot-product, the ablation) is mixed in raw,
         # as ACF's baseline does: the branch's bound is then infinite and invertibility is lost.
         divisor = max(1.0, bound) if math.isfinite(bound) else 1.0
