@@ -157,4 +157,5 @@ def condition_batch(dataset: ImageDataset, index: Tensor | slice | None = None) 
     if dataset.conditions is None:
         return None
     rows = dataset.conditions if index is None else dataset.conditions[index]
+    assert dataset.condition_levels is not None  # given with the conditions (ImageDataset checks)
     return to_float(rows, dataset.condition_levels)
