@@ -9,6 +9,8 @@ lipschitz_layers.py        SpectralNormConv2d, SpectralNormLinear,           spe
                            LipSwish, CLipSwish                               2018); Residual Flows; i-DenseNet
 operator_norm.py           gram_spectral_norm, certified_max_norm,           Gram iteration (Delattre et al.
                            circulant_norm_bound (certified, differentiable)  2023); Sedghi et al. 2019
+branch_certificate.py      expansion_bound: a residual branch's certified    this library's (on circulant
+                           bound tighter than the product of its layers'     spectra: Sedghi et al. 2019)
 linearization.py           Linearization: output and explicit Jacobian       i-ResNet; Residual Flows
                            products for the residual log-det estimators
 residual_branches.py       build_branch (i-ResNet, Residual Flow,            i-ResNet; Residual Flows;
