@@ -8,6 +8,7 @@ coupling").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -168,8 +169,8 @@ class MixtureStep(GlowStep):
         attention: AttentionFactory | None = None,
         positions: Sequence[int] = (),
         context_channels: int = 0,
-        **coupling_kwargs: object,
+        **coupling_kwargs: Any,  # MixtureCoupling's keywords, passed on
     ) -> None:
-        coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)  # type: ignore[arg-type]
+        coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)
         super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels,
                          coupling=coupling)
