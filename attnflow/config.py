@@ -42,7 +42,9 @@ def validate_config(cfg: Mapping[str, Any], families: Families | None = None) ->
     """Check every key and value of a configuration with ``model``, ``data`` and ``train``
     sections; returns a copy with the values converted (ints as floats where a float is
     expected). ``families`` are the valid model families (default: the registered ones)."""
-    if not (isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS) and all(isinstance(cfg[s], Mapping) for s in SECTIONS)):
+    if not (
+        isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS) and all(isinstance(cfg[s], Mapping) for s in SECTIONS)
+    ):
         got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
         raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), "
                           f"got {got}")

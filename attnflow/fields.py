@@ -37,7 +37,8 @@ _SECTION_FIELDS: tuple[Field, ...] = (
     # -- [train] ------------------------------------------------------------------------------
     Field("train", "steps", int, "optimizer steps", lo=1, hi=10**9, default=1000),
     Field("train", "batch_size", int, "images per step", lo=1, hi=2**16, default=64),
-    Field("train", "optimizer", str, "optimizer (sgd: plain steps, runs compare to float tolerance)", choices=("adam", "adamax", "sgd"), default="adam"),
+    Field("train", "optimizer", str, "optimizer (sgd: plain steps, runs compare to float tolerance)",
+          choices=("adam", "adamax", "sgd"), default="adam"),
     Field("train", "lr", float, "learning rate", lo=0.0, lo_open=True, hi=1e6, default=1e-3),
     Field("train", "weight_decay", float, "weight decay", lo=0.0, hi=1e3, default=0.0),
     Field("train", "warmup_steps", int, "linear learning-rate warm-up; 0 = off", lo=0, hi=10**9, default=100),

@@ -108,7 +108,7 @@ class Field:
     def error(self, value: Any) -> ConfigError:
         return ConfigError(f"{self.name} must be {self.describe()} ({self.help}), got {value!r}")
 
-    def _number(self, value: Any, kind: type) -> int | float:
+    def _number(self, value: Any, kind: type | None) -> int | float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(value)
         if kind is int and not isinstance(value, int):

@@ -58,10 +58,10 @@ def check_bijection(
     assert logdet.shape == (x.shape[0],), f"logdet must have shape [B], got {tuple(logdet.shape)}"
     x_rec = layer.inverse(z, context)
     torch.testing.assert_close(x_rec, x, atol=atol * 100, rtol=rtol * 100, msg="inverse(forward(x)) != x")
-    expected = torch.stack([
-        brute_force_logdet(lambda v, b=b: layer(v, None if context is None else context[b : b + 1])[0], x[b : b + 1])[0]
-        for b in range(x.shape[0])
-    ])
+    def sample_map(b: int) -> Callable[[Tensor], Tensor]:  # the flow of sample b, with its own context
+        return lambda v: layer(v, None if context is None else context[b : b + 1])[0]
+
+    expected = torch.stack([brute_force_logdet(sample_map(b), x[b : b + 1])[0] for b in range(x.shape[0])])
     torch.testing.assert_close(logdet, expected, atol=atol * 1e3, rtol=rtol * 10, msg="log-det != brute force")
 
 
@@ -152,5 +152,5 @@ def exact_circulant_norm(weight: Tensor, size: tuple[int, int], padding: tuple[i
     bounds with Gram iterations."""
     from .nets.operator_norm import circulant_grid, kernel_spectrum
 
-    grid = circulant_grid(size, tuple(weight.shape[-2:]), padding)
+    grid = circulant_grid(size, (weight.shape[-2], weight.shape[-1]), padding)
     return float(torch.linalg.matrix_norm(kernel_spectrum(weight.detach(), grid), ord=2).max())

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the timed steps (the presets')")
-    p.add_argument("--n-exact", type=int, default=4, help="exact terms of the training log-det (4: the reference's work)")
+    p.add_argument("--n-exact", type=int, default=4,
+                   help="exact terms of the training log-det (4: the reference's work)")
     p.add_argument("--baseline", default=None, help="a directory holding another version's attnflow package")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # measure one kind, print its JSON
     a = p.parse_args(argv)

@@ -2,9 +2,9 @@
 
     python benchmarks/certified_training.py --preset resflow-fmnist-tiny --steps 300 [--set KEY=VALUE ...]
 
-Trains the preset with the library's ``Trainer`` into ``--out`` (one thread; test bits/dim over the first 1000 test images) and, before
-the first step and after every step, computes independently the exact operator norm of the weight
-every spectral-normalised convolution will use in the next step
+Trains the preset with the library's ``Trainer`` into ``--out`` (one thread; test bits/dim over the
+first 1000 test images) and, before the first step and after every step, computes independently
+the exact operator norm of the weight every spectral-normalised convolution will use in the next step
 (:func:`attnflow.testing.exact_conv_norm`: the eigen-decomposition of the operator's Gram matrix in
 float64; the normalised weight is a deterministic function of the weights, so this is the weight
 the step runs with). Prints one JSON object: the largest used norm over all layers and steps (and

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     baseline = None
     for overrides in configurations(a.kinds, a.positions):
-        cmd = [sys.executable, str(TRAIN_STEP), "--preset", a.preset, "--threads", str(a.threads), "--runs", str(a.runs)]
+        cmd = [sys.executable, str(TRAIN_STEP), "--preset", a.preset, "--threads", str(a.threads),
+               "--runs", str(a.runs)]
         cmd += [arg for o in overrides for arg in ("--set", o)]
         if a.batch_size:
             cmd += ["--batch-size", str(a.batch_size)]

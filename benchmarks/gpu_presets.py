@@ -32,8 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from acf_step import PRESET as ACF_PRESET
-from acf_step import overrides as acf_overrides
+from acf_step import PRESET as ACF_PRESET, overrides as acf_overrides
 from attnflow.config import preset_names, resolve_config
 from attnflow.core import Flow
 from attnflow.device import resolve_device

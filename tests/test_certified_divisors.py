@@ -36,7 +36,8 @@ def one_thread():
 def test_the_exact_norm_helper_matches_an_explicit_svd() -> None:
     """The scatter-assembled Gram gives the SVD norm of the explicit matrix (both sides)."""
     torch.manual_seed(8)
-    for c_out, c_in, k, p, size in ((6, 2, 3, 1, (5, 4)), (2, 5, 3, 1, (4, 6)), (3, 3, 5, 2, (6, 6)), (4, 2, 3, 0, (5, 5))):
+    for c_out, c_in, k, p, size in ((6, 2, 3, 1, (5, 4)), (2, 5, 3, 1, (4, 6)), (3, 3, 5, 2, (6, 6)),
+                                    (4, 2, 3, 0, (5, 5))):
         weight = torch.randn(c_out, c_in, k, k, dtype=DT)
         d = c_in * size[0] * size[1]
         basis = torch.eye(d, dtype=DT).reshape(d, c_in, *size)
@@ -47,7 +48,8 @@ def test_the_exact_norm_helper_matches_an_explicit_svd() -> None:
 # ------------------------------------------------------------------ a case built against power iteration
 
 
-def power_estimate(weight: torch.Tensor, v: torch.Tensor, tol: float = 1e-3, max_iter: int = 1000) -> tuple[float, torch.Tensor]:
+def power_estimate(weight: torch.Tensor, v: torch.Tensor, tol: float = 1e-3,
+                   max_iter: int = 1000) -> tuple[float, torch.Tensor]:
     """The estimate the library used to divide by: alternating power steps warm-started from ``v``,
     stopped when one more step moves the unit vectors by at most ``tol`` (kept here, in the test,
     only to show that the case below defeats it)."""
@@ -165,7 +167,7 @@ def trained_28(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         layer.normalized_weight = record
     trainer.run()
-    for name, layer in layers.items():
+    for layer in layers.values():
         del layer.normalized_weight
     torch.save({"used": used, "sizes": {n: (m.input_size, m.padding) for n, m in layers.items()}},
                tmp / "used_weights.pt")
@@ -248,8 +250,9 @@ def test_a_float64_model_evaluates_in_float64() -> None:
         log_prob = model.log_prob
 
         def recording(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            seen.add(x.dtype)
-            return log_prob(x, *args, **kwargs)
+            # called within this iteration only, so the loop variables are the ones meant
+            seen.add(x.dtype)  # noqa: B023
+            return log_prob(x, *args, **kwargs)  # noqa: B023
 
         model.log_prob = recording
         figures = {}

@@ -18,7 +18,8 @@ def test_train_eval_sample_reconstruct(tmp_path, capsys):
     text = run(capsys, "train", "--preset", "glow-digits", "--out", str(out), "--quiet",
                "--set", "train.steps=30", "--set", "model.hidden=16", "--set", "model.steps=2")
     assert "test bits/dim" in text
-    for name in ("checkpoint.pt", "model.safetensors", "config.json", "metrics.jsonl", "samples.png", "loss.png", "results.json"):
+    for name in ("checkpoint.pt", "model.safetensors", "config.json", "metrics.jsonl", "samples.png", "loss.png",
+                 "results.json"):
         assert (out / name).is_file(), name
 
     res = json.loads(run(capsys, "eval", str(out), "--json"))
@@ -65,7 +66,8 @@ def test_presets_listed(capsys):
     [
         (["train", "--preset", "nope", "--out", "x"], "available presets"),
         (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.bogus=1"], "valid train keys"),
-        (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.lr=fast"], "train.lr must be a finite number"),
+        (["train", "--preset", "glow-digits", "--out", "x", "--set", "train.lr=fast"],
+         "train.lr must be a finite number"),
         (["eval", "does-not-exist"], "not a run directory"),
         (["compare", "does-not-exist"], "no metrics.jsonl"),
     ],

@@ -128,7 +128,8 @@ def folder_dataset(tmp_path):
     for split, n in (("train", 20), ("test", 4)):
         (root / split).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(torch.randint(0, 256, (8, 8), dtype=torch.uint8).numpy()).save(root / split / f"{i:02d}.png")
+            image = Image.fromarray(torch.randint(0, 256, (8, 8), dtype=torch.uint8).numpy())
+            image.save(root / split / f"{i:02d}.png")
     return root
 
 

@@ -7,7 +7,7 @@ import torch
 from attnflow.core import Chain, standard_normal_log_prob
 from attnflow.flows.conditional import ConditionalAffineInjector, ConditionedTransform, PickCondition
 from attnflow.flows.glow import GlowStep
-from attnflow.flows.invertible_attention import IMap, ISDP
+from attnflow.flows.invertible_attention import ISDP, IMap
 from attnflow.flows.source_flow import SourceFlowEncoder
 from attnflow.models import build
 from attnflow.models.fullglow import fullglow
@@ -90,7 +90,8 @@ def test_srflow_change_of_variables(kwargs):
     torch.testing.assert_close(flow.log_prob(x, lr), standard_normal_log_prob(z) + logdet)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(attention="imap", positions=[0]), dict(attention="isdp", positions=[5], patches=1)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(attention="imap", positions=[0]),
+                                    dict(attention="isdp", positions=[5], patches=1)])
 def test_fullglow_change_of_variables(kwargs):
     flow = _perturb(fullglow(shape=(3, 4, 4), source_shape=(1, 4, 4), levels=2, source_hidden=4, **TINY, **kwargs), 0.1)
     x, labels = torch.rand(2, 3, 4, 4, dtype=D), torch.rand(2, 1, 4, 4, dtype=D)

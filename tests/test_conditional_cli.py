@@ -52,7 +52,8 @@ def test_translation_train_and_eval(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--preset", "srflow-digits-2x", "--set", "data.condition=none"], "model is conditional but the data has no condition"),
+    (["--preset", "srflow-digits-2x", "--set", "data.condition=none"],
+     "model is conditional but the data has no condition"),
     (["--preset", "glow-digits", "--set", "data.condition=lowres"], "model family is unconditional"),
     (["--preset", "srflow-digits-2x", "--set", "data.scale=4"], r"expects conditions of shape \[1, 4, 4\]"),
     (["--preset", "srflow-digits-2x", "--set", "data.condition=sketch"], "data.condition must be one of"),

@@ -14,7 +14,8 @@ def test_every_preset_resolves_and_builds_small_ones():
 
 
 def test_override_types():
-    cfg = resolve_config("glow-digits", ["train.lr=1e-4", "train.steps=7", "model.shape=[1, 8, 8]", "train.optimizer=adamax"])
+    cfg = resolve_config("glow-digits",
+                         ["train.lr=1e-4", "train.steps=7", "model.shape=[1, 8, 8]", "train.optimizer=adamax"])
     assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["steps"] == 7 and cfg["train"]["optimizer"] == "adamax"
     assert resolve_config("glow-digits", ["train.lr=1"])["train"]["lr"] == 1.0  # int accepted for float
 

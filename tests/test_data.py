@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from attnflow.data import (
-    BatchSampler, ImageDataset, dataset_names, dequantize, load_dataset, reduce_bits, to_float,
+    BatchSampler,
+    ImageDataset,
+    dataset_names,
+    dequantize,
+    load_dataset,
+    reduce_bits,
+    to_float,
 )
 from attnflow.data.readers import FASHION_MNIST_ROOT
 
@@ -72,7 +78,8 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 def test_dataset_names_and_unknown_name():
     names = dataset_names()
-    assert set(names) == {"digits", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "folder", "folder-pairs"}
+    assert set(names) == {"digits", "mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "folder",
+                          "folder-pairs"}
     with pytest.raises(ValueError, match="valid names: .*cifar10"):
         load_dataset("svhn")
 
@@ -457,13 +464,14 @@ def test_test_images_keeps_the_first_test_images_only():
     test = load_configured(data, "test")
     assert len(test) == 50 and len(whole) == 360
     assert torch.equal(test.images, whole.images[:50]) and torch.equal(test.labels, whole.labels[:50])
-    assert torch.equal(load_configured(data, "train").images, load_configured({**data, "test_images": 0}, "train").images)
+    assert torch.equal(load_configured(data, "train").images,
+                       load_configured({**data, "test_images": 0}, "train").images)
     assert torch.equal(load_configured({**data, "test_images": 361}, "test").images, whole.images)  # at most N
 
 
 def test_trained_run_evaluates_the_first_test_images(tmp_path):
-    from attnflow.train import Trainer
     from attnflow.config import resolve_config
+    from attnflow.train import Trainer
 
     cfg = resolve_config("glow-digits", ["train.steps=2", "data.test_images=40", "train.threads=1"])
     results = Trainer(cfg, tmp_path / "run", progress=False).run()

@@ -19,10 +19,18 @@ import pytest
 import torch
 from PIL import Image
 
-from attnflow.data import (BatchSampler, BatchStream, CacheError, ImageDataset, dequantize, load_configured,
-                           load_dataset, to_float)
-from attnflow.data import cache as cache_module
-from attnflow.data import readers
+from attnflow.data import (
+    BatchSampler,
+    BatchStream,
+    CacheError,
+    ImageDataset,
+    cache as cache_module,
+    dequantize,
+    load_configured,
+    load_dataset,
+    readers,
+    to_float,
+)
 from attnflow.data.batches import gather
 from attnflow.data.cache import CACHE_ENV, cache_directory
 from attnflow.data.dataset import reduce_bits

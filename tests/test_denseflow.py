@@ -185,7 +185,9 @@ def extended_map(transform, x_shape, noise_shapes, layers):
 
 
 def test_stage_with_fixed_noise_is_a_bijection_of_data_and_noise():
-    unit = lambda c: perturb_(invertible_unit(c, 1, dense_net_factory(hidden=4, depth=1, growth=2, landmarks=2)))
+    def unit(c):
+        return perturb_(invertible_unit(c, 1, dense_net_factory(hidden=4, depth=1, growth=2, landmarks=2)))
+
     stage = perturb_(CrossUnitStage(2, units=3, growth=2, unit_factory=unit, noise_depth=1, noise_growth=2))
     stage = stage.double().eval()
     assert stage.out_channels == 6

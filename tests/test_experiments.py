@@ -69,7 +69,7 @@ def test_convergence_compares_a_family_at_its_last_common_step(convergence):
     for run in res["runs"]:
         rows = [json.loads(line) for line in (convergence / run["dir"] / "metrics.jsonl").read_text().splitlines()]
         logged[Path(run["dir"]).name] = [(m["step"], m["bpd"]) for m in rows if "bpd" in m]
-    for family, specs in res["families"].items():
+    for specs in res["families"].values():
         dirs = {spec: [d for d in logged if d.rsplit("-seed", 1)[0] == spec] for spec in specs}
         common = min(max(s for s, _ in logged[d]) for ds in dirs.values() for d in ds)
         for spec, entry in specs.items():
@@ -86,7 +86,8 @@ def test_resume_reuses_finished_runs_and_resumes_interrupted_ones(convergence, c
     done = convergence / "runs" / "glow-digits-seed0"
     interrupted = convergence / "runs" / "glow-digits-seed1"
     (interrupted / "results.json").unlink()  # as if stopped before the end: only its checkpoint is left
-    mtimes = {p: p.stat().st_mtime_ns for p in (convergence / "runs").glob("*/checkpoint.pt") if p.parent != interrupted}
+    mtimes = {p: p.stat().st_mtime_ns for p in (convergence / "runs").glob("*/checkpoint.pt")
+              if p.parent != interrupted}
     text = experiment(capsys, "convergence", convergence, *RESIDUAL, "--seeds", "2", "--set", "model.steps=1",
                       "--preset", "glow-digits", "glow-digits-imap", "resflow-digits", "acf-resflow-l2-digits")
     assert text.count("reusing") == 7 and "resuming into " + str(interrupted) in text
@@ -98,7 +99,8 @@ def test_resume_reuses_finished_runs_and_resumes_interrupted_ones(convergence, c
 
 def test_resume_refuses_a_different_model(convergence, capsys):
     with pytest.raises(SystemExit) as exc:
-        experiment(capsys, "convergence", convergence, "--seeds", "2", "--set", "model.steps=2", "--preset", "glow-digits")
+        experiment(capsys, "convergence", convergence, "--seeds", "2", "--set", "model.steps=2",
+                   "--preset", "glow-digits")
     assert exc.value.code == 2 and "different model configuration" in capsys.readouterr().err
 
 
@@ -125,7 +127,8 @@ def test_positions(tmp_path, capsys):
 
 
 def test_perturbation_noise_is_a_variance(tmp_path, capsys):
-    experiment(capsys, "perturbation", tmp_path, *RESIDUAL, "--preset", "acf-resflow-dot-digits", "acf-resflow-l2-digits")
+    experiment(capsys, "perturbation", tmp_path, *RESIDUAL,
+               "--preset", "acf-resflow-dot-digits", "acf-resflow-l2-digits")
     res = outputs(tmp_path, "perturbation.png", "perturbation-acf-resflow-l2-digits.png")
     assert res["variances"] == [1e-4, 1e-3, 1e-2, 1e-1, 1.0] and "variance" in res["noise"]
     rows = res["models"]["acf-resflow-l2-digits"]
@@ -192,7 +195,8 @@ def test_table_with_importance_weighted_bound_rows(tmp_path, capsys):
         iw = rows[spec]["importance_weighted"]
         assert rows[spec]["upper_bound"] and iw["k"] == 2 and iw["n"] == 50 and finite(iw["bpd"], iw["bpd_stderr"])
     assert rows["denseflow-digits"]["delta_iw_bpd"] == pytest.approx(
-        rows["denseflow-digits"]["importance_weighted"]["bpd"] - rows["denseflow-digits-noattn"]["importance_weighted"]["bpd"])
+        rows["denseflow-digits"]["importance_weighted"]["bpd"]
+        - rows["denseflow-digits-noattn"]["importance_weighted"]["bpd"])
     report = (tmp_path / "report.md").read_text()
     assert "| importance-weighted, K = 2 | Δ vs no attention |" in report and "first 50 test images" in report
     assert "every row is evaluated on its trained weights" in report
@@ -264,7 +268,8 @@ def test_test_images_defaults_and_overrides():
     """Runs are evaluated on the first 2000 test images unless the experiment (positions, table)
     keeps the whole test set, --test-images changes it, or a specification or --set gives it."""
     spec, own = RunSpec.parse("glow-fmnist-tiny"), RunSpec.parse("glow-fmnist-tiny+data.test_images=300")
-    images = {name: run_config(make_settings(name, "unused"), spec, 0, 60.0)["data"]["test_images"] for name in EXPERIMENTS}
+    images = {name: run_config(make_settings(name, "unused"), spec, 0, 60.0)["data"]["test_images"]
+              for name in EXPERIMENTS}
     assert images == {name: 0 if name in ("positions", "table") else 2000 for name in EXPERIMENTS}
     assert run_config(make_settings("heads", "unused", test_images=0), spec, 0, 60.0)["data"]["test_images"] == 0
     assert run_config(make_settings("heads", "unused"), own, 0, 60.0)["data"]["test_images"] == 300
@@ -313,8 +318,8 @@ def test_jobs_give_the_same_numbers_and_failed_runs_become_rows(tmp_path, capsys
     assert found[2][0]["steps"] == 3 and finite(found[2][0]["test_bpd"])
     assert "exceeds the 1437 training images" in found[2][1]["error"]
     run = "runs/acf-resflow-l2-digits-seed0"
-    curves = [[(m["step"], m["bpd"]) for m in map(json.loads, (tmp_path / f"jobs{j}" / run / "metrics.jsonl")
-                                                               .read_text().splitlines()) if "bpd" in m] for j in (1, 2)]
+    lines = [(tmp_path / f"jobs{j}" / run / "metrics.jsonl").read_text().splitlines() for j in (1, 2)]
+    curves = [[(m["step"], m["bpd"]) for m in map(json.loads, rows) if "bpd" in m] for rows in lines]
     assert curves[0] == curves[1] and len(curves[0]) == 3
     assert json.loads((tmp_path / "jobs2" / run / "config.json").read_text())["train"]["clock"] == "cpu"
     log = (tmp_path / "jobs2" / "runs" / "glow-digits_batch-size-5000-seed0" / "train.log").read_text()

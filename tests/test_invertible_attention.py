@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnflow.flows.invertible_attention import IMap, ISDP, build_invertible_attention
+from attnflow.flows.invertible_attention import ISDP, IMap, build_invertible_attention
 from attnflow.testing import check_bijection
 
 DT = torch.float64
@@ -37,7 +37,8 @@ def test_imap_at_init_is_bijection() -> None:
 
 @pytest.mark.parametrize(
     "c,h,w,heads,patches",
-    [(2, 2, 2, 1, 1), (3, 3, 5, 1, 1), (2, 4, 4, 1, 4), (2, 4, 2, 2, 4), (3, 2, 2, 1, 4), (2, 4, 4, 2, 16), (1, 4, 4, 1, 4),
+    [(2, 2, 2, 1, 1), (3, 3, 5, 1, 1), (2, 4, 4, 1, 4), (2, 4, 2, 2, 4), (3, 2, 2, 1, 4), (2, 4, 4, 2, 16),
+     (1, 4, 4, 1, 4),
      (2, 4, 4, 3, 4), (3, 3, 5, 7, 1), (5, 2, 2, 5, 4)],  # uneven head groups: 8 features / 3, 45 / 7, 5 / 5
 )
 @pytest.mark.parametrize("seed", [0, 1])
@@ -168,7 +169,8 @@ def test_isdp_uneven_heads_attend_within_their_feature_groups() -> None:
     groups = [slice(0, 3), slice(3, 6), slice(6, 8)]
     eye = torch.eye(4, dtype=x.dtype)
     expected = torch.stack(
-        [torch.softmax(q[..., g] @ k[..., g].transpose(-1, -2) / layer.log_d.exp(), -1) + layer.offset * eye for g in groups],
+        [torch.softmax(q[..., g] @ k[..., g].transpose(-1, -2) / layer.log_d.exp(), -1) + layer.offset * eye
+         for g in groups],
         dim=1,
     )
     torch.testing.assert_close(layer.attention(x), expected)

@@ -61,7 +61,8 @@ def test_linear_sigma_and_normalised_norm() -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("k", "p", "size"), [(3, 1, (4, 4)), (3, 1, (5, 3)), (3, 0, (5, 5)), (1, 0, (3, 3)), (5, 2, (4, 6))])
+@pytest.mark.parametrize(("k", "p", "size"),
+                         [(3, 1, (4, 4)), (3, 1, (5, 3)), (3, 0, (5, 5)), (1, 0, (3, 3)), (5, 2, (4, 6))])
 def test_conv_induced_norm_matches_explicit_matrix(k: int, p: int, size: tuple[int, int], path: str) -> None:
     layer = conv_layer(2, 3, k, p, size, explicit_side=PATHS[path])
     conv = lambda x, w=layer.weight: F.conv2d(x, w, padding=p)  # noqa: E731
@@ -98,7 +99,8 @@ def test_circulant_bound_is_exact_circular_norm_and_upper_bounds_zero_padding(
 def _used_norm(layer: SpectralNormConv2d) -> float:
     """Exact norm of the layer's convolution with the weight of its next forward pass."""
     w = layer.normalized_weight().detach()
-    return spectral_norm(explicit_matrix(lambda x: F.conv2d(x, w, padding=layer.padding), (layer.in_channels, *layer.input_size)))
+    return spectral_norm(explicit_matrix(lambda x: F.conv2d(x, w, padding=layer.padding),
+                                         (layer.in_channels, *layer.input_size)))
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -92,7 +92,8 @@ ATTENTION_CASES = [
 @pytest.mark.parametrize("attention,positions,heads,coupling", ATTENTION_CASES)
 def test_marflow_inverse_and_logdet(attention, positions, heads, coupling):
     flow = _perturb(marflow(shape=(1, 4, 4), scales=2, steps=2, hidden=4, components=2, prior_hidden=3,
-                            coupling=coupling, attention=attention, positions=positions, heads=heads, patches=1).double(), 0.1)
+                            coupling=coupling, attention=attention, positions=positions, heads=heads,
+                            patches=1).double(), 0.1)
     check_bijection(flow.transform, torch.rand(2, 1, 4, 4, dtype=torch.float64))
 
 
@@ -137,8 +138,10 @@ def test_marflow_bad_arguments(kwargs, match):
 
 
 def test_presets_resolve_and_digits_ones_build():
-    mine = [n for n in preset_names() if n.startswith(("marflow-", "flowpp-")) or n.startswith("glow-") and n.endswith(("-imap", "-isdp"))]
-    assert {"marflow-digits", "marflow-digits-imap", "marflow-digits-isdp", "flowpp-digits", "marflow-mnist-paper"} <= set(mine)
+    mine = [n for n in preset_names()
+            if n.startswith(("marflow-", "flowpp-")) or n.startswith("glow-") and n.endswith(("-imap", "-isdp"))]
+    assert {"marflow-digits", "marflow-digits-imap", "marflow-digits-isdp", "flowpp-digits",
+            "marflow-mnist-paper"} <= set(mine)
     for name in mine:
         cfg = resolve_config(name, families=FAMILIES)
         model = dict(cfg["model"])

@@ -93,7 +93,8 @@ def test_mixture_coupling_bad_arguments():
 
 @pytest.mark.parametrize("positions", [(1,), (2, 3), (4,)])
 def test_mixture_step_places_attention(positions):
-    step = _perturb(MixtureStep(2, hidden=4, mask="checkerboard", attention=IMap, positions=positions, components=2).double())
+    step = _perturb(MixtureStep(2, hidden=4, mask="checkerboard", attention=IMap, positions=positions,
+                                components=2).double())
     kinds = [type(layer).__name__ for layer in step]
     assert kinds.count("IMap") == len(positions) and "MixtureCoupling" in kinds and "AffineCoupling" not in kinds
     check_bijection(step, torch.randn(2, 2, 4, 4, dtype=torch.float64))

@@ -39,7 +39,8 @@ def one_line_error(capsys, argv, code=2):
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
-    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"attnflow {__version__} (torch {torch.__version__})"
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"attnflow {__version__} (torch {torch.__version__})"
 
 
 def test_log_prob_of_an_empty_batch_is_explained():
@@ -47,8 +48,8 @@ def test_log_prob_of_an_empty_batch_is_explained():
         build("glow-digits", steps=1, hidden=8).log_prob(torch.rand(0, 1, 8, 8))
 
 
-@pytest.mark.parametrize("command", [["train", "--preset", "glow-digits"], ["sr", str(RUNS / "srflow"), "--input", "x.png"],
-                                     ["experiment", "samples"]])
+@pytest.mark.parametrize("command", [["train", "--preset", "glow-digits"],
+                                     ["sr", str(RUNS / "srflow"), "--input", "x.png"], ["experiment", "samples"]])
 def test_out_that_is_a_file(tmp_path, capsys, command):
     (tmp_path / "f").write_text("")
     line = one_line_error(capsys, [*command, "--out", str(tmp_path / "f")])
@@ -160,7 +161,8 @@ def _grey(path: Path, mode: str = "L") -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode,match", [("I;16", "more than 8 bits per channel"), ("RGB", r"is a colour \(mode RGB\) image")])
+@pytest.mark.parametrize("mode,match", [("I;16", "more than 8 bits per channel"),
+                                        ("RGB", r"is a colour \(mode RGB\) image")])
 def test_sr_refuses_what_it_cannot_read_faithfully(tmp_path, capsys, mode, match):
     image = _grey(tmp_path / "in.png", mode=mode)
     line = one_line_error(capsys, ["sr", str(RUNS / "srflow"), "--input", str(image), "--out", str(tmp_path / "o")])
@@ -209,7 +211,8 @@ def test_resume_keeps_what_was_set_and_refuses_what_cannot_change(tmp_path, caps
 def test_run_specifications_without_a_section_are_explained(tmp_path, capsys):
     line = one_line_error(capsys, ["experiment", "samples", "--out", str(tmp_path / "e"), "--data", "digits",
                                    "--preset", "glow-digits+hidden=3"])
-    assert "'hidden=3' is not an override; write PRESET+section.key=value" in line and "glow-digits+model.hidden=3" in line
+    assert "'hidden=3' is not an override; write PRESET+section.key=value" in line
+    assert "glow-digits+model.hidden=3" in line
 
 
 def test_repeated_experiment_options_accumulate_so_recorded_commands_rerun():

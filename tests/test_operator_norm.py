@@ -52,7 +52,8 @@ def explicit_conv_norm(weight: torch.Tensor, size: tuple[int, int], padding: int
     return torch.linalg.matrix_norm(matrix, ord=2).item()
 
 
-@pytest.mark.parametrize("c_out,c_in,k,size", [(6, 1, 3, (7, 7)), (5, 4, 3, (6, 9)), (3, 3, 5, (8, 8)), (4, 2, 1, (5, 5))])
+@pytest.mark.parametrize("c_out,c_in,k,size",
+                         [(6, 1, 3, (7, 7)), (5, 4, 3, (6, 9)), (3, 3, 5, (8, 8)), (4, 2, 1, (5, 5))])
 def test_circulant_bound_is_above_the_zero_padded_norm(c_out: int, c_in: int, k: int, size: tuple[int, int]) -> None:
     torch.manual_seed(4)
     for trial in range(3):

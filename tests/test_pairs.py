@@ -7,7 +7,12 @@ from PIL import Image
 
 from attnflow.data import ImageDataset, load_dataset
 from attnflow.data.pairs import (
-    attach_condition, bicubic_downscale, bicubic_upscale, coarse_label_map, lowres_images, pad_images,
+    attach_condition,
+    bicubic_downscale,
+    bicubic_upscale,
+    coarse_label_map,
+    lowres_images,
+    pad_images,
 )
 from attnflow.evaluate.superres import comparison_rows, evaluate_conditional, lr_psnr, psnr, ssim
 from attnflow.models.srflow import srflow

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from attnflow.config import preset_names, resolve_config
-from attnflow.flows.invertible_attention import IMap, ISDP
+from attnflow.flows.invertible_attention import ISDP, IMap
 from attnflow.models import build_from_config
 from attnflow.nets.lipschitz_attention import DotProductSelfAttention, L2MultiheadSelfAttention, LipNormSelfAttention
 from attnflow.nets.nystrom_attention import NystromAttention

@@ -36,7 +36,8 @@ def _record_dtypes(model: nn.Module, kind: type) -> list[torch.dtype]:
     seen: list[torch.dtype] = []
     for module in model.modules():
         if isinstance(module, kind):
-            first = next(m for m in module.modules() if m is not module and next(m.parameters(recurse=False), None) is not None)
+            first = next(m for m in module.modules()
+                         if m is not module and next(m.parameters(recurse=False), None) is not None)
             first.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     return seen
 

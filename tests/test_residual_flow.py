@@ -94,7 +94,8 @@ def test_dot_product_attention_can_break_the_inverse() -> None:
 
 def test_attention_scales_select_where_attention_sits() -> None:
     def count(**kw):
-        model = residual_flow((1, 8, 8), scales=2, blocks=1, hidden=8, attention="l2", heads=2, squeeze_first=True, **kw)
+        model = residual_flow((1, 8, 8), scales=2, blocks=1, hidden=8, attention="l2", heads=2, squeeze_first=True,
+                              **kw)
         return sum(type(m).__name__ == "L2MultiheadSelfAttention" for m in model.modules())
 
     assert count() == 2

@@ -4,14 +4,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from attnflow.cli import USER_ERRORS
 from attnflow.config import field, preset_names, read_config, resolve_config
 from attnflow.fields import section_fields
-from attnflow.models.registry import TINY as REGISTRY_TINY
-from attnflow.models.registry import model_fields
+from attnflow.models.registry import TINY as REGISTRY_TINY, model_fields
 from attnflow.schema import ConfigError, Field
 from attnflow.train import Trainer
 
@@ -59,7 +57,8 @@ def test_messages_name_key_range_and_value():
     f = section_fields("train")["checkpoint_every"]
     with pytest.raises(ConfigError) as exc:
         f.check(0)
-    assert str(exc.value) == "train.checkpoint_every must be an integer in 1..1,000,000,000 (steps between checkpoints), got 0"
+    assert str(exc.value) == ("train.checkpoint_every must be an integer in 1..1,000,000,000 "
+                              "(steps between checkpoints), got 0")
     assert "in (0, 1)" in field("train", "rollback_lr_factor").describe()
     assert field("model", "growth", "denseflow").lo == 0 and field("model", "growth", "residual").lo == 1
 

@@ -38,7 +38,8 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     full, cut = load_checkpoint(tmp_path / "full/checkpoint.pt"), load_checkpoint(tmp_path / "cut/checkpoint.pt")
     assert_same_state(full["model"], cut["model"])
     assert_same_state(full["ema"], cut["ema"])
-    steps = [json.loads(l)["step"] for l in open(tmp_path / "cut/metrics.jsonl") if "bpd" in l and "test" not in l]
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "cut/metrics.jsonl")
+             if "bpd" in line and "test" not in line]
     assert steps == sorted(set(steps))  # no duplicated metric lines after resume
 
 
@@ -49,11 +50,13 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     cmd = [sys.executable, "-m", "attnflow.cli", "train", "--preset", "glow-digits", "--quiet", *args]
     subprocess.run(cmd + ["--out", str(tmp_path / "full")], check=True, capture_output=True)
 
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "cut/metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= 25 for l in metrics.read_text().splitlines() if l):
+        if metrics.exists() and any(json.loads(line).get("step", 0) >= 25
+                                    for line in metrics.read_text().splitlines() if line):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -76,7 +79,7 @@ def test_non_finite_steps_are_skipped_then_rolled_back(tmp_path):
 
     trainer.model.log_prob = flaky
     trainer.run()
-    events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    events = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert sum(e.get("event") == "skipped_non_finite" for e in events) == 3
     rollback = [e for e in events if e.get("event") == "rollback"]
     assert len(rollback) == 1 and rollback[0]["lr_scale"] == 0.5 and rollback[0]["step"] == 4
@@ -136,7 +139,7 @@ def test_time_limit_ends_training_early_and_counts_across_resume(tmp_path, clock
     results = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert 0 < results["step"] < 100000
     assert 0.5 <= results["train_seconds"] < 5.0
-    timed = [json.loads(l) for l in open(tmp_path / "run/metrics.jsonl") if "train_s" in l]
+    timed = [json.loads(line) for line in open(tmp_path / "run/metrics.jsonl") if "train_s" in line]
     assert timed and all(a["train_s"] <= b["train_s"] for a, b in zip(timed, timed[1:]))
     # the spent time is part of the checkpoint: resuming with the same limit trains no further
     again = Trainer(cfg, tmp_path / "run", resume=True, progress=False).run()

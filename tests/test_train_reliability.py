@@ -57,7 +57,8 @@ def test_huge_learning_rate_stops_within_a_minute_with_a_clear_error(tmp_path):
     error = [line for line in proc.stderr.splitlines() if line.startswith("attnflow train: error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
     assert re.search(r"training diverged: .*after 5 rollbacks \(learning rate [0-9.e+-]+ at the last try, "
-                     r"train.lr=1e\+06\); last finite loss [0-9.]+ bits/dim at step \d+; the checkpoint of step 0 is kept",
+                     r"train.lr=1e\+06\); last finite loss [0-9.]+ bits/dim at step \d+; "
+                     r"the checkpoint of step 0 is kept",
                      error[0]), error[0]
     rows = events(tmp_path / "run")
     assert len(rows) <= (5 + 1) * (5 + 1) + 1  # bounded: max_rollbacks x (max_bad_steps + rollback) + diverged

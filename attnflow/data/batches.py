@@ -102,6 +102,7 @@ class BatchStream:
         context = None
         if self.dataset.conditions is not None:
             conditions = gather(self.dataset, "conditions", local, self._fds)
+            assert self.dataset.condition_levels is not None  # given with the conditions (ImageDataset checks)
             context = to_float(conditions, self.dataset.condition_levels)
         batch = Batch(local, x, context)
         if self.pin_memory:

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -109,7 +109,7 @@ def _what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     return f"its {new['count']} source files differ from the {old['count']} the cache was made from"
 
 
-def _map(path: Path, spec: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+def _map(path: Path, spec: dict[str, Any]) -> tuple[np.memmap | None, str | None]:
     """The array at ``path`` mapped copy-on-write, or why it does not match its manifest ``spec``."""
     try:
         size = path.stat().st_size
@@ -118,7 +118,7 @@ def _map(path: Path, spec: dict[str, Any]) -> tuple[np.ndarray | None, str | Non
     if size != spec["bytes"]:
         return None, f"{path} is truncated or corrupt ({size} bytes, its manifest says {spec['bytes']})"
     try:
-        array = np.load(path, mmap_mode="c", allow_pickle=False)
+        array = cast(np.memmap, np.load(path, mmap_mode="c", allow_pickle=False))  # mmap_mode: a memmap
     except (OSError, ValueError) as exc:
         return None, f"{path} is corrupt ({exc})"
     if list(array.shape) != spec["shape"] or array.dtype.str != spec["dtype"]:
@@ -203,7 +203,7 @@ class _Entry:
             tensors, files = {}, {}
             for field, spec in manifest["fields"].items():
                 array, problem = _map(self.path(field), spec)
-                if problem:
+                if array is None:
                     return None, problem
                 tensors[field] = torch.from_numpy(array)
                 if field != "labels":

@@ -17,7 +17,7 @@ import numpy as np
 try:
     from numpy._core import multiarray as _multiarray, numeric as _numeric
 except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _multiarray, numeric as _numeric
+    from numpy.core import multiarray as _multiarray, numeric as _numeric  # type: ignore[no-redef]
 
 __all__ = ["SafeUnpickler", "safe_unpickle", "cifar_files", "read_cifar_batch", "CIFAR_FILES"]
 
@@ -36,7 +36,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 for _core in ("numpy.core", "numpy._core"):
     _ALLOWED[(f"{_core}.multiarray", "_reconstruct")] = _multiarray._reconstruct
-    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer
+    _ALLOWED[(f"{_core}.numeric", "_frombuffer")] = _numeric._frombuffer  # type: ignore[attr-defined]  # private
 
 
 class SafeUnpickler(pickle.Unpickler):

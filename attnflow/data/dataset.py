@@ -69,7 +69,7 @@ class ImageDataset:
             raise ValueError(f"{where}: num_classes={self.num_classes} given without labels")
         if (self.conditions is None) != (self.condition_levels is None):
             raise ValueError(f"{where}: conditions and condition_levels go together; give both or neither")
-        if self.conditions is not None:
+        if self.conditions is not None and self.condition_levels is not None:  # both or neither (above)
             c = self.conditions
             if c.dtype != torch.uint8 or c.dim() != 4 or len(c) != len(self.images):
                 raise ValueError(
@@ -134,9 +134,12 @@ def rows_of(dataset: ImageDataset, index: slice) -> ImageDataset:
     files = None
     if dataset.files is not None and rows.step == 1:
         tensors = {"images": dataset.images, "conditions": dataset.conditions}
-        files = {k: (path, offset + rows.start * tensors[k][:1].numel() * tensors[k].element_size())
-                 for k, (path, offset) in dataset.files.items()}
-    return ImageDataset(part(dataset.images), part(dataset.labels), dataset.levels, dataset.name, dataset.split,
+        files = {}
+        for k, (path, offset) in dataset.files.items():
+            tensor = tensors[k]
+            assert tensor is not None  # a file backs a tensor the dataset has
+            files[k] = (path, offset + rows.start * tensor[:1].numel() * tensor.element_size())
+    return ImageDataset(dataset.images[index], part(dataset.labels), dataset.levels, dataset.name, dataset.split,
                         dataset.num_classes, part(dataset.conditions), dataset.condition_levels,
                         dataset.values_checked, files)
 
@@ -169,10 +172,10 @@ def concatenate(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     check_joinable(first, second)
 
     def join(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-        return None if a is None else torch.cat([a, b])
+        return None if a is None or b is None else torch.cat([a, b])  # both or neither (check_joinable)
 
     classes = None if first.labels is None else max(first.num_classes or 0, second.num_classes or 0)
     return ImageDataset(
-        join(first.images, second.images), join(first.labels, second.labels), first.levels, first.name,
+        torch.cat([first.images, second.images]), join(first.labels, second.labels), first.levels, first.name,
         f"{first.split}+{second.split}", classes, join(first.conditions, second.conditions), first.condition_levels,
     )

@@ -13,7 +13,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import cast
 
 import numpy as np
 
@@ -28,7 +28,9 @@ def imagenet_files(root: Path, split: str) -> list[Path]:
         return [root]
     if split == "train":
         def batch_number(p: Path) -> int:
-            return int(re.search(r"(\d+)\.npz$", p.name).group(1))
+            match = re.search(r"(\d+)\.npz$", p.name)
+            assert match is not None  # the glob below ends in a digit and .npz
+            return int(match.group(1))
 
         files = sorted(root.glob("train_data_batch_*[0-9].npz"), key=batch_number)
         expected = "train_data_batch_1.npz .. train_data_batch_10.npz"
@@ -48,10 +50,10 @@ _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.f
                    (3, 0): np.lib.format.read_array_header_2_0}  # 3.0: 2.0 with a UTF-8 header
 
 
-def _member(archive: zipfile.ZipFile, key: str) -> tuple[IO[bytes], tuple[int, ...], bool, np.dtype]:
+def _member(archive: zipfile.ZipFile, key: str) -> tuple[zipfile.ZipExtFile, tuple[int, ...], bool, np.dtype]:
     """The open ``key.npy`` member of an npz archive, past its header, with its shape, Fortran
     order and dtype."""
-    f = archive.open(f"{key}.npy")
+    f = cast(zipfile.ZipExtFile, archive.open(f"{key}.npy"))  # what ZipFile.open returns for reading
     shape, fortran, dtype = _HEADER_READERS[np.lib.format.read_magic(f)](f)
     return f, shape, fortran, dtype
 
@@ -66,8 +68,8 @@ def npz_layout(path: Path, size: int) -> tuple[int, np.ndarray]:
                 raise KeyError(keys)
             with archive.open("labels.npy") as f:
                 labels = np.lib.format.read_array(f, allow_pickle=False)
-            f, shape, fortran, dtype = _member(archive, "data")
-            f.close()
+            data, shape, fortran, dtype = _member(archive, "data")
+            data.close()
     except KeyError:
         raise ValueError(f"{path}: expected npz keys 'data' and 'labels', found {keys}") from None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -103,7 +105,7 @@ def npz_blocks(path: Path, size: int, block_bytes: int = BLOCK_BYTES) -> Iterato
             for start in range(0, shape[0], max(1, block_bytes // row)):
                 rows = min(max(1, block_bytes // row), shape[0] - start)
                 data = np.empty(rows * row, dtype=np.uint8)
-                got = f.readinto(memoryview(data))
+                got = f.readinto(data.data)
                 if got != data.size:
                     raise ValueError(f"{path}: 'data' ends after {start * row + got} of {shape[0] * row} bytes")
                 if len(shape) == 2:

@@ -99,7 +99,8 @@ def folder_pairs(directory: Path) -> tuple[list[Path], list[Path]]:
     src_dir, tgt_dir = directory / "source", directory / "target"
     for d in (src_dir, tgt_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"expected {d} with images (paired folders: {directory}/source and {directory}/target)")
+            raise FileNotFoundError(f"expected {d} with images "
+                                    f"(paired folders: {directory}/source and {directory}/target)")
     src = {p.stem: p for p in list_images(src_dir)}
     tgt = {p.stem: p for p in list_images(tgt_dir)}
     unmatched = sorted(set(src) ^ set(tgt))
@@ -156,4 +157,5 @@ def condition_batch(dataset: ImageDataset, index: Tensor | slice | None = None) 
     if dataset.conditions is None:
         return None
     rows = dataset.conditions if index is None else dataset.conditions[index]
+    assert dataset.condition_levels is not None  # given with the conditions (ImageDataset checks)
     return to_float(rows, dataset.condition_levels)

@@ -57,9 +57,9 @@ def _check_split(name: str, split: str, valid: tuple[str, ...]) -> None:
 
 
 def _existing_root(name: str, root: Path | None, default: Path | None, expected: str) -> Path:
-    if root is None and default is None:
-        raise ValueError(f"dataset {name!r} has no default location: pass root=<{expected}>")
     root = default if root is None else root
+    if root is None:
+        raise ValueError(f"dataset {name!r} has no default location: pass root=<{expected}>")
     if not root.exists():
         hint = (
             "; `apt-get install dataset-fashion-mnist` provides it"

@@ -13,8 +13,9 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..core import Flow
 from ..flows.residual_block import ResidualBlock
 from ..nets.lipschitz_layers import SpectralNormConv2d, SpectralNormLinear
 from .lipschitz_search import search_jacobian_norm
@@ -22,7 +23,7 @@ from .lipschitz_search import search_jacobian_norm
 __all__ = ["block_inputs", "certify", "certificate_summary", "uncertified_message"]
 
 
-def block_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+def block_inputs(model: Flow, x: Tensor) -> dict[str, Tensor]:
     """The input of every :class:`ResidualBlock` of ``model`` when it computes ``log_prob(x)``
     (evaluation mode, no gradients)."""
     captured: dict[str, Tensor] = {}
@@ -42,7 +43,7 @@ def block_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return captured
 
 
-def certify(model: nn.Module, search_inputs: Tensor | None = None, progress: bool = False) -> dict[str, Any]:
+def certify(model: Flow, search_inputs: Tensor | None = None, progress: bool = False) -> dict[str, Any]:
     """Certificates of every :class:`ResidualBlock` and spectral-normalised layer of ``model``.
 
     With ``search_inputs`` (data images in [0, 1]) each block also gets ``empirical``, the largest

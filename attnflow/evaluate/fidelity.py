@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["FidelityUnavailable", "fidelity_images", "check_inception_weights", "require_torch_fidelity", "sample_quality"]
+__all__ = [
+    "FidelityUnavailable", "fidelity_images", "check_inception_weights", "require_torch_fidelity", "sample_quality",
+]
 
 FEATURE_EXTRACTOR = "inception-v3-compat"
 INSTALL_HINT = 'pip install -e ".[fid]" (torch-fidelity and a torchvision build matching your torch)'

@@ -52,7 +52,8 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = 
     Image.fromarray(image_grid(images, nrow=nrow, scale=scale)).save(path)
 
 
-def plot_metrics(metrics_path: str | os.PathLike, out_path: str | os.PathLike, keys: Sequence[str] = ("bpd", "test_bpd")) -> None:
+def plot_metrics(metrics_path: str | os.PathLike, out_path: str | os.PathLike,
+                 keys: Sequence[str] = ("bpd", "test_bpd")) -> None:
     """Plot the training curves of a run's metrics file (one line per key present)."""
     import matplotlib
 
@@ -65,7 +66,8 @@ def plot_metrics(metrics_path: str | os.PathLike, out_path: str | os.PathLike, k
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             steps, values = zip(*pts)
-            ax.plot(steps, values, label={"bpd": "train bits/dim", "test_bpd": "test bits/dim"}.get(key, key), marker="o" if len(pts) < 20 else None)
+            label = {"bpd": "train bits/dim", "test_bpd": "test bits/dim"}.get(key, key)
+            ax.plot(steps, values, label=label, marker="o" if len(pts) < 20 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")
     ax.grid(alpha=0.3)

@@ -49,7 +49,7 @@ def evaluate_bits_per_dim(
     seed: int = 0,
     max_batches: int = 0,
     progress: bool = False,
-    log_prob: Callable[[Tensor], Tensor] | None = None,
+    log_prob: Callable[..., Tensor] | None = None,
     contexts: Tensor | None = None,
 ) -> dict[str, Any]:
     """Mean bits/dim over uint8 ``images`` and its standard error over images.

@@ -1,12 +1,12 @@
 """Noise-perturbation analysis (ACF, Sec. 5): how a flow scores and reconstructs test images
 perturbed by additive white Gaussian noise.
 
-For each noise standard deviation ``sigma`` (the rows' ``noise_std``; ACF's own sigma is the
-variance, see :mod:`attnflow.experiments.perturbation`): ``x_sigma = clip(x + sigma * eps, 0, 1)``,
-``eps ~ N(0, I)``; report the
-bits/dim of ``x_sigma`` under the model, and the reconstruction ``decode(encode(x_sigma))`` with
-its largest error against ``x_sigma``. A model that is not invertible (ACF's plain dot-product
-attention) shows it here, in two ways reported apart: its fixed-point inverse does not converge
+For each noise standard deviation ``noise_std`` (ACF's own sigma is the variance, see
+:mod:`attnflow.experiments.perturbation`): ``x_noisy = clip(x + noise_std * eps, 0, 1)``,
+``eps ~ N(0, I)``; report the bits/dim of ``x_noisy`` under the model, and the reconstruction
+``decode(encode(x_noisy))`` with its largest error against ``x_noisy``. A model that is not
+invertible (ACF's plain dot-product attention) shows it here, in two ways reported apart: its
+fixed-point inverse does not converge
 (``inverse: "did not converge"``), or it converges to another preimage, so that images come back
 off by more than ``tolerance`` (``inverse: "inverse wrong"``, ``wrong_images`` counts them); its
 bits/dim can behave erratically too.
@@ -35,7 +35,7 @@ def noise_perturbation(
     generator: torch.Generator | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[list[dict[str, Any]], Tensor]:
-    """Returns one row per noise standard deviation ``sigma`` of ``noise_stds`` (``noise_std``,
+    """Returns one row per noise standard deviation of ``noise_stds`` (``noise_std``,
     ``bpd``, ``bpd_stderr``, ``max_reconstruction_error``, ``inverse`` in {"ok", "inverse wrong",
     "did not converge"}, ``inverse_converged``, ``wrong_images``) and the images
     ``[len(noise_stds), 2, B, C, H, W]`` (perturbed inputs and their reconstructions; a
@@ -45,12 +45,12 @@ def noise_perturbation(
     rows, images = [], []
     draw_device = generator.device if generator is not None else x.device
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=draw_device).to(x.device)
-    for sigma in noise_stds:
-        x_sigma = (x + sigma * eps).clamp(0, 1)
-        bpd = bits_per_dim(flow, x_sigma, levels)
-        rec = reconstruct(flow, x_sigma)
+    for noise_std in noise_stds:
+        x_noisy = (x + noise_std * eps).clamp(0, 1)
+        bpd = bits_per_dim(flow, x_noisy, levels)
+        rec = reconstruct(flow, x_noisy)
         rows.append({
-            "noise_std": float(sigma),
+            "noise_std": float(noise_std),
             "bpd": float(bpd.mean()),
             "bpd_stderr": float(bpd.std() / len(bpd) ** 0.5) if len(bpd) > 1 else 0.0,
             "max_reconstruction_error": float(rec.errors.max()),
@@ -58,5 +58,5 @@ def noise_perturbation(
             "inverse_converged": rec.converged,
             "wrong_images": len(rec.wrong(tolerance)),
         })
-        images.append(torch.stack([x_sigma, rec.images.clamp(0, 1)]))
+        images.append(torch.stack([x_noisy, rec.images.clamp(0, 1)]))
     return rows, torch.stack(images)

@@ -60,7 +60,7 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     kernel = min(11, side if side % 2 else side - 1)
     if kernel < 3:
         raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {list(x.shape[-2:])}")
-    return structural_similarity_index_measure(
+    return structural_similarity_index_measure(  # type: ignore[return-value]  # reduction="none": one tensor
         x.double(), y.double(), data_range=1.0, kernel_size=kernel, sigma=1.5 * kernel / 11, reduction="none"
     )
 
@@ -129,8 +129,9 @@ def evaluate_conditional(
             rows = sums[float(t)]
             rows.setdefault("non_finite", []).append((~ok).sum().reshape(1))
             ok_cond = ok.view(samples, -1).all(0)
-            rows.setdefault("diversity", []).append(outs[:, ok_cond].double().std(0, unbiased=False).flatten(1).mean(1)
-                                                    if samples > 1 else torch.zeros(int(ok_cond.sum()), dtype=torch.float64))
+            diversity = (outs[:, ok_cond].double().std(0, unbiased=False).flatten(1).mean(1) if samples > 1
+                         else torch.zeros(int(ok_cond.sum()), dtype=torch.float64))
+            rows.setdefault("diversity", []).append(diversity)
             if not ok.any():
                 continue
             truth = hr.repeat(samples, 1, 1, 1)[ok]
@@ -197,7 +198,7 @@ def check_pairing(flow: Flow, dataset: ImageDataset) -> None:
             "the model is conditional but the data has no condition images; set data.condition "
             "(lowres for super-resolution, labelmap or paired for translation)"
         )
-    if want is not None and tuple(want) != tuple(have):
+    if want is not None and have is not None and tuple(want) != tuple(have):
         raise ValueError(
             f"the model expects conditions of shape {list(want)} but the data gives {list(have)}; "
             f"match model.scale / model.source_shape to data.scale / data.condition"
@@ -227,6 +228,7 @@ def save_comparison_grid(
 
     n = min(n, len(dataset))
     ctx = condition_batch(dataset, slice(0, n))
+    assert ctx is not None  # the conditional dataset a conditional model evaluates on (check_pairing)
     gen = torch.Generator().manual_seed(seed)
     on_model = ctx.to(module_device(flow))
     outputs = [decode_at_temperature(flow, on_model, t, gen).nan_to_num(0.0).cpu() for t in temperatures]
@@ -254,8 +256,8 @@ def read_condition_image(path: str | os.PathLike, shape: Sequence[int]) -> Tenso
             if grey != (c == 1):
                 kind = "grey" if grey else f"colour (mode {mode})"
                 raise ValueError(f"{path} is a {kind} image; the model reads {expected}")
-            img = img.convert("L" if c == 1 else "RGB")
-            array = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+            pixels = img.convert("L" if c == 1 else "RGB")
+            array = torch.from_numpy(np.asarray(pixels, dtype=np.uint8).copy())
     except FileNotFoundError:
         raise FileNotFoundError(f"no image at {path}; pass --input with {expected}") from None
     except OSError as exc:

@@ -46,7 +46,7 @@ from .conditional import ConditionalAffineInjector, ConditionedTransform, PickCo
 from .coupling import MaskedCoupling
 from .denseflow_unit import invertible_unit
 from .glow import ActNorm, AffineCoupling, GlowStep, InvertibleConv1x1
-from .invertible_attention import IMap, ISDP, build_invertible_attention
+from .invertible_attention import ISDP, IMap, build_invertible_attention
 from .masks import COUPLING_MASKS, Mask, alternating_masks, checkerboard_mask
 from .mixture_coupling import MixtureCoupling, MixtureStep
 from .multiscale import FactorOut, Flatten, Squeeze, multiscale_transform

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..core import Bijection
 from ..nets.conv_lstm import ConvLSTMCell
+from ..nets.glow_coupling_net import zero_conv
 from .multiscale import FactorOut
 
 __all__ = ["ChannelAutoregressive", "AutoregressiveFactorOut"]
@@ -59,14 +60,12 @@ class ChannelAutoregressive(Bijection):
             nn.Conv2d(context_channels, hidden, 3, padding=1) if context_channels else None
         )
         self.cell = ConvLSTMCell(group + (hidden if context_channels else 0), hidden, kernel_size)
-        self.out = nn.Conv2d(hidden, 2 * group, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.out = zero_conv(nn.Conv2d(hidden, 2 * group, 3, padding=1))
 
     def _check(self, x: Tensor, context: Tensor | None) -> Tensor | None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected [B, {self.channels}, H, W], got shape {list(x.shape)}")
-        if not self.context_channels:
+        if self.embed is None:  # unconditional (context_channels 0)
             return None
         if context is None or context.shape[1] != self.context_channels or context.shape[2:] != x.shape[2:]:
             got = None if context is None else list(context.shape)

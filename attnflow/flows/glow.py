@@ -39,6 +39,8 @@ class ActNorm(Bijection):
     re-initialised.
     """
 
+    initialized: Tensor  # buffer
+
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -76,6 +78,10 @@ class InvertibleConv1x1(Bijection):
     ``P`` is a fixed permutation, ``L`` unit lower-triangular, ``U`` strictly upper-triangular;
     the weight is initialised to a random rotation.
     """
+
+    permutation: Tensor  # buffers
+    sign_s: Tensor
+    lower_mask: Tensor
 
     def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -195,7 +201,7 @@ class GlowStep(Chain):
         ]
         layers: list[Bijection] = []
         for pos in valid:  # position p sits before core layer p (the last one: after the last layer)
-            if pos in positions:
+            if attention is not None and pos in positions:  # positions need an attention (checked above)
                 layers.append(attention(channels))
             if pos <= len(core):
                 layers.append(core[pos - 1])

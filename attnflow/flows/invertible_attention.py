@@ -52,13 +52,15 @@ ISDP_INITS = ("paper", "gated")
 ISDP_DEFAULT_INIT = "gated"
 
 
-def _clear_mask_cache(module: "_MaskedSplit", incompatible_keys: object) -> None:
+def _clear_mask_cache(module: _MaskedSplit, incompatible_keys: object) -> None:
     """Load-state-dict post hook: the seed may have changed, so rebuild masks on demand."""
     module._masks.clear()
 
 
 class _MaskedSplit(Bijection):
     """Common part of iMap and iSDP: input validation and the seeded binary mask."""
+
+    mask_seed: Tensor  # buffer
 
     def __init__(self, channels: int, seed: int | None) -> None:
         super().__init__()
@@ -129,6 +131,7 @@ class IMap(_MaskedSplit):
             raise ValueError(f"eps must be > 0 to keep the scales away from 0, got {eps}")
         self.eps = float(eps)
         self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        assert self.score.bias is not None  # made with a bias
         nn.init.constant_(self.score.bias, 8.0)
         self.s = nn.Parameter(torch.full((channels,), 8.0))
 
@@ -320,6 +323,7 @@ class ISDP(_MaskedSplit):
         """``g A_h + c I`` of shape ``[B, heads, N, N]`` from the masked input (``g = 1``: paper)."""
         # Q and K as one convolution [B, 2C, H, W]: its tokens hold Q's D features, then K's
         weight = torch.cat([self.query.weight, self.key.weight])
+        assert self.query.bias is not None and self.key.bias is not None  # made with biases
         qk = self._tokens(F.conv2d(x_masked, weight, torch.cat([self.query.bias, self.key.bias])))
         q, k = (self._split_heads(t) for t in qk.chunk(2, dim=-1))
         attn = torch.softmax(q @ k.transpose(-1, -2) / self.log_d.exp(), dim=-1)
@@ -369,7 +373,8 @@ def build_invertible_attention(
         return IMap(channels)
     if kind == "isdp":
         return ISDP(channels, heads=heads, patches=patches, init=isdp_init)
-    raise ValueError(f"unknown invertible attention kind {kind!r}; valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
+    raise ValueError(f"unknown invertible attention kind {kind!r}; "
+                     f"valid kinds: {', '.join(INVERTIBLE_ATTENTION_KINDS)}")
 
 
 def invertible_attention_factory(
@@ -378,10 +383,10 @@ def invertible_attention_factory(
     heads: int = 1,
     patches: int = 4,
     isdp_init: str = ISDP_DEFAULT_INIT,
-) -> Callable[[int, int, int], Bijection | None]:
+) -> Callable[[int, int, int], Bijection]:
     """Validate the attention options of a Glow / Flow++ / mARFlow builder and return
     ``layer(channels, height, width)``, which builds one invertible attention layer for a step
-    at that size (``None`` for ``"none"``).
+    at that size (with ``"none"`` there are no positions, so no layer is asked for).
 
     An iSDP layer is checked against its size at build time, so a ``patches`` grid that does not
     tile the image or more ``heads`` than features per token fail before training.
@@ -395,8 +400,10 @@ def invertible_attention_factory(
     if isdp_init not in ISDP_INITS:
         raise ValueError(f"unknown isdp_init {isdp_init!r}; valid: {', '.join(ISDP_INITS)}")
 
-    def layer(channels: int, height: int, width: int) -> Bijection | None:
+    def layer(channels: int, height: int, width: int) -> Bijection:
         built = build_invertible_attention(attention, channels, heads=heads, patches=patches, isdp_init=isdp_init)
+        if built is None:
+            raise ValueError("attention='none' has no layer to build; set attention to imap or isdp")
         if isinstance(built, ISDP):
             built._patch_size(height, width)  # raises a ValueError naming the problem
         return built

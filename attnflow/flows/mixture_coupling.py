@@ -8,6 +8,7 @@ coupling").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,8 @@ class MixtureCoupling(MaskedCoupling):
     they would otherwise receive identical gradients forever).
     """
 
+    mu_offset: Tensor  # buffer
+
     def __init__(
         self,
         channels: int,
@@ -166,7 +169,8 @@ class MixtureStep(GlowStep):
         attention: AttentionFactory | None = None,
         positions: Sequence[int] = (),
         context_channels: int = 0,
-        **coupling_kwargs: object,
+        **coupling_kwargs: Any,  # MixtureCoupling's keywords, passed on
     ) -> None:
-        coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)  # type: ignore[arg-type]
-        super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels, coupling=coupling)
+        coupling = MixtureCoupling(channels, hidden, mask, context_channels=context_channels, **coupling_kwargs)
+        super().__init__(channels, hidden, mask, attention, positions, context_channels=context_channels,
+                         coupling=coupling)

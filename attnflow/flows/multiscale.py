@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Bijection, Chain
+from ..nets.glow_coupling_net import zero_conv
 
 __all__ = ["Squeeze", "FactorOut", "Flatten", "multiscale_transform"]
 
@@ -73,9 +74,7 @@ class FactorOut(Bijection):
         self.out_shape = (c - self.keep, h, w)
         self.prior = None
         if learned_prior:
-            self.prior = nn.Conv2d(self.keep, 2 * (c - self.keep), 3, padding=1)
-            nn.init.zeros_(self.prior.weight)
-            nn.init.zeros_(self.prior.bias)
+            self.prior = zero_conv(nn.Conv2d(self.keep, 2 * (c - self.keep), 3, padding=1))
 
     def _prior(self, x_keep: Tensor) -> tuple[Tensor, Tensor]:
         if self.prior is None:
@@ -110,7 +109,7 @@ def multiscale_transform(
     learned_prior: bool = True,
     squeeze_first: bool = True,
     factor_out: bool = True,
-) -> Bijection:
+) -> Chain:
     """The multi-scale architecture of RealNVP/Glow, ending in a flat latent.
 
     At each scale ``i`` (0-based): squeeze (except at scale 0 when ``squeeze_first`` is False),
@@ -125,7 +124,8 @@ def multiscale_transform(
     squeezes = scales - 1 + int(squeeze_first)
     if h % 2**squeezes or w % 2**squeezes:
         halvings = min((h & -h).bit_length(), (w & -w).bit_length()) - 1  # times both sides can be halved
-        fix = f"use scales <= {halvings + 1 - int(squeeze_first)}" if halvings >= int(squeeze_first) else "use even image sizes"
+        fix = (f"use scales <= {halvings + 1 - int(squeeze_first)}" if halvings >= int(squeeze_first)
+               else "use even image sizes")
         raise ValueError(
             f"{scales} scales squeeze the {h}x{w} input {squeezes} times, so its height and width must be "
             f"multiples of {2**squeezes}: {fix}"
@@ -137,7 +137,8 @@ def multiscale_transform(
     if scales == 1:
         layers.append(Flatten((c, h, w)))
     elif not factor_out:
-        layers.append(multiscale_transform((c, h, w), scales - 1, lambda ch, i: steps(ch, i + 1), learned_prior, True, False))
+        layers.append(multiscale_transform((c, h, w), scales - 1, lambda ch, i: steps(ch, i + 1), learned_prior,
+                                           True, False))
     else:
         keep = c // 2
         if keep < 1:

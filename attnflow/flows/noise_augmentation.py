@@ -22,6 +22,7 @@ simply drops the noise channels. ``log sigma = 2 tanh(u / 2)`` keeps the scale i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -124,6 +125,8 @@ class CrossUnitStage(Bijection):
         return z, logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        for unit, coupling in zip(reversed(self.units[1:]), reversed(self.couplings)):
+        units = cast(list[Bijection], list(self.units))
+        couplings = cast(list[CrossUnitCoupling], list(self.couplings))
+        for unit, coupling in zip(reversed(units[1:]), reversed(couplings)):
             z = coupling.inverse(unit.inverse(z, context))
-        return self.units[0].inverse(z, context)
+        return units[0].inverse(z, context)

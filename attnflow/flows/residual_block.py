@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from ..core import Bijection
-from ..nets.residual_branches import linearize
+from ..nets.residual_branches import LipschitzBounded, linearize
 from ..precision import full_precision
 from .residual_logdet import LogDetConfig, estimate_logdet
 
@@ -140,4 +141,4 @@ class ResidualBlock(Bijection):
 
     def lipschitz_bound(self) -> float:
         """Certified upper bound of ``Lip(g)`` (the branch's bound)."""
-        return float(self.branch.lipschitz_bound())
+        return float(cast(LipschitzBounded, self.branch).lipschitz_bound())

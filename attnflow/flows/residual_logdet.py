@@ -159,7 +159,8 @@ def series_logdet(
         return total
     neumann = neumann_grad and torch.is_grad_enabled()
     for v in vectors:
-        w, value = v, 0.0
+        w = v
+        value: Tensor | float = 0.0
         grad_vector = coefficients[0] * v  # sum_k k a_k v^T J^{k-1}, for the Neumann surrogate
         with torch.set_grad_enabled(torch.is_grad_enabled() and not neumann):
             for k in range(1, n if neumann else n + 1):  # w = v^T J^k

@@ -8,6 +8,7 @@ the list of feature tensors that the steps of a conditional transform receive (s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -41,7 +42,7 @@ class SourceFlowEncoder(nn.Module):
         self.levels = nn.ModuleList()
         self.step_channels: list[int] = []
         self.keep: list[int] = []
-        for level in range(levels):
+        for _ in range(levels):
             c = 4 * c
             masks = alternating_masks("channel", steps)
             self.levels.append(nn.ModuleList(GlowStep(c, hidden, m) for m in masks))
@@ -54,7 +55,7 @@ class SourceFlowEncoder(nn.Module):
         activations = []
         for steps, keep in zip(self.levels, self.keep):
             h, _ = self.squeeze(h)
-            for step in steps:
+            for step in cast(nn.ModuleList, steps):
                 h, _ = step(h)
                 activations.append(h)
             h = h[:, :keep]

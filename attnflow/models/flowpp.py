@@ -16,8 +16,20 @@ from ..flows.preprocess import build_preprocess
 from ..flows.variational_dequantization import VariationalDequantizer
 from ..schema import Key
 from .keys import (
-    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Patches, Positions,
-    Preprocess, Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Components,
+    CouplingHeads,
+    GatedBlocks,
+    Heads,
+    Hidden,
+    IsdpInit,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 
@@ -44,11 +56,7 @@ class VariationallyDequantizedFlow(Flow):
     def __init__(self, transform: Bijection, shape: Sequence[int], dequantizer: VariationalDequantizer) -> None:
         super().__init__(transform, shape)
         self.dequantizer = dequantizer
-
-    @property
-    def data_levels(self) -> int:
-        """The number of grey levels of the data this model's bound is valid for."""
-        return self.dequantizer.levels
+        self.data_levels = dequantizer.levels  # the grey levels of the data this model's bound is valid for
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         check_images(x, self.shape, self.dtype)
@@ -107,13 +115,17 @@ def flowpp(
                 raise ValueError(f"scale {scale} cannot squeeze a {h}x{w} tensor; use fewer scales or even sizes")
             layers.append(Squeeze())
             c, h, w = 4 * c, h // 2, w // 2
+
+        def attend(ch: int, h: int = h, w: int = w) -> Bijection:  # this scale's size
+            return attention_layer(ch, h, w)
+
         for m in alternating_masks("checkerboard" if scale == 0 else "channel", steps):
             layers.append(
                 MixtureStep(
                     c,
                     hidden,
                     m,
-                    lambda ch, h=h, w=w: attention_layer(ch, h, w),
+                    attend,
                     positions,
                     components=components,
                     blocks=blocks,

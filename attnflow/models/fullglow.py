@@ -61,7 +61,8 @@ def fullglow(
     def level(channels: int, index: int) -> list[Bijection]:
         first = index * steps  # step k of this level is conditioned on source activation first + k
         ctx = encoder.step_channels[first : first + steps]
-        return conditional_level(channels, sizes[index], ctx, range(first, first + steps), hidden, attention_layer, positions)
+        return conditional_level(channels, sizes[index], ctx, range(first, first + steps), hidden, attention_layer,
+                                 positions)
 
     flow = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, levels, level, learned_prior)])
     return Flow(ConditionedTransform(encoder, flow), shape, context_shape=tuple(int(v) for v in source_shape))

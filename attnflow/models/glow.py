@@ -8,8 +8,19 @@ from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.multiscale import multiscale_transform
 from ..flows.preprocess import build_preprocess
 from .keys import (
-    Alpha, Attention, Heads, Hidden, IsdpInit, LearnedPrior, Mask, Patches, Positions, Preprocess,
-    Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Heads,
+    Hidden,
+    IsdpInit,
+    LearnedPrior,
+    Mask,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 
@@ -54,5 +65,6 @@ def glow(
         attend = lambda ch: attention_layer(ch, *size)  # noqa: E731
         return [GlowStep(channels, hidden, m, attend, positions) for m in masks]
 
-    transform = Chain([build_preprocess(preprocess, alpha), multiscale_transform(shape, scales, scale_steps, learned_prior)])
+    transform = Chain([build_preprocess(preprocess, alpha),
+                       multiscale_transform(shape, scales, scale_steps, learned_prior)])
     return Flow(transform, shape)

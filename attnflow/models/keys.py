@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from ..flows.invertible_attention import INVERTIBLE_ATTENTION_KINDS, ISDP_INITS
+from ..flows.masks import COUPLING_MASKS
 from ..flows.preprocess import PREPROCESS_KINDS
 from ..schema import Key
-from ..flows.masks import COUPLING_MASKS
 
 __all__ = [
     "COUPLING_MASKS", "Shape", "Preprocess", "Alpha", "Hidden", "Heads", "Scales", "LearnedPrior", "Steps",

@@ -11,13 +11,26 @@ from ..flows.glow import GlowStep
 from ..flows.invertible_attention import ISDP_DEFAULT_INIT, invertible_attention_factory
 from ..flows.masks import COUPLING_MASKS, alternating_masks
 from ..flows.mixture_coupling import MixtureStep
-from ..flows.multiscale import FactorOut, multiscale_transform
+from ..flows.multiscale import FactorOut, Flatten, multiscale_transform
 from ..flows.preprocess import build_preprocess
 from ..nets.flowpp_coupling_net import GatedAttentionNet
 from ..schema import Key
 from .keys import (
-    Alpha, Attention, Components, CouplingHeads, GatedBlocks, Heads, Hidden, IsdpInit, Mask,
-    Patches, Positions, Preprocess, Scales, Shape, Steps,
+    Alpha,
+    Attention,
+    Components,
+    CouplingHeads,
+    GatedBlocks,
+    Heads,
+    Hidden,
+    IsdpInit,
+    Mask,
+    Patches,
+    Positions,
+    Preprocess,
+    Scales,
+    Shape,
+    Steps,
 )
 from .registry import register_family
 
@@ -26,11 +39,12 @@ __all__ = ["marflow"]
 COUPLINGS = ("mixture", "affine")
 
 
-def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Chain:
+def _with_autoregressive_priors(transform: Bijection, group: int, hidden: int) -> Chain:
     """Turn a :func:`~attnflow.flows.multiscale.multiscale_transform` (built with
     ``learned_prior=False``) into mARFlow's: every :class:`FactorOut` becomes an
     :class:`AutoregressiveFactorOut` over the same inner transform, and the last scale gets an
     unconditional :class:`ChannelAutoregressive` prior before its final ``Flatten``."""
+    assert isinstance(transform, Chain)  # a multiscale_transform, and so is every FactorOut's inner one
     layers = list(transform)
     last = layers[-1]
     if isinstance(last, FactorOut):
@@ -38,6 +52,7 @@ def _with_autoregressive_priors(transform: Chain, group: int, hidden: int) -> Ch
         shape = (last.keep + last.out_shape[0], *last.out_shape[1:])
         layers[-1] = AutoregressiveFactorOut(inner, shape, last.keep, group, hidden)
     else:
+        assert isinstance(last, Flatten)  # the last scale of a multiscale_transform
         layers.insert(-1, ChannelAutoregressive(last.shape[0], group, hidden))
     return Chain(layers)
 
@@ -95,7 +110,8 @@ def marflow(
             net = lambda i, o: GatedAttentionNet(i, o, hidden, blocks, coupling_heads)  # noqa: E731
             return [GlowStep(channels, hidden, m, attend, positions, net) for m in masks]
         return [
-            MixtureStep(channels, hidden, m, attend, positions, components=components, blocks=blocks, heads=coupling_heads)
+            MixtureStep(channels, hidden, m, attend, positions, components=components, blocks=blocks,
+                        heads=coupling_heads)
             for m in masks
         ]
 

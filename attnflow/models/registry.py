@@ -65,7 +65,7 @@ def check_model(
     key lists the valid ones, a bad value names its valid range."""
     families = FAMILIES if families is None else families
     family = section.get("family")
-    if family not in families:
+    if not isinstance(family, str) or family not in families:
         raise ConfigError(f"model.family must be one of: {', '.join(sorted(families))}, got {family!r}")
     valid = builder_fields(families[family])
     out: dict[str, Any] = {"family": family}

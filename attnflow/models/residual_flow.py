@@ -89,10 +89,11 @@ def residual_flow(
     Each scale is ``blocks`` x ``[ActNorm, ResidualBlock(g)]`` where ``g`` is the ``branch``
     (``"iresnet"``, ``"residual_flow"`` or ``"idensenet"``) with spectral-norm coefficient
     ``coeff``, each divided by a certified bound of its norm for the weights in use
-    (:class:`attnflow.nets.lipschitz_layers.SpectralNormConv2d`); scales are separated by squeeze (and factor-out when ``factor_out``), ending in a
-    flat latent. ``attention`` in {none, l2, lipnorm, dot} puts ACF's attention inside the
-    branches of the scales listed in ``attention_scales`` (empty = every scale), mixed in by the
-    contractive :class:`attnflow.nets.residual_branches.AttentionMix`; ``heads`` is at most the branch's
+    (:class:`attnflow.nets.lipschitz_layers.SpectralNormConv2d`); scales are separated by squeeze
+    (and factor-out when ``factor_out``), ending in a flat latent. ``attention`` in
+    {none, l2, lipnorm, dot} puts ACF's attention inside the branches of the scales listed in
+    ``attention_scales`` (empty = every scale), mixed in by the contractive
+    :class:`attnflow.nets.residual_branches.AttentionMix`; ``heads`` is at most the branch's
     hidden width (heads that do not divide it pad the attention's inner width, see
     :mod:`attnflow.nets.lipschitz_attention`).
 
@@ -118,7 +119,8 @@ def residual_flow(
                                 neumann_grad=neumann_grad and estimator != "exact")
     eval_logdet = (LogDetConfig("exact") if estimator == "exact"
                    else LogDetConfig("russian_roulette", n_exact=eval_n_exact, geom_p=geom_p))
-    size_kwargs = {"hidden": hidden, "kernel_sizes": tuple(kernels)} if branch != "idensenet" else {"growth": growth, "depth": depth}
+    size_kwargs = ({"hidden": hidden, "kernel_sizes": tuple(kernels)} if branch != "idensenet"
+                   else {"growth": growth, "depth": depth})
 
     def scale_blocks(channels: int, scale: int) -> list[Bijection]:
         use_attention = attention_factory is not None and (not attention_scales or scale in attention_scales)
@@ -130,7 +132,8 @@ def residual_flow(
                 layers.append(ActNorm(channels))
             g = build_branch(branch, channels, coeff=coeff, input_size=input_size,
                              attention=attention_factory if use_attention else None, mix_init=mix_init, **size_kwargs)
-            layers.append(ResidualBlock(g, train_logdet, eval_logdet, atol=inverse_atol, rtol=0.0, max_iter=inverse_max_iter))
+            layers.append(ResidualBlock(g, train_logdet, eval_logdet, atol=inverse_atol, rtol=0.0,
+                                        max_iter=inverse_max_iter))
         return layers
 
     body = multiscale_transform(shape, scales, scale_blocks, learned_prior, squeeze_first, factor_out)

@@ -54,7 +54,7 @@ def level_sizes(shape: Sequence[int], levels: int) -> list[tuple[int, int]]:
             f"{levels} levels halve the size {levels} times: H and W must be divisible by {1 << levels}, "
             f"got {h}x{w}; use fewer levels or pad the images (data.pad)"
         )
-    return [(h >> (l + 1), w >> (l + 1)) for l in range(levels)]
+    return [(h >> (k + 1), w >> (k + 1)) for k in range(levels)]
 
 
 def conditional_level(
@@ -63,7 +63,7 @@ def conditional_level(
     context_channels: Sequence[int],
     condition: int | Sequence[int],
     hidden: int,
-    attention: Callable[[int, int, int], Bijection | None],
+    attention: Callable[[int, int, int], Bijection],
     positions: Sequence[int],
     transition_steps: int = 0,
 ) -> list[Bijection]:
@@ -80,17 +80,16 @@ def conditional_level(
         raise ValueError(f"attention positions must be among {CONDITIONAL_POSITIONS} (0 = after the level), got {bad}")
     in_step = [p for p in positions if p != 0]
     attend = lambda ch: attention(ch, *size)  # noqa: E731
-    per_step = not isinstance(condition, int)
     layers: list[Bijection] = [Chain([ActNorm(channels), InvertibleConv1x1(channels)]) for _ in range(transition_steps)]
     for k, ctx in enumerate(context_channels):
         step = GlowStep(
             channels, hidden, "channel" if k % 2 == 0 else "channel-inv", attend, in_step,
             context_channels=ctx, injector=ConditionalAffineInjector(channels, ctx, hidden),
         )
-        layers.append(PickCondition(step, condition[k]) if per_step else step)
+        layers.append(step if isinstance(condition, int) else PickCondition(step, condition[k]))
     if 0 in positions:
         layers.append(attention(channels, *size))
-    return layers if per_step else [PickCondition(Chain(layers), condition)]
+    return [PickCondition(Chain(layers), condition)] if isinstance(condition, int) else layers
 
 
 @register_family("srflow", tiny={"steps": 1, "hidden": 8, "transition_steps": 1, "encoder_features": 8,

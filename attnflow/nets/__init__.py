@@ -9,6 +9,8 @@ lipschitz_layers.py        SpectralNormConv2d, SpectralNormLinear,           spe
                            LipSwish, CLipSwish                               2018); Residual Flows; i-DenseNet
 operator_norm.py           gram_spectral_norm, certified_max_norm,           Gram iteration (Delattre et al.
                            circulant_norm_bound (certified, differentiable)  2023); Sedghi et al. 2019
+branch_certificate.py      expansion_bound: a residual branch's certified    this library's (on circulant
+                           bound tighter than the product of its layers'     spectra: Sedghi et al. 2019)
 linearization.py           Linearization: output and explicit Jacobian       i-ResNet; Residual Flows
                            products for the residual log-det estimators
 residual_branches.py       build_branch (i-ResNet, Residual Flow,            i-ResNet; Residual Flows;
@@ -19,7 +21,8 @@ lipschitz_attention.py     L2MultiheadSelfAttention, LipNormSelfAttention,   ACF
 softmax_attention.py       softmax_attention (PyTorch's fused kernel or      Vaswani et al. 2017
                            explicit), SelfAttention2d (coupling networks)
 nystrom_attention.py       NystromAttention                                  Nyströmformer (Xiong et al. 2021)
-glow_coupling_net.py       conv_coupling_net, CouplingNetFactory             Glow (Kingma & Dhariwal 2018)
+glow_coupling_net.py       conv_coupling_net, CouplingNetFactory, zero_conv  Glow (Kingma & Dhariwal 2018)
+                           (zero-initialised last convolution)
 flowpp_coupling_net.py     GatedAttentionNet (gated convolutions and         Flow++ (Ho et al. 2019)
                            self-attention, SelfAttention2d)
 denseflow_coupling_net.py  DenseBlock, DenseFlowCouplingNet (dense block     DenseFlow (Grcić et al. 2021)

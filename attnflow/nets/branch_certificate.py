@@ -54,7 +54,9 @@ __all__ = ["SLOPE_RANGES", "expansion_bound"]
 
 # Slope intervals [a, b] of the 1-Lipschitz activations (rounded outwards).
 LIPSWISH_SLOPES = (-0.0998394 / 1.1, 1.0)
-SLOPE_RANGES: dict[type[nn.Module], tuple[float, float]] = {nn.ReLU: (0.0, 1.0), nn.ELU: (0.0, 1.0), LipSwish: LIPSWISH_SLOPES}
+SLOPE_RANGES: dict[type[nn.Module], tuple[float, float]] = {
+    nn.ReLU: (0.0, 1.0), nn.ELU: (0.0, 1.0), LipSwish: LIPSWISH_SLOPES,
+}
 _SVD_MARGIN = 1.0 + 1e-9
 
 
@@ -87,7 +89,7 @@ def _folded_kernels(layers: Sequence[SpectralNormConv2d]) -> list[Tensor]:
     one 1x1 kernel when the run has nothing else."""
     kernels = [layer.normalized_weight().double() for layer in layers]
     folded: list[Tensor] = []
-    pending = None  # a 1x1 matrix waiting for the next spatial kernel
+    pending: Tensor | None = None  # a 1x1 matrix waiting for the next spatial kernel
     for kernel in kernels:
         if kernel.shape[-2:] == (1, 1):
             matrix = kernel[:, :, 0, 0]
@@ -98,7 +100,10 @@ def _folded_kernels(layers: Sequence[SpectralNormConv2d]) -> list[Tensor]:
         else:
             folded.append(kernel if pending is None else torch.einsum("omhw,mi->oihw", kernel, pending))
             pending = None
-    return folded or [pending[:, :, None, None]]
+    if folded:
+        return folded
+    assert pending is not None  # a run of 1x1 kernels only: all of them folded into pending
+    return [pending[:, :, None, None]]
 
 
 def _largest_singular_value(blocks: Tensor) -> float:
@@ -114,13 +119,14 @@ def _run_norm(layers: Sequence[SpectralNormConv2d], grid: tuple[int, int]) -> fl
     (a 1x1 kernel, or a circulant-path layer whose own grid is the branch's) needs no new
     computation: its ``lipschitz_bound()``."""
     layer = layers[0]
-    own_grid = circulant_grid(layer.input_size, layer.kernel_size, layer.padding)
-    if len(layers) == 1 and not layer.divides_by_explicit_matrix() and (layer.kernel_size == (1, 1) or own_grid == grid):
+    own_grid = circulant_grid(layer.known_input_size(), layer.kernel_size, layer.padding)
+    if (len(layers) == 1 and not layer.divides_by_explicit_matrix()
+            and (layer.kernel_size == (1, 1) or own_grid == grid)):
         return layer.lipschitz_bound()  # its divisor bounds this very circulant (a 1x1 kernel's on any grid)
-    product = None
-    for kernel in _folded_kernels(layers):
-        block = kernel_spectrum(kernel, grid)
-        product = block if product is None else block @ product
+    first, *rest = _folded_kernels(layers)
+    product = kernel_spectrum(first, grid)
+    for kernel in rest:
+        product = kernel_spectrum(kernel, grid) @ product
     return _largest_singular_value(product) * _SVD_MARGIN
 
 
@@ -130,35 +136,37 @@ def expansion_bound(layers: Sequence[nn.Module]) -> float | None:
     ``None`` when the branch has a layer the expansion does not cover or fewer than two
     convolutions."""
     convs = [i for i, layer in enumerate(layers) if isinstance(layer, SpectralNormConv2d)]
-    if len(convs) < 2 or any(layers[i].input_size is None for i in convs):
+    kernels = [layer for layer in layers if isinstance(layer, SpectralNormConv2d)]
+    sizes = {k.input_size for k in kernels}
+    if len(kernels) < 2 or None in sizes:
         return None
-    sizes = {layers[i].input_size for i in convs}
-    if len(sizes) != 1 or any(layers[i].padding != tuple(k // 2 for k in layers[i].kernel_size) for i in convs):
+    if len(sizes) != 1 or any(k.padding != tuple(s // 2 for s in k.kernel_size) for k in kernels):
         return None  # not all "same" convolutions on one grid
-    size = sizes.pop()
-    grid = tuple(max(g) for g in zip(*(circulant_grid(size, layers[i].kernel_size, layers[i].padding) for i in convs)))
+    size = kernels[0].known_input_size()
+    grids = [circulant_grid(size, k.kernel_size, k.padding) for k in kernels]
+    grid = (max(g[0] for g in grids), max(g[1] for g in grids))
     outer = 1.0
     for layer in list(layers[: convs[0]]) + list(layers[convs[-1] + 1 :]):
         slopes = _slopes(layer)
         if slopes is None:
             return None
         outer *= max(abs(slopes[0]), abs(slopes[1]))
-    elements = []
+    elements: list[tuple[float, float]] = []
     for before, after in itertools.pairwise(convs):
         # the window mask: absorbed by a leading activation, else its own element P = I/2 + (2P - I)/2
-        element: tuple[float, float] | None = (1.0, 0.0) if _slopes(layers[before + 1]) else (0.5, 0.5)
+        element = (1.0, 0.0) if _slopes(layers[before + 1]) else (0.5, 0.5)
         for layer in layers[before + 1 : after]:
-            element = _compose(element, layer)
-            if element is None:
+            composed = _compose(element, layer)
+            if composed is None:
                 return None
+            element = composed
         elements.append(element)
     if not all(math.isfinite(c) and math.isfinite(r) for c, r in elements):
         return math.inf
-    kernels = [layers[i] for i in convs]
     run_norms: dict[tuple[int, int], float] = {}
     total = 0.0
     for split in itertools.product((False, True), repeat=len(elements)):  # True: the element's r R part
-        weight = math.prod(r if s else abs(c) for (c, r), s in zip(elements, split))
+        weight: float = math.prod(r if s else abs(c) for (c, r), s in zip(elements, split))
         if weight == 0.0:
             continue
         cuts = [0] + [i + 1 for i, s in enumerate(split) if s] + [len(kernels)]

@@ -25,16 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .glow_coupling_net import CouplingNetFactory
+from .glow_coupling_net import CouplingNetFactory, zero_conv
 from .nystrom_attention import NystromAttention
 
 __all__ = ["GatedConv1x1", "DenseBlock", "DenseFlowCouplingNet", "dense_net_factory"]
-
-
-def _zero_(conv: nn.Conv2d) -> nn.Conv2d:
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
 
 
 class GatedConv1x1(nn.Module):
@@ -44,7 +38,7 @@ class GatedConv1x1(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 3 * out_channels, 1)
         if zero_init:
-            _zero_(self.conv)
+            zero_conv(self.conv)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b, c = self.conv(x).chunk(3, dim=1)
@@ -106,7 +100,7 @@ class DenseFlowCouplingNet(nn.Module):
         self.attention = NystromAttention(hidden, heads, landmarks) if heads else None
         branches = 2 if heads else 1
         self.fuse = nn.Sequential(nn.ReLU(), nn.Conv2d(branches * hidden, hidden, 1))
-        self.out = _zero_(nn.Conv2d(hidden, out_channels, 1))
+        self.out = zero_conv(nn.Conv2d(hidden, out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.inp(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .glow_coupling_net import zero_conv
 from .softmax_attention import SelfAttention2d
 
 __all__ = ["GatedAttentionNet"]
@@ -56,9 +57,7 @@ class GatedAttentionNet(nn.Module):
             if heads:
                 attn = nn.Sequential(SelfAttention2d(hidden, heads), nn.Conv2d(hidden, 2 * hidden, 1))
                 layers += [_GatedResidual(attn), nn.GroupNorm(1, hidden)]
-        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        last = zero_conv(nn.Conv2d(hidden, out_channels, 3, padding=1))
         self.net = nn.Sequential(*layers, nn.ELU(), last)
 
     def forward(self, x: Tensor) -> Tensor:

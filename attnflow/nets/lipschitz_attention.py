@@ -160,7 +160,8 @@ class _TokenSelfAttention(nn.Module):
         """Adjoint of :meth:`_project`: ``sum_k merge(G_k) W_k^T``."""
         b, _, n, _ = grads[0].shape
         weights = self._projection_weights()
-        return sum(g.transpose(1, 2).reshape(b, n, self.inner) @ w.T for g, w in zip(grads, weights))
+        terms = [g.transpose(1, 2).reshape(b, n, self.inner) @ w.T for g, w in zip(grads, weights)]
+        return sum(terms[1:], terms[0])
 
     def raw_lipschitz_bound(self, tokens: int, norm: NormFunction = gram_spectral_norm) -> Tensor:
         """Certified upper bound of the Lipschitz constant of the un-normalised map, for inputs

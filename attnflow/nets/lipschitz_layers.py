@@ -14,6 +14,7 @@ its transpose for the spectral-norm layers, the elementwise slopes for the activ
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -149,10 +150,10 @@ class _SpectralNorm(nn.Module):
         legacy_v = state_dict.pop(prefix + "v", None)
         state_dict.pop(prefix + "u", None)
         if legacy_v is not None and legacy_v.dim() == 4:
-            self._adopt_input_size(tuple(legacy_v.shape[-2:]))
+            self._adopt_input_size(legacy_v.shape[-2:])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _adopt_input_size(self, size: tuple[int, int]) -> None:
+    def _adopt_input_size(self, size: Sequence[int]) -> None:
         """Record the input's spatial size (convolutions only)."""
 
 
@@ -229,6 +230,10 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
     inputs must have the same size.
     """
 
+    # nn.Conv2d stores both as (height, width) pairs; the padding here is an int, never a string
+    kernel_size: tuple[int, int]
+    padding: tuple[int, int]
+
     def __init__(
         self,
         in_channels: int,
@@ -245,10 +250,16 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         self._init_spectral_norm(coeff)
         self.input_size: tuple[int, int] | None = None
         if input_size is not None:
-            self._adopt_input_size(tuple(input_size))
+            self._adopt_input_size(input_size)
 
-    def _adopt_input_size(self, size: tuple[int, int]) -> None:
+    def _adopt_input_size(self, size: Sequence[int]) -> None:
         self.input_size = (int(size[0]), int(size[1]))
+
+    def known_input_size(self) -> tuple[int, int]:
+        """The input's spatial size ``(H, W)``; an error before it is known."""
+        if self.input_size is None:
+            raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
+        return self.input_size
 
     def _op(self, v: Tensor, weight: Tensor) -> Tensor:
         return conv2d(v, weight, padding=self.padding)
@@ -261,7 +272,7 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
 
     def _sides(self) -> tuple[int, int, int, int]:
         """``(H', W', d_in, d_out)``: the output size and the operator's input and output dimensions."""
-        (h, w), (ph, pw), (kh, kw) = self.input_size, self.padding, self.kernel_size
+        (h, w), (ph, pw), (kh, kw) = self.known_input_size(), self.padding, self.kernel_size
         ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
         return ho, wo, self.in_channels * h * w, self.out_channels * ho * wo
 
@@ -284,7 +295,7 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
             return weight.reshape(c_out, c_in)
         if not self.divides_by_explicit_matrix():
             return None
-        (h, w), ho, wo, d_in, d_out = self.input_size, *self._sides()
+        (h, w), ho, wo, d_in, d_out = self.known_input_size(), *self._sides()
         if d_in <= d_out:
             basis = torch.eye(d_in, dtype=weight.dtype, device=weight.device).view(d_in, c_in, h, w)
             return self._op(basis, weight).reshape(d_in, d_out)
@@ -292,16 +303,15 @@ class SpectralNormConv2d(_SpectralNorm, nn.Conv2d):
         return self._adjoint(basis, weight).reshape(d_out, d_in)
 
     def _certified_norm(self, weight: Tensor) -> Tensor:
-        if self.input_size is None:
-            raise RuntimeError("the input size is unknown: run a forward pass first or pass input_size")
+        size = self.known_input_size()
         matrix = self._small_matrix(weight)
         if matrix is not None:
             return certified_max_norm(matrix[None]).to(weight.dtype)
-        return circulant_norm_bound(weight, self.input_size, self.padding)
+        return circulant_norm_bound(weight, size, self.padding)
 
     def _check_input(self, x: Tensor) -> None:
         if self.input_size is None:
-            self._adopt_input_size(tuple(x.shape[-2:]))
+            self._adopt_input_size(x.shape[-2:])
         elif tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"SpectralNormConv2d was set up for inputs of spatial size {self.input_size}, got "

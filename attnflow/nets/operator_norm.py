@@ -179,15 +179,15 @@ def circulant_norm_bound(
     index reaches the input window. Hence ``||conv|| <= ||C||``. ``C`` is block-diagonalised by
     the 2-D DFT (Sedghi, Gupta & Long 2019): its singular values are those of the ``C_out x C_in``
     blocks ``K_hat(w)``, so ``||C|| = max_w ||K_hat(w)||_2``, and the Gram iteration bounds each
-    block from above (:func:`certified_max_norm`, whose gradient is that of the top block's norm). (The DFT on the ``H x W`` grid itself would *not* bound a zero-padded
-    convolution.)
+    block from above (:func:`certified_max_norm`, whose gradient is that of the top block's norm).
+    (The DFT on the ``H x W`` grid itself would *not* bound a zero-padded convolution.)
 
     How loose: the Gram step adds at most the factor ``r^(1 / 2^(t+1))`` (``r`` twice the smaller
     channel count, the rank of the blocks' real form; 1.0012 for 64 channels). The circulant step is the larger part on
     small grids: measured on random 3x3 kernels, about 4% at 8x8 and 18% at 4x4, below 0.5% from
     16x16 on; trained layers are measured in ``tests/test_certified_divisors.py`` and the README.
     """
-    grid = circulant_grid(input_size, tuple(weight.shape[-2:]), padding)
+    grid = circulant_grid(input_size, (weight.shape[-2], weight.shape[-1]), padding)
     return certified_max_norm(kernel_spectrum(weight, grid), iterations).to(weight.dtype)
 
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
 from .branch_certificate import expansion_bound
 from .linearization import Linearization, autograd_linearization, compose_linearizations, diagonal_linearization
+from .lipschitz_layers import CLipSwish, LipSwish, SpectralNormConv2d
 
 __all__ = [
     "AttentionMix",
@@ -98,6 +99,13 @@ class LipschitzSequential(nn.Sequential):
         return compose_linearizations(parts)
 
 
+class LipschitzBounded(Protocol):
+    """A module with a certified Lipschitz bound (an attention :class:`AttentionMix` mixes in, a
+    residual block's branch)."""
+
+    def lipschitz_bound(self) -> float: ...
+
+
 class AttentionMix(nn.Module):
     """Contractive form of ACF's attention output (ACF eq. 13).
 
@@ -125,7 +133,7 @@ class AttentionMix(nn.Module):
     def mix_terms(self) -> tuple[Tensor, float, float]:
         """``(a, B_F, s)``: the attention weight, the attention's bound and its divisor. A layer with
         this method is a convex mix to :func:`~attnflow.nets.branch_certificate.expansion_bound`."""
-        bound = float(self.attention.lipschitz_bound())
+        bound = float(cast(LipschitzBounded, self.attention).lipschitz_bound())  # checked in __init__
         # an attention without a finite bound (plain dot-product, the ablation) is mixed in raw,
         # as ACF's baseline does: the branch's bound is then infinite and invertibility is lost.
         divisor = max(1.0, bound) if math.isfinite(bound) else 1.0
@@ -152,8 +160,8 @@ class AttentionMix(nn.Module):
 
     def lipschitz_bound(self) -> float:
         a, bound, divisor = self.mix_terms()
-        a = a.detach().item()
-        return (1 - a) + a * bound / divisor
+        weight = a.detach().item()
+        return (1 - weight) + weight * bound / divisor
 
 
 class DenseLayer(nn.Module):

@@ -37,13 +37,13 @@ class ResidualDenseBlock(nn.Module):
 
     def __init__(self, features: int, growth: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(
-            nn.Conv2d(features + k * growth, growth if k < 4 else features, 3, padding=1) for k in range(5)
-        )
-        for conv in self.convs:  # ESRGAN's scaled initialisation keeps the residual path small
+        convs = [nn.Conv2d(features + k * growth, growth if k < 4 else features, 3, padding=1) for k in range(5)]
+        for conv in convs:  # ESRGAN's scaled initialisation keeps the residual path small
             nn.init.kaiming_normal_(conv.weight, a=0.0, mode="fan_in")
             conv.weight.data.mul_(0.1)
+            assert conv.bias is not None  # made with a bias
             nn.init.zeros_(conv.bias)
+        self.convs = nn.ModuleList(convs)
 
     def forward(self, x: Tensor) -> Tensor:
         feats = [x]
@@ -85,8 +85,9 @@ class RRDBEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if features < 1 or blocks < 0 or growth < 1:
-            raise ValueError(f"RRDB encoder needs features >= 1, blocks >= 0, growth >= 1; got {features}, {blocks}, {growth}")
-        self.level_sizes = [tuple(int(v) for v in s) for s in level_sizes]
+            raise ValueError(f"RRDB encoder needs features >= 1, blocks >= 0, growth >= 1; "
+                             f"got {features}, {blocks}, {growth}")
+        self.level_sizes = [(int(h), int(w)) for h, w in level_sizes]
         self.first = nn.Conv2d(in_channels, features, 3, padding=1)
         self.trunk = nn.ModuleList(RRDB(features, growth) for _ in range(blocks))
         self.trunk_conv = nn.Conv2d(features, features, 3, padding=1)

@@ -34,7 +34,8 @@ class TrainingBar:
         if self.by_time:
             self.bar = tqdm(total=time_limit_s, initial=min(seconds, time_limit_s), unit="s", disable=disable,
                             dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of training [{elapsed}<{remaining}{postfix}]")
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of training "
+                                       "[{elapsed}<{remaining}{postfix}]")
         else:
             self.bar = tqdm(total=steps, initial=step, unit="step", disable=disable, dynamic_ncols=True)
         self._show()

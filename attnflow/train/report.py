@@ -98,7 +98,8 @@ class EndOfRun:
         gen = torch.Generator().manual_seed(0)
         samples, non_finite = finite_samples(model, GRID_SAMPLES, temperature=1.0, generator=gen)
         if non_finite:
-            shown = f"{self.run.samples.name} shows the {len(samples)} finite ones" if len(samples) else "no sample grid"
+            shown = (f"{self.run.samples.name} shows the {len(samples)} finite ones" if len(samples)
+                     else "no sample grid")
             note(f"warning: {non_finite}; {shown}")
         return samples, non_finite
 

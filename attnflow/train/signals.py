@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 __all__ = ["StopRequests", "PARENT_PID_ENV"]
 
@@ -40,7 +42,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self._signal: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         parent = os.environ.get(PARENT_PID_ENV)
         self._parent = int(parent) if parent else None
 
