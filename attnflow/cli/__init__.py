@@ -34,8 +34,11 @@ import torch
 from ..device import set_threads
 from . import evaluate, experiment, images, presets, train
 from .common import OPTIONS, CommandFailed, number
-from .train import FAR_WORSE_BITS, FIXED_ON_RESUME
-from .train import _check_trained as _check_trained  # re-exported: tests call it
+from .train import (
+    FAR_WORSE_BITS,
+    FIXED_ON_RESUME,
+    _check_trained as _check_trained,  # re-exported: tests call it
+)
 
 __all__ = ["main", "build_parser", "OPTIONS", "USER_ERRORS", "CommandFailed", "FAR_WORSE_BITS", "FIXED_ON_RESUME"]
 

@@ -30,14 +30,14 @@ def _print_conditional(res: dict) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from ..evaluate import evaluate_bits_per_dim
     from ..data import to_float
     from ..data.pairs import condition_batch
+    from ..evaluate import evaluate_bits_per_dim
     from ..evaluate.certificates import certificate_summary, certify, uncertified_message
     from ..evaluate.classification import evaluate_hybrid
     from ..evaluate.importance import importance_weighted_bits_per_dim
-    from ..models.hybrid import HybridFlow
     from ..evaluate.superres import evaluate_conditional, sr_scale
+    from ..models.hybrid import HybridFlow
 
     torch.manual_seed(args.seed)
     model, cfg = load_model(args)

@@ -21,8 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from .plumbing import (RunResult, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread,
-                       train_runs, write_outputs)
+from .plumbing import (
+    RunResult,
+    Settings,
+    format_bpd,
+    group_by_spec,
+    markdown_table,
+    pyplot,
+    save_figure,
+    spread,
+    train_runs,
+    write_outputs,
+)
 from .protocol import Experiment
 
 NAME = "convergence"

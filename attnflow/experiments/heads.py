@@ -12,8 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, spread, train_runs, \
-    write_outputs
+from .plumbing import (
+    RunSpec,
+    Settings,
+    format_bpd,
+    group_by_spec,
+    markdown_table,
+    pyplot,
+    save_figure,
+    spread,
+    train_runs,
+    write_outputs,
+)
 from .protocol import Experiment
 
 NAME = "heads"

@@ -19,8 +19,16 @@ import torch
 
 from ..heartbeat import heartbeat
 from .plumbing import (
-    RunResult, Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
-    train_runs, write_outputs,
+    RunResult,
+    Settings,
+    load_trained,
+    markdown_table,
+    pyplot,
+    refuse_conditional,
+    save_figure,
+    say,
+    train_runs,
+    write_outputs,
 )
 from .protocol import Experiment
 

@@ -21,8 +21,15 @@ import torch
 
 from ..heartbeat import heartbeat
 from .plumbing import (
-    Settings, load_trained, markdown_table, pyplot, refuse_conditional, save_figure, say,
-    train_runs, write_outputs,
+    Settings,
+    load_trained,
+    markdown_table,
+    pyplot,
+    refuse_conditional,
+    save_figure,
+    say,
+    train_runs,
+    write_outputs,
 )
 from .protocol import Experiment
 

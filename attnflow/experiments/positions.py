@@ -9,8 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plumbing import RunSpec, Settings, format_bpd, group_by_spec, markdown_table, pyplot, save_figure, run_config, spread, \
-    train_runs, write_outputs
+from .plumbing import (
+    RunSpec,
+    Settings,
+    format_bpd,
+    group_by_spec,
+    markdown_table,
+    pyplot,
+    run_config,
+    save_figure,
+    spread,
+    train_runs,
+    write_outputs,
+)
 from .protocol import Experiment
 
 NAME = "positions"

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rundir import RunDir
-from .plumbing import (RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs,
-                       write_outputs)
+from .plumbing import RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
 from .protocol import Experiment
 
 NAME = "table"

@@ -50,18 +50,18 @@ from ..config import check_config
 from ..core import Batch, Flow
 from ..data import BatchSampler, BatchStream, load_configured
 from ..device import set_threads
-from ..evaluate.superres import check_pairing
 from ..evaluate.likelihood import check_levels
+from ..evaluate.superres import check_pairing
 from ..models import build_from_config
+from ..models.hybrid import check_labels
 from ..precision import mixed_precision
 from ..rundir import RunDir, setup_changes
 from ..sharding import batch_shard
-from ..models.hybrid import check_labels
-from .distributed import start as start_processes
-from .contraction import ContractionMonitor
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .progress import TrainingBar, note
 from .compile import CompiledForward
+from .contraction import ContractionMonitor
+from .distributed import start as start_processes
+from .progress import TrainingBar, note
 from .report import EndOfRun, evaluate_test, test_row
 from .runlock import RunLock
 from .signals import StopRequests
