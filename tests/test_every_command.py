@@ -57,7 +57,8 @@ def invoke(capsys, argv: list[str]) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err
     if code:
-        lines = [line for line in err.splitlines() if line.strip() and "/s]" not in line and "still working" not in line]
+        lines = [line for line in err.splitlines()
+                 if line.strip() and "/s]" not in line and "still working" not in line]
         assert code in (1, 2) and len(lines) == 1 and lines[0].startswith(f"attnflow {argv[0]}:"), (code, err)
     return code, out, err
 

@@ -160,7 +160,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             print(f"{Path(r['run']).name:28s} {r['family']:10s} {r['steps']:6d} {secs:>8s}  {bpd}")
     if args.out:
         plot_runs(args.runs, args.out)
-        print(f"wrote test curves (by step and by training seconds) to {args.out}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote test curves (by step and by training seconds) to {args.out}",
+              file=sys.stderr if args.json else sys.stdout)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -100,7 +100,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     x_a, x_b = x[: args.pairs], x[args.pairs :]
     rows = interpolate(model, x_a, x_b, args.steps)
     save_image_grid(rows.flatten(0, 1), args.out, nrow=args.steps)
-    print(f"wrote {args.pairs} interpolations of {args.steps} steps (latent space, end points are real images) to {args.out}")
+    print(f"wrote {args.pairs} interpolations of {args.steps} steps "
+          f"(latent space, end points are real images) to {args.out}")
     errors = torch.maximum(max_error_per_image(rows[:, 0], x_a), max_error_per_image(rows[:, -1], x_b))
     _report_wrong("pair", errors, args.tolerance)
 
@@ -203,7 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = image_command("reconstruct", "real vs reconstructed test images", _cmd_reconstruct, "recon.png")
     number(r, "--n", "n", 8)
 
-    i = image_command("interpolate", "latent interpolations between test images", _cmd_interpolate, "interpolations.png")
+    i = image_command("interpolate", "latent interpolations between test images", _cmd_interpolate,
+                      "interpolations.png")
     number(i, "--pairs", "pairs", 4)
     number(i, "--steps", "steps", 8)
 

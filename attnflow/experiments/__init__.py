@@ -81,8 +81,8 @@ DEFAULTS: dict[str, Defaults] = {
     # one model of each family, with its attention
     "samples": Defaults(20, seeds=None, digits=(
         "glow-digits-imap", "flowpp-digits", "marflow-digits-imap", "acf-resflow-l2-digits", "denseflow-digits"),
-        fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap", "acf-resflow-l2-fmnist-tiny",
-                 "denseflow-fmnist-tiny")),
+        fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap",
+                 "acf-resflow-l2-fmnist-tiny", "denseflow-fmnist-tiny")),
     # the results table: each family without, then with its attention(s), 10 minutes per run on Fashion-MNIST;
     # residual flows without EMA (train.ema_decay=0) so every row is evaluated on its trained weights
     "table": Defaults(130, seeds=None, test_images=0, digits=(

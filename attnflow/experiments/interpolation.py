@@ -33,7 +33,8 @@ from .plumbing import (
 from .protocol import Experiment
 
 NAME = "interpolation"
-DESCRIPTION = "ACF Algorithm 2: latent interpolation strips between random test pairs, end-point errors and path bits/dim"
+DESCRIPTION = ("ACF Algorithm 2: latent interpolation strips between random test pairs, "
+               "end-point errors and path bits/dim")
 PAIRS = 8
 STEPS = 10
 METHOD = (f"Random test pairs are encoded to z_1, z_2 and z_1 + i/N (z_2 - z_1) is decoded for i = 0..N "
@@ -42,7 +43,8 @@ METHOD = (f"Random test pairs are encoded to z_1, z_2 and z_1 + i/N (z_2 - z_1) 
 
 
 @torch.no_grad()
-def interpolation_strips(model: Any, images: torch.Tensor, levels: int, seed: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
+def interpolation_strips(model: Any, images: torch.Tensor, levels: int,
+                         seed: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
     """Strips ``[PAIRS, STEPS, C, H, W]`` between random pairs of ``images`` (in [0, 1]) and their
     numbers: the pair indices, the end points' largest reconstruction errors, and the mean bits/dim
     of the decoded images at each ``t = i / (STEPS - 1)`` (decoded images clamped to [0, 1])."""

@@ -42,7 +42,8 @@ SHOWN = 8  # images per row of the figures
 
 
 @torch.no_grad()
-def perturbation_rows(model: Any, x: torch.Tensor, levels: int, seed: int = 0) -> tuple[list[dict[str, Any]], torch.Tensor]:
+def perturbation_rows(model: Any, x: torch.Tensor, levels: int,
+                      seed: int = 0) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """The rows of :func:`attnflow.evaluate.noise_perturbation` at standard deviation
     ``sqrt(sigma)`` for each variance sigma in :data:`VARIANCES`, each with ``variance``,
     ``log_likelihood`` (mean nats per image, from the bits/dim), ``logdet`` (mean) and

@@ -42,7 +42,8 @@ from ..schema import ConfigError
 
 __all__ = [
     "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "ExperimentFailed", "train_runs", "group_by_spec",
-    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained", "pyplot", "save_figure",
+    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained",
+    "pyplot", "save_figure",
     "TRAIN_STEPS", "RESULTS",
 ]
 
@@ -161,8 +162,8 @@ class RunResult:
 
     def summary(self, root: Path) -> dict[str, Any]:
         """The numbers of this run for tables and the experiment's ``results.json``."""
-        row: dict[str, Any] = {"spec": self.spec.text, "seed": self.seed, "status": self.status,
-                               "dir": str(self.dir.relative_to(root)) if self.dir.is_relative_to(root) else str(self.dir)}
+        shown = self.dir.relative_to(root) if self.dir.is_relative_to(root) else self.dir
+        row: dict[str, Any] = {"spec": self.spec.text, "seed": self.seed, "status": self.status, "dir": str(shown)}
         if not self.ok:
             return {**row, "error": self.error}
         test, steps, secs = self.results["test"], self.results["step"], self.results.get("train_seconds")
@@ -354,11 +355,13 @@ def _train_in_processes(settings: Settings, pending: Sequence[_Pending],
     children = [ChildRun(["train", "--preset", job.spec.preset, "--out", str(job.dir), "--quiet",
                           *(a for o in job.overrides for a in ("--set", o)), *(["--resume"] * job.resume)],
                          RunDir(job.dir).log) for job in pending]
-    stopped = run_children(children, settings.jobs, lambda i: say(f"{pending[i].start_line} (output: {children[i].log})"),
+    stopped = run_children(children, settings.jobs,
+                           lambda i: say(f"{pending[i].start_line} (output: {children[i].log})"),
                            lambda i, error: finished(pending[i], error))
     if stopped:
         raise ExperimentInterrupted(
-            f"stopped {len(stopped)} training runs at a step boundary ({', '.join(str(pending[i].dir) for i in stopped)}); "
+            f"stopped {len(stopped)} training runs at a step boundary "
+            f"({', '.join(str(pending[i].dir) for i in stopped)}); "
             "rerun the same command to resume them")
 
 
@@ -488,7 +491,8 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
     (settings.out / "report.md").write_text("\n\n".join(parts) + "\n")
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
-        "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs, "seeds": settings.seeds,
+        "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs,
+        "seeds": settings.seeds,
         "overrides": list(settings.overrides), "test_images": settings.test_images if results else None,
         "runs": [r.summary(settings.out) for r in results], **numbers,
     }

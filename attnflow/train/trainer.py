@@ -432,7 +432,8 @@ class Trainer:
         finally:
             self._release()
 
-    def _loop(self, stop: StopRequests, stop_at: int | None, on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
+    def _loop(self, stop: StopRequests, stop_at: int | None,
+              on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
         t = self.cfg["train"]
         bad = 0
