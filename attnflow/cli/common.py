@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["OPTIONS", "CommandFailed", "load_model", "load_split", "number", "device_option"]
 
 
-def _option(key: str, kind: type, help: str, **kw: object) -> Field:
-    return Field("cli", key, kind, help, **kw)
+def _option(key: str, kind: type, help: str, lo: float, hi: float, lo_open: bool = False) -> Field:
+    return Field("cli", key, kind, help, lo=lo, hi=hi, lo_open=lo_open)
 
 
 # The CLI's numeric options, validated as configuration values are.
@@ -61,11 +61,12 @@ def _device_name(text: str) -> str:
 
 
 def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None,
-           **kw: object) -> None:
-    """An option checked by ``OPTIONS[option]``; its help gives the valid values."""
+           nargs: int | str | None = None) -> None:
+    """An option checked by ``OPTIONS[option]``; its help gives the valid values; ``nargs`` as
+    argparse's."""
     field = OPTIONS[option]
     text = f"{help or field.help}: {field.describe()} (default {default})"
-    parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, **kw)
+    parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, nargs=nargs)
 
 
 def device_option(parser: argparse.ArgumentParser) -> None:
