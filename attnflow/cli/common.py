@@ -60,13 +60,15 @@ def _device_name(text: str) -> str:
     return text
 
 
-def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None,
-           nargs: int | str | None = None) -> None:
-    """An option checked by ``OPTIONS[option]``; its help gives the valid values; ``nargs`` as
-    argparse's."""
+def number(parser: argparse.ArgumentParser, flag: str, option: str, default: object, help: str | None = None, *,
+           nargs: int | str | None = None, action: str = "store", dest: str | None = None,
+           metavar: str | None = None) -> None:
+    """An option checked by ``OPTIONS[option]``; its help gives the valid values; the keywords
+    are argparse's (their defaults are argparse's too)."""
     field = OPTIONS[option]
     text = f"{help or field.help}: {field.describe()} (default {default})"
-    parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, nargs=nargs)
+    parser.add_argument(flag, type=field.argparse_type(), default=default, help=text, nargs=nargs, action=action,
+                        dest=dest, metavar=metavar)
 
 
 def device_option(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,9 +104,9 @@ def _cmd_fid(args: argparse.Namespace) -> None:
         raise CommandFailed(f"{non_finite}; FID/KID/IS need {args.n} finite samples")
     reference = to_float(data.images[: args.n], data.levels)
     with heartbeat(f"attnflow fid: Inception features of {len(x)} samples and {len(reference)} images"):
-        res = sample_quality(x, reference, args.inception_weights, batch_size=args.batch_size,
-                             cuda=module_device(model).type == "cuda")
-    res.update(run=str(args.run), temperature=args.temperature, split=args.split)
+        quality = sample_quality(x, reference, args.inception_weights, batch_size=args.batch_size,
+                                 cuda=module_device(model).type == "cuda")
+    res: dict[str, Any] = {**quality, "run": str(args.run), "temperature": args.temperature, "split": args.split}
     if args.json:
         print(json.dumps(res))
     else:

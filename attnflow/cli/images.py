@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..device import module_device
 from ..heartbeat import heartbeat
 from .common import CommandFailed, device_option, load_model, load_split, number
+
+if TYPE_CHECKING:
+    from ..core import Flow
 
 __all__ = ["register"]
 
@@ -39,7 +44,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise CommandFailed(f"{non_finite} ({shown})")
 
 
-def _run_and_images(args: argparse.Namespace, n: int, conditional: bool = False):
+def _run_and_images(args: argparse.Namespace, n: int,
+                    conditional: bool = False) -> tuple[Flow, torch.Tensor, int, torch.Tensor | None]:
     """The trained model of ``args.run``, the first ``n`` images of ``args.split`` in [0, 1], the
     data's number of levels and the images' conditions (``None`` for an unconditional run). A
     command that has no meaning on a conditional run (``conditional=False``) refuses one, naming
@@ -156,7 +162,7 @@ def _cmd_sr(args: argparse.Namespace) -> None:
 
     model, cfg = load_model(args)
     scale = sr_scale(cfg["data"])
-    if scale is None:
+    if scale is None or model.context_shape is None:
         raise ValueError(f"{args.run} is not a super-resolution run (data.condition is "
                          f"{cfg['data'].get('condition', 'none')!r}, not 'lowres'); train an srflow preset")
     lr = read_condition_image(args.input, model.context_shape)
@@ -189,7 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     device_option(s)
     s.set_defaults(func=_cmd_sample)
 
-    def image_command(name: str, help: str, func, out: str, out_help: str | None = None) -> argparse.ArgumentParser:
+    def image_command(name: str, help: str, func: Callable[[argparse.Namespace], None], out: str,
+                      out_help: str | None = None) -> argparse.ArgumentParser:
         """A subcommand on the images of a trained run: ``run``, ``--split``, ``--out`` and the
         ``--tolerance`` its inverse is judged by."""
         c = sub.add_parser(name, help=help)
