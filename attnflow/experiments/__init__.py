@@ -205,7 +205,7 @@ def resolve_settings(o: ExperimentOptions) -> Settings:
 def make_settings(name: str, out: str | Path, **options: Any) -> Settings:
     """:func:`resolve_settings` of ``ExperimentOptions(name, out, **options)``, sequences given as
     lists or tuples (the short form for Python callers and tests)."""
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return resolve_settings(ExperimentOptions(name, Path(out), **given))
 
 

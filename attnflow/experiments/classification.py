@@ -20,7 +20,8 @@ DESCRIPTION = ("ACF Table 3: test accuracy and bits/dim of the hybrid Residual F
 
 def run(settings: Settings) -> None:
     results = train_runs(settings, settings.specs)
-    rows, numbers = [], {"models": {}}
+    rows = []
+    numbers: dict[str, Any] = {"models": {}}
     for text, runs in group_by_spec(results).items():
         ok = [r for r in runs if r.ok]
         entry: dict[str, Any] = {"spec": text}

@@ -114,7 +114,7 @@ def run(settings: Settings) -> None:
             rows.append([text, format_bpd(runs), _range(at_step), _range(final),
                          "-" if steps is None else f"{steps['mean']:.0f}"])
         numbers["families"][family] = entry
-        text = [f"## {family}", "", markdown_table(
+        lines = [f"## {family}", "", markdown_table(
             ["preset + overrides", "test bits/dim", f"training bits/dim at step {common}", "at the end of training",
              "steps (mean)"], rows), "",
             f"Training bits/dim: each run's mean of the values it logged over the last {WINDOW:.0%} of the steps up to "
@@ -123,10 +123,10 @@ def run(settings: Settings) -> None:
         if curves:
             png = f"convergence-{family}.png"
             _plot(family, curves, settings.clock, settings.out / png)
-            text += ["", f"![{family} convergence]({png})", "",
+            lines += ["", f"![{family} convergence]({png})", "",
                      "Lines: mean over seeds of the training bits/dim (one batch per logged step); bands: min to max "
                      "over seeds."]
-        sections.append("\n".join(text))
+        sections.append("\n".join(lines))
     write_outputs(settings, "Convergence with and without attention (ACF Fig. 3)", DESCRIPTION + ".",
                   sections, numbers, results)
 

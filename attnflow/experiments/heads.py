@@ -54,7 +54,8 @@ def run(settings: Settings) -> None:
     runs_plan = plan(settings)
     results = train_runs(settings, [spec for *_, spec in runs_plan])
     groups = group_by_spec(results)
-    rows, numbers = [], {"bases": {}}
+    rows = []
+    numbers: dict[str, Any] = {"bases": {}}
     for base, h, spec in runs_plan:
         runs = groups[spec.text]
         ok = [r for r in runs if r.ok]

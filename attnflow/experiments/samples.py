@@ -50,7 +50,8 @@ def run(settings: Settings) -> None:
     results: list[RunResult] = [] if settings.runs else train_runs(settings, settings.specs)
     run_dirs: list[Path] = list(settings.runs) or [r.dir for r in results if r.ok]
     (settings.out / "samples").mkdir(exist_ok=True)
-    rows, numbers = [], {"temperatures": list(TEMPERATURES), "n": N_SAMPLES, "runs": {}}
+    rows = []
+    numbers: dict[str, Any] = {"temperatures": list(TEMPERATURES), "n": N_SAMPLES, "runs": {}}
     for i, run_dir in enumerate(run_dirs):
         say(f"samples: {run_dir}")
         model, cfg = load_trained(run_dir, settings)
