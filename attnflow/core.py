@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -61,24 +62,25 @@ class Chain(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
-        for layer in self.layers:
+        for layer in self:
             x, ld = layer(x, context)
             logdet = logdet + ld
         return x, logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        for layer in reversed(self.layers):
+        for layer in reversed(self):
             z = layer.inverse(z, context)
         return z
 
     def __len__(self) -> int:
         return len(self.layers)
 
+    # ModuleList types its items as Module; the constructor checked that each is a Bijection
     def __iter__(self) -> Iterator[Bijection]:
-        return iter(self.layers)
+        return cast(Iterator[Bijection], iter(self.layers))
 
     def __getitem__(self, index: int) -> Bijection:
-        return self.layers[index]
+        return cast(Bijection, self.layers[index])
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
