@@ -43,8 +43,9 @@ _SHARD: ContextVar[BatchShard | None] = ContextVar("attnflow_batch_shard", defau
 
 
 @contextmanager
-def batch_shard(shard: BatchShard) -> Iterator[None]:
-    """The forward passes inside this context see a shard of a global batch."""
+def batch_shard(shard: BatchShard | None) -> Iterator[None]:
+    """The forward passes inside this context see a shard of a global batch (the whole batch,
+    unsharded, for ``None``)."""
     token = _SHARD.set(shard)
     try:
         yield

@@ -170,5 +170,5 @@ def start(device_name: str) -> tuple[Distributed, torch.device]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                                **({"device_id": device} if device.type == "cuda" else {}))
+                                device_id=device if device.type == "cuda" else None)
     return Distributed(dist.get_rank(), dist.get_world_size(), owns, device), device

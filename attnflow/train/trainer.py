@@ -156,8 +156,9 @@ class Trainer:
     def _release(self) -> None:
         if getattr(self, "batches", None) is not None:
             self.batches.close()
-        if getattr(self, "lock", None) is not None:
-            self.lock.release()
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
         self.dist.close()
 
     def _note(self, message: str) -> None:
@@ -165,7 +166,12 @@ class Trainer:
             note(message)
 
     def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
-        state, changed_train = self._read_run(cfg) if resume else (self._check_new(), {})
+        state: dict[str, Any] | None = None
+        changed_train: dict[str, list[Any]] = {}
+        if resume:
+            state, changed_train = self._read_run(cfg)
+        else:
+            self._check_new()
         self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
         t = cfg["train"]
