@@ -5,6 +5,11 @@ A bijection maps the *data side* to the *latent side*::
     z, logdet = bijection(x, context=None)     # logdet: [B], log|det dz/dx| in nats
     x = bijection.inverse(z, context=None)
 
+The ``context`` (:data:`Context`) is a conditional flow's condition tensor, or, inside a
+:class:`~attnflow.flows.conditional.ConditionedTransform`, the list of its per-level features,
+from which :class:`~attnflow.flows.conditional.PickCondition` hands each level its tensor
+(:func:`tensor_context` narrows it for a layer that uses it).
+
 A :class:`Flow` is a transform whose last layer produces a flat latent ``z`` of shape ``[B, D]``
 in which the prior is a standard normal, so that, exactly,
 
@@ -30,9 +35,22 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "Batch", "Bijection", "Chain", "Flow", "NonFiniteSamples", "check_images", "log_prob_to_bits_per_dim",
-    "standard_normal_log_prob",
+    "Batch", "Bijection", "Chain", "Context", "Flow", "NonFiniteSamples", "check_images", "log_prob_to_bits_per_dim",
+    "standard_normal_log_prob", "tensor_context",
 ]
+
+# A bijection's context: a condition tensor (or none), or a conditional transform's feature list.
+Context = Tensor | Sequence[Tensor] | None
+
+
+def tensor_context(context: Context, layer: str) -> Tensor | None:
+    """``context`` for a ``layer`` that uses it directly: a tensor or ``None``; a feature list
+    (what a conditional level gets before :class:`~attnflow.flows.conditional.PickCondition`
+    picks its entry) is an error naming the layer."""
+    if context is None or isinstance(context, Tensor):
+        return context
+    raise TypeError(f"{layer} takes one context tensor, got a {type(context).__name__}; "
+                    "wrap it in attnflow.flows.PickCondition to pick its level's feature")
 
 
 class Bijection(nn.Module):
@@ -42,10 +60,10 @@ class Bijection(nn.Module):
     ``[B]`` (nats, ``log|det dz/dx|`` per sample) and ``inverse(z, context=None) -> x``.
     """
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -60,14 +78,14 @@ class Chain(Bijection):
             if not isinstance(layer, Bijection):
                 raise TypeError(f"Chain takes Bijection layers, got {type(layer).__name__}")
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
         for layer in self:
             x, ld = layer(x, context)
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         for layer in reversed(self):
             z = layer.inverse(z, context)
         return z

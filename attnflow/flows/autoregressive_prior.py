@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core import Bijection
+from ..core import Bijection, Context, tensor_context
 from ..nets.conv_lstm import ConvLSTMCell
 from ..nets.glow_coupling_net import zero_conv
 from .multiscale import FactorOut
@@ -62,11 +62,12 @@ class ChannelAutoregressive(Bijection):
         self.cell = ConvLSTMCell(group + (hidden if context_channels else 0), hidden, kernel_size)
         self.out = zero_conv(nn.Conv2d(hidden, 2 * group, 3, padding=1))
 
-    def _check(self, x: Tensor, context: Tensor | None) -> Tensor | None:
+    def _check(self, x: Tensor, context: Context) -> Tensor | None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected [B, {self.channels}, H, W], got shape {list(x.shape)}")
         if self.embed is None:  # unconditional (context_channels 0)
             return None
+        context = tensor_context(context, "a conditional autoregressive prior")
         if context is None or context.shape[1] != self.context_channels or context.shape[2:] != x.shape[2:]:
             got = None if context is None else list(context.shape)
             raise ValueError(
@@ -75,7 +76,7 @@ class ChannelAutoregressive(Bijection):
             )
         return self.embed(context)
 
-    def _steps(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _steps(self, x: Tensor, context: Context, inverse: bool) -> tuple[Tensor, Tensor]:
         """Run the LSTM over the groups; returns ``(output, sum log_sigma per sample)``. Forward
         feeds the known ``x_{g-1}``, inverse feeds each newly recovered group."""
         emb = self._check(x, context)
@@ -97,11 +98,11 @@ class ChannelAutoregressive(Bijection):
             log_sigma_sum = log_sigma_sum + log_sigma.flatten(1).sum(1)
         return torch.cat(outs, 1), log_sigma_sum
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         e, log_sigma_sum = self._steps(x, context, inverse=False)
         return e, -log_sigma_sum
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return self._steps(z, context, inverse=True)[0]
 
 
@@ -129,13 +130,13 @@ class AutoregressiveFactorOut(FactorOut):
         super().__init__(inner, shape, keep, learned_prior=False)
         self.autoregressive = ChannelAutoregressive(self.out_shape[0], group, hidden, self.keep, kernel_size)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         x_keep, x_out = x[:, : self.keep], x[:, self.keep :]
         e, logdet = self.autoregressive(x_out, x_keep)
         z_inner, ld_inner = self.inner(x_keep, context)
         return torch.cat([e.flatten(1), z_inner], dim=1), logdet + ld_inner
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         n_out = math.prod(self.out_shape)
         x_keep = self.inner.inverse(z[:, n_out:], context)
         e = z[:, :n_out].reshape(z.shape[0], *self.out_shape)

@@ -17,11 +17,9 @@ image-shaped ``[B, F, H, W]`` context of its own size.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor, nn
 
-from ..core import Bijection
+from ..core import Bijection, Context, tensor_context
 from ..nets.glow_coupling_net import conv_coupling_net
 from ..precision import inner_network
 from .coupling import per_element
@@ -30,7 +28,7 @@ from .glow import sigmoid_affine, sigmoid_affine_inverse
 __all__ = ["ConditionalAffineInjector", "PickCondition", "ConditionedTransform", "check_context"]
 
 
-def check_context(context: Tensor | None, x: Tensor, channels: int, where: str) -> Tensor:
+def check_context(context: Context, x: Tensor, channels: int, where: str) -> Tensor:
     """Return ``context`` if it is a ``[B, channels, H, W]`` tensor matching ``x [B, C, H, W]``;
     otherwise raise a ``ValueError`` naming the expected shape."""
     if context is None:
@@ -67,17 +65,17 @@ class ConditionalAffineInjector(Bijection):
         self.context_channels = context_channels
         self.net = conv_coupling_net(context_channels, 2 * channels, hidden)
 
-    def _theta(self, x: Tensor, context: Tensor | None) -> Tensor:
+    def _theta(self, x: Tensor, context: Context) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"injector expects [B, {self.channels}, H, W] inputs, got {list(x.shape)}")
         c = check_context(context, x, self.context_channels, "the affine injector")
         return per_element(inner_network(self.net, c), 2)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         z, log_s = sigmoid_affine(x, self._theta(x, context))
         return z, log_s.flatten(1).sum(1)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return sigmoid_affine_inverse(z, self._theta(z, context))
 
 
@@ -92,7 +90,7 @@ class PickCondition(Bijection):
         self.inner = inner
         self.index = int(index)
 
-    def _pick(self, context: Sequence[Tensor] | None, x: Tensor) -> Tensor:
+    def _pick(self, context: Context, x: Tensor) -> Tensor:
         if not isinstance(context, (list, tuple)):
             raise ValueError(
                 "this level is conditional: it needs the list of condition features that "
@@ -103,14 +101,10 @@ class PickCondition(Bijection):
         feature = context[self.index]
         return check_context(feature, x, feature.shape[1], f"level {self.index}")
 
-    # a conditional level's context is the encoder's feature list (ConditionedTransform), a wider type
-    # than core.Bijection's Tensor | None: TEMPORARY ignores until core.py (another branch) widens it
-    def forward(  # type: ignore[override]
-        self, x: Tensor, context: Sequence[Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         return self.inner(x, self._pick(context, x))
 
-    def inverse(self, z: Tensor, context: Sequence[Tensor] | None = None) -> Tensor:  # type: ignore[override]
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return self.inner.inverse(z, self._pick(context, z))
 
 
@@ -125,13 +119,14 @@ class ConditionedTransform(Bijection):
         self.encoder = encoder
         self.transform = transform
 
-    def _features(self, context: Tensor | None) -> list[Tensor]:
+    def _features(self, context: Context) -> list[Tensor]:
+        context = tensor_context(context, "ConditionedTransform (its context is the raw condition)")
         if context is None:
             raise ValueError("this model is conditional: pass its condition (context=...)")
         return list(inner_network(self.encoder, context))
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         return self.transform(x, self._features(context))
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.transform.inverse(z, self._features(context))  # type: ignore[arg-type]  # as PickCondition
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
+        return self.transform.inverse(z, self._features(context))

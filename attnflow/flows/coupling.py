@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Bijection
+from ..core import Bijection, Context, tensor_context
 from ..nets.glow_coupling_net import CouplingNetFactory
 from ..precision import inner_network
 from .masks import MASK_NAMES, Mask
@@ -76,11 +76,12 @@ class MaskedCoupling(Bijection):
         """``tau^{-1}(z_b; theta)``."""
         raise NotImplementedError
 
-    def _theta(self, x_a: Tensor, context: Tensor | None) -> Tensor:
+    def _theta(self, x_a: Tensor, context: Context) -> Tensor:
         if self.context_channels:
-            if context is None:
+            c = tensor_context(context, "a conditional coupling")
+            if c is None:
                 raise ValueError("this coupling is conditional: pass a context")
-            x_a = torch.cat([x_a, context], 1)
+            x_a = torch.cat([x_a, c], 1)
         return per_element(inner_network(self.net, x_a), self.params_per_element)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,12 +89,12 @@ class MaskedCoupling(Bijection):
             raise ValueError(f"coupling expects {self.channels} channels, got {x.shape[1]}")
         return self.mask.split(x)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = self._split(x)
         z_b, log_derivative = self.transform(x_b, self._theta(x_a, context))
         return self.mask.merge(x_a, z_b), self.mask.sum_transformed(log_derivative)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         z_a, z_b = self._split(z)
         return self.mask.merge(z_a, self.inverse_transform(z_b, self._theta(z_a, context)))
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Bijection, Chain
+from ..core import Bijection, Chain, Context
 from ..nets.glow_coupling_net import CouplingNetFactory, conv_coupling_net
 from ..sharding import shard_mean
 from .coupling import MaskedCoupling
@@ -60,14 +60,14 @@ class ActNorm(Bijection):
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         if self.training and not bool(self.initialized):
             self._initialize(x)
         z = (x + _per_channel(self.bias, x)) * _per_channel(self.log_scale.exp(), x)
         logdet = (self.log_scale.sum() * _spatial_size(x)).expand(x.shape[0])
         return z, logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return z * _per_channel((-self.log_scale).exp(), z) - _per_channel(self.bias, z)
 
 
@@ -101,13 +101,13 @@ class InvertibleConv1x1(Bijection):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
         return self.permutation @ lower @ upper
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         w = self.weight()
         z = torch.einsum("ij,bj...->bi...", w, x)
         logdet = (self.log_s.sum() * _spatial_size(x)).expand(x.shape[0])
         return z, logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         w_inv = torch.linalg.inv(self.weight())
         return torch.einsum("ij,bj...->bi...", w_inv, z)
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnflow.core import Bijection
+from attnflow.core import Bijection, Context
 
 __all__ = [
     "IMap", "ISDP", "INVERTIBLE_ATTENTION_KINDS", "ISDP_DEFAULT_INIT", "ISDP_INITS",
@@ -150,13 +150,13 @@ class IMap(_MaskedSplit):
     def _masked_scale(self) -> Tensor:
         return (torch.sigmoid(self.s) + self.eps).view(-1, 1, 1)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         self._check_input(x)
         m = self.mask(*x.shape[2:]).to(x.dtype)
         scale = m * self._masked_scale() + (1 - m) * self._weights(x * m)
         return x * scale, scale.log().flatten(1).sum(1)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         self._check_input(z)
         m = self.mask(*z.shape[2:]).to(z.dtype)
         x_masked = m * z / self._masked_scale()
@@ -341,7 +341,7 @@ class ISDP(_MaskedSplit):
         group, _, _ = self._head_layout(feature_mask.numel(), feature_mask.device)
         return torch.bincount(group[~feature_mask.flatten()], minlength=self.heads)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         self._check_input(x)
         fmask = self.feature_mask(*x.shape[2:])
         mixing = self._mixing(x * self.mask(*x.shape[2:]).to(x.dtype))
@@ -352,7 +352,7 @@ class ISDP(_MaskedSplit):
         logdet = (logabsdet * self._unmasked_per_head(fmask).to(x.dtype)).sum(1)
         return self._image(z, x.shape), logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         self._check_input(z)
         fmask = self.feature_mask(*z.shape[2:])
         mixing = self._mixing(z * self.mask(*z.shape[2:]).to(z.dtype))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core import Context
 from ..nets.flowpp_coupling_net import GatedAttentionNet
 from ..nets.glow_coupling_net import CouplingNetFactory
 from .coupling import MaskedCoupling
@@ -146,7 +147,7 @@ class MixtureCoupling(MaskedCoupling):
                 self.bisection_max_iter,
             )
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         if not torch.isfinite(z).all():
             raise ValueError("latent contains NaN or infinite values; the mixture coupling cannot invert it")
         return super().inverse(z, context)

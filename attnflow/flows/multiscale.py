@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core import Bijection, Chain
+from ..core import Bijection, Chain, Context
 from ..nets.glow_coupling_net import zero_conv
 
 __all__ = ["Squeeze", "FactorOut", "Flatten", "multiscale_transform"]
@@ -18,14 +18,14 @@ class Squeeze(Bijection):
     """Space-to-depth: ``[B, C, H, W] -> [B, 4C, H/2, W/2]`` (each 2x2 patch becomes 4 channels).
     Volume preserving (log-det 0); ``H`` and ``W`` must be even."""
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"squeeze needs even height and width, got {h}x{w}; pad or crop the images")
         z = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
         return z, x.new_zeros(b)
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         b, c, h, w = z.shape
         return z.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
 
@@ -37,10 +37,10 @@ class Flatten(Bijection):
         super().__init__()
         self.shape = tuple(shape)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         return x.reshape(x.shape[0], -1), x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return z.reshape(z.shape[0], *self.shape)
 
 
@@ -83,7 +83,7 @@ class FactorOut(Bijection):
         mu, log_sigma = self.prior(x_keep).chunk(2, dim=1)
         return mu, log_sigma
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         x_keep, x_out = x[:, : self.keep], x[:, self.keep :]
         mu, log_sigma = self._prior(x_keep)
         e = (x_out - mu) * torch.exp(-log_sigma)
@@ -91,7 +91,7 @@ class FactorOut(Bijection):
         z_inner, ld_inner = self.inner(x_keep, context)
         return torch.cat([e.flatten(1), z_inner], dim=1), logdet + ld_inner
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         n_out = math.prod(self.out_shape)
         e = z[:, :n_out].reshape(z.shape[0], *self.out_shape)
         x_keep = self.inner.inverse(z[:, n_out:], context)

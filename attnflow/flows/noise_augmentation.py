@@ -27,7 +27,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..core import Bijection, standard_normal_log_prob
+from ..core import Bijection, Context, standard_normal_log_prob
 from ..nets.denseflow_coupling_net import DenseBlock
 from ..precision import inner_network
 from ..sharding import per_sample_draw
@@ -112,7 +112,7 @@ class CrossUnitStage(Bijection):
             for i in range(1, units)
         )
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         if x.shape[1] != self.channels:
             raise ValueError(f"stage expects {self.channels} channels, got {x.shape[1]}")
         history = [x]
@@ -124,7 +124,7 @@ class CrossUnitStage(Bijection):
             logdet = logdet + bound + ld
         return z, logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         units = cast(list[Bijection], list(self.units))
         couplings = cast(list[CrossUnitCoupling], list(self.couplings))
         for unit, coupling in zip(reversed(units[1:]), reversed(couplings)):

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..core import Bijection
+from ..core import Bijection, Context
 
 __all__ = ["Shift", "Logit", "PREPROCESS_KINDS", "build_preprocess"]
 
@@ -15,10 +15,10 @@ __all__ = ["Shift", "Logit", "PREPROCESS_KINDS", "build_preprocess"]
 class Shift(Bijection):
     """``y = x - 0.5`` (Glow's centring); volume preserving."""
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         return x - 0.5, x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return z + 0.5
 
 
@@ -35,13 +35,13 @@ class Logit(Bijection):
             raise ValueError(f"logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = alpha
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         p = self.alpha + (1 - 2 * self.alpha) * x
         y = torch.log(p) - torch.log1p(-p)
         logdet = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1).sum(1)
         return y, logdet
 
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
 
 

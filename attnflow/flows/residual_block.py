@@ -9,7 +9,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..core import Bijection
+from ..core import Bijection, Context
 from ..nets.residual_branches import LipschitzBounded, linearize
 from ..precision import full_precision
 from .residual_logdet import LogDetConfig, estimate_logdet
@@ -104,14 +104,14 @@ class ResidualBlock(Bijection):
         self.atol, self.rtol, self.max_iter = float(atol), float(rtol), int(max_iter)
         self.last_iterations = 0
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Context = None) -> tuple[Tensor, Tensor]:
         with full_float32(), full_precision(x):
             lin = linearize(self.branch, x)
             logdet = estimate_logdet(lin, self.train_logdet if self.training else self.eval_logdet)
         return x + lin.output, logdet
 
     @torch.no_grad()
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Context = None) -> Tensor:
         was_training = self.branch.training
         self.branch.eval()
         try:
