@@ -4,13 +4,14 @@ running it:
 =================  ==========================================================================
 module             commands
 =================  ==========================================================================
-``presets.py``     ``presets``: the named configurations
-``train.py``       ``train``: a preset (or a resumed run) into a run directory
-``evaluate.py``    ``eval`` (bits/dim, accuracy, conditional metrics), ``certify`` (Lipschitz
+presets.py         ``presets``: the named configurations
+train.py           ``train``: a preset (or a resumed run) into a run directory
+evaluate.py        ``eval`` (bits/dim, accuracy, conditional metrics), ``certify`` (Lipschitz
                    certificates), ``compare`` (runs side by side), ``fid`` (FID, KID, IS)
-``images.py``      ``sample``, ``reconstruct``, ``interpolate``, ``perturb``, ``sr``
-``experiment.py``  ``experiment``: the papers' experiments (``--list``)
-``common.py``      the numeric options (:data:`OPTIONS`), ``--device``, loading a run,
+images.py          ``sample``, ``reconstruct``, ``interpolate``, ``perturb``, ``sr``
+experiment.py      ``experiment``: the papers' experiments (``--list``)
+__main__.py        ``python -m attnflow.cli``
+common.py          the numeric options (:data:`OPTIONS`), ``--device``, loading a run,
                    :class:`CommandFailed`
 =================  ==========================================================================
 
