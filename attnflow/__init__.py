@@ -13,8 +13,8 @@ evaluate/      bits/dim, samples, reconstructions, certificates, sample-quality 
 experiments/   the papers' experiments as commands
 presets/       the bundled TOML presets
 schema.py      Field and Key: a configuration value's type, range, choices and help
-fields.py      the ``[data]`` and ``[train]`` keys
-config.py      presets, overrides and saved configurations, resolved and checked
+sections.py    DataConfig and TrainConfig: the typed ``[data]`` and ``[train]`` sections and their keys
+config.py      RunConfig: presets, files, overrides and saved configurations, resolved and checked
 rundir.py      RunDir: the run directory's file names and formats
 cli/           the ``attnflow`` command, a module per command group
 heartbeat.py   a progress line every few seconds for long steps without a bar

@@ -1,66 +1,248 @@
-"""Run configurations: named TOML presets with ``[model]``, ``[data]`` and ``[train]`` sections,
-``section.key=value`` overrides, and a run's saved ``config.json``.
+"""Run configurations: a typed :class:`RunConfig` (``cfg.model``, ``cfg.data``, ``cfg.train``)
+resolved from a named TOML preset, a configuration file or a run's saved ``config.json``, with
+``section.key=value`` overrides applied at the command line.
 
-Every value is checked against its :class:`~attnflow.schema.Field` wherever a configuration
-comes from: a preset, an override or a resumed run. The ``[model]`` fields are those of the
-family's builder signature (:mod:`attnflow.models.registry`), the ``[data]`` and ``[train]``
-fields those of :mod:`attnflow.fields`. The configuration is one-way: this module imports the
-schema, the presets and the model registry; none of them imports it.
+Below the command line no value is text: ``cfg.train.lr`` is a checked ``float``, an experiment
+changes a run's keys with Python values (``cfg.replace(train={"seed": 2})``) and hands a child
+process the whole configuration as a file (``attnflow train --config FILE``). Every value is
+checked against its :class:`~attnflow.schema.Field` wherever it comes from. The ``[model]``
+fields are those of the family's builder signature (:mod:`attnflow.models.registry`), the
+``[data]`` and ``[train]`` fields those of :mod:`attnflow.sections`.
+
+The dict functions (:func:`resolve_config`, :func:`apply_overrides`, :func:`check_config`,
+:func:`read_config`) give the same configurations in their JSON form, a dict of section dicts.
+The configuration is one-way: this module imports the schema, the sections, the presets and the
+model registry; none of them imports it.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
+import re
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .fields import section_defaults, section_fields
+from .core import Flow
 from .models.registry import FAMILIES, check_model, model_fields
-from .presets import load_preset, preset_names
-from .schema import SECTIONS, ConfigError, Field, unknown_key
+from .presets import check_sections, load_preset, preset_names
+from .schema import SECTIONS, ConfigError, Field
+from .sections import DataConfig, Section, TrainConfig, section_fields
 
 __all__ = [
-    "preset_names", "load_preset", "check_config", "resolve_config", "apply_overrides", "parse_override",
-    "read_config", "validate_config", "field",
+    "RunConfig", "ModelConfig", "DataConfig", "TrainConfig", "Override", "preset_names", "load_preset", "check_config",
+    "resolve_config", "apply_overrides", "parse_override", "read_config", "field",
 ]
-
-Families = Mapping[str, Callable[..., Any]]
-
 
 def field(section: str, key: str, family: str | None = None) -> Field | None:
     """The field of ``section.key`` (for ``[model]``, the one of ``family``), or ``None``."""
     if section == "model":
         return model_fields(family).get(key) if family in FAMILIES else None
-    return section_fields(section).get(key) if section in SECTIONS else None
+    return section_fields(section).get(key) if section in ("data", "train") else None
 
 
-def validate_config(cfg: Mapping[str, Any], families: Families | None = None) -> dict[str, dict[str, Any]]:
-    """Check every key and value of a configuration with ``model``, ``data`` and ``train``
-    sections; returns a copy with the values converted (ints as floats where a float is
-    expected). ``families`` are the valid model families (default: the registered ones)."""
-    if not (
-        isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS) and all(isinstance(cfg[s], Mapping) for s in SECTIONS)
-    ):
-        got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
-        raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), "
-                          f"got {got}")
-    out: dict[str, dict[str, Any]] = {"model": check_model(cfg["model"], families)}
-    for section in ("data", "train"):
-        fields = section_fields(section)
-        out[section] = {}
-        for key, value in cfg[section].items():
-            if key not in fields:
-                raise unknown_key(section, key, fields)
-            out[section][key] = fields[key].check(value)
-    return out
+@dataclass(frozen=True, eq=False)
+class ModelConfig(Mapping[str, Any]):
+    """The ``[model]`` section: the model ``family`` and its builder keywords ``options``
+    (checked against the builder's signature; keys it leaves out take the builder's defaults).
+    Reads as attributes (``cfg.model.hidden``) and as the mapping of its JSON
+    (``cfg.model["family"]``)."""
+
+    family: str
+    options: dict[str, Any] = dataclass_field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checked = check_model({"family": self.family, **self.options})
+        del checked["family"]
+        object.__setattr__(self, "options", checked)
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> ModelConfig:
+        """The section of a ``[model]`` mapping (``family`` plus builder keywords)."""
+        if "family" not in section:
+            raise ConfigError(f"the [model] section lacks model.family; families: {', '.join(sorted(FAMILIES))}")
+        options = dict(section)
+        return cls(options.pop("family"), options)
+
+    def build(self) -> Flow:
+        """The model (freshly initialised)."""
+        return FAMILIES[self.family](**self.options)
+
+    def replace(self, **options: Any) -> ModelConfig:
+        """A copy with builder keywords ``options`` changed (checked)."""
+        return ModelConfig(self.family, {**self.options, **options})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **self.options}
+
+    def __getattr__(self, key: str) -> Any:
+        options = self.__dict__.get("options", {})
+        if key in options:
+            return options[key]
+        raise AttributeError(f"model family {self.__dict__.get('family')!r} has no key {key!r}")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.family if key == "family" else self.options[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("family", *self.options))
+
+    def __len__(self) -> int:
+        return 1 + len(self.options)
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """``"section.key=value"`` -> ``(section, key, value)``; the value is parsed as TOML
+@dataclass(frozen=True, eq=False)
+class RunConfig(Mapping[str, Any]):
+    """A complete, validated run configuration: ``model``, ``data`` and ``train`` sections.
+
+    ``RunConfig.from_preset("glow-digits", ["train.steps=500"])`` (the command line's form),
+    ``RunConfig.load(path)`` (a ``config.json`` or a TOML file with the three tables) and
+    ``RunConfig.of(d)`` (a dict of section dicts) make one; ``cfg.replace(train={"lr": 3e-4})``
+    changes keys with Python values. It reads as the mapping of its JSON too
+    (``cfg["train"]["lr"] == cfg.train.lr``; ``to_dict()`` is that JSON), read-only.
+    """
+
+    model: ModelConfig
+    data: DataConfig = dataclass_field(default_factory=DataConfig)
+    train: TrainConfig = dataclass_field(default_factory=TrainConfig)
+
+    @classmethod
+    def of(cls, cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
+        """``cfg`` itself, or the configuration of a dict of section dicts: ``[data]`` and
+        ``[train]`` keys it lacks take their defaults, keys that moved are read in their new
+        section, every value is checked."""
+        if isinstance(cfg, RunConfig):
+            return cfg
+        if not (isinstance(cfg, Mapping) and set(cfg) == set(SECTIONS)
+                and all(isinstance(cfg[s], Mapping) for s in SECTIONS)):
+            got = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
+            raise ConfigError(f"a configuration has exactly the sections {', '.join(SECTIONS)} (tables), got {got}")
+        sections = {s: dict(cfg[s]) for s in SECTIONS}
+        _move_keys(sections)
+        return cls(ModelConfig.from_dict(sections["model"]), DataConfig.from_dict(sections["data"]),
+                   TrainConfig.from_dict(sections["train"]))
+
+    @classmethod
+    def from_preset(cls, preset: str, overrides: Iterable[str] = ()) -> RunConfig:
+        """The configuration of preset ``preset`` with ``section.key=value`` ``overrides``."""
+        return cls.of(resolve_config(preset, overrides))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunConfig:
+        """The configuration in file ``path``: a ``.toml`` file with ``[model]``, ``[data]`` and
+        ``[train]`` tables (a preset's form), or a JSON one (a run's ``config.json``)."""
+        path = Path(os.path.expandvars(os.path.expanduser(path)))
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} cannot be read ({exc})") from None
+        try:
+            raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            kind = "TOML" if path.suffix == ".toml" else "JSON (a .toml name is read as TOML)"
+            raise ConfigError(f"configuration file {path} is not valid {kind}: {exc}") from None
+        try:
+            check_sections(raw, str(path))
+            return cls.of({"model": raw["model"], "data": raw.get("data", {}), "train": raw.get("train", {})})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunConfig:
+        """A run's saved ``config.json``, completed with today's defaults (keys added since it was
+        written) and validated; retired keys are dropped, moved ones read in their new section. A
+        missing, unreadable or invalid file is a :class:`~attnflow.schema.ConfigError` naming it."""
+        path = Path(path)
+        try:
+            cfg = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} does not exist; train with `attnflow train --out {path.parent}`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(
+                f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
+            ) from None
+        if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+            cfg["model"] = {k: v for k, v in cfg["model"].items() if k not in RETIRED_MODEL_KEYS}
+        try:
+            return cls.of(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def with_overrides(self, overrides: Iterable[str | Override]) -> RunConfig:
+        """A copy with ``overrides`` set in order: :class:`Override` values, or the command line's
+        ``section.key=value`` texts (parsed by :func:`parse_override`). A key that moved section
+        (:data:`MOVED_KEYS`) is set in its new one, with a one-line note."""
+        sections = self.to_dict()
+        for given in overrides:
+            o = parse_override(given) if isinstance(given, str) else given
+            section = o.section
+            if (section, o.key) in MOVED_KEYS:
+                section = MOVED_KEYS[section, o.key][0]
+                print(f"attnflow: note: {o.name} is now {section}.{o.key}; {str(given)!r} is read as "
+                      f"{section}.{o.key}", file=sys.stderr)
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section {section!r} in {str(given)!r}; valid sections: "
+                                  f"{', '.join(SECTIONS)}")
+            sections[section][o.key] = o.value
+        return RunConfig.of(sections)
+
+    def replace(self, model: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
+                train: Mapping[str, Any] | None = None) -> RunConfig:
+        """A copy with the keys of each given section changed to the given Python values (checked;
+        an unknown key lists the valid ones): ``cfg.replace(train={"seed": 1, "steps": 10})``."""
+        return RunConfig(self.model.replace(**(model or {})), self.data.replace(**(data or {})),
+                         self.train.replace(**(train or {})))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The JSON form: a dict of section dicts (what ``config.json`` holds)."""
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+    def __getitem__(self, section: str) -> ModelConfig | Section:
+        if section not in SECTIONS:
+            raise KeyError(section)
+        return getattr(self, section)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SECTIONS)
+
+    def __len__(self) -> int:
+        return len(SECTIONS)
+
+
+class Override(NamedTuple):
+    """One key of a configuration set to a Python value: ``Override("train", "lr", 3e-4)``; the
+    command line's ``train.lr=3e-4`` is :func:`parse_override`'s. ``str()`` gives that text back."""
+
+    section: str
+    key: str
+    value: Any
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    def __str__(self) -> str:
+        return f"{self.name}={_toml_value(self.value)}"
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as the text of an override (a bare word for a simple string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if re.fullmatch(r"[A-Za-z0-9_.:+-]+", value) else json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    return repr(value)
+
+
+def parse_override(text: str) -> Override:
+    """``"section.key=value"`` -> ``Override(section, key, value)``; the value is parsed as TOML
     (``1e-3``, ``true``, ``[1, 8, 8]``, ``"adam"``), and a bare word is taken as a string."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.lr=1e-3")
@@ -70,7 +252,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return section, key, value
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r} in {text!r}; valid sections: {', '.join(SECTIONS)}")
+    return Override(section, key, value)
 
 
 #: Model keys of earlier versions that no longer configure anything: the power iteration whose
@@ -97,67 +281,36 @@ def _move_keys(cfg: dict[str, Any]) -> None:
                 cfg[new] = {**cfg[new], key: value}
 
 
-def check_config(cfg: Any, families: Families | None = None) -> dict[str, dict[str, Any]]:
-    """A complete, validated copy of a configuration: ``[data]`` and ``[train]`` keys it lacks
-    (for instance keys added to the schema since a run was written) take their defaults, and every
-    value is checked against the schema."""
-    if isinstance(cfg, dict):
-        cfg = dict(cfg)
-        _move_keys(cfg)
-        for section in ("data", "train"):
-            if isinstance(cfg.get(section), dict):
-                cfg[section] = {**section_defaults(section), **cfg[section]}
-    return validate_config(cfg, families)
+def check_config(cfg: Any) -> dict[str, dict[str, Any]]:
+    """A complete, validated copy of a configuration (JSON form): ``[data]`` and ``[train]`` keys
+    it lacks (for instance keys added to the schema since a run was written) take their defaults,
+    and every value is checked against the schema (:meth:`RunConfig.of`)."""
+    return RunConfig.of(cfg).to_dict()
 
 
 def resolve_config(
-    preset: str, overrides: Iterable[str] = (), families: Families | None = None
+    preset: str, overrides: Iterable[str] = ()
 ) -> dict[str, dict[str, Any]]:
-    """The full configuration of ``preset`` with ``[data]``/``[train]`` defaults filled in and
-    ``overrides`` applied; the preset and the result are validated against the schema (an
-    unknown key lists the valid ones, a bad value names its valid range)."""
+    """The full configuration (JSON form) of ``preset`` with ``[data]``/``[train]`` defaults
+    filled in and ``overrides`` applied; the preset and the result are validated against the
+    schema (an unknown key lists the valid ones, a bad value names its valid range)."""
     raw = load_preset(preset)
-    cfg = {"model": copy.deepcopy(raw.get("model", {})), "data": raw.get("data", {}), "train": raw.get("train", {})}
+    cfg = {"model": dict(raw.get("model", {})), "data": raw.get("data", {}), "train": raw.get("train", {})}
     try:
-        cfg = check_config(cfg, families)
+        cfg = check_config(cfg)
     except ConfigError as exc:
         raise ConfigError(f"preset {preset!r}: {exc}") from None
-    return apply_overrides(cfg, overrides, families)
+    return apply_overrides(cfg, overrides)
 
 
 def apply_overrides(
-    cfg: dict[str, dict[str, Any]], overrides: Iterable[str], families: Families | None = None
+    cfg: Mapping[str, Any], overrides: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
-    """A validated copy of ``cfg`` with ``section.key=value`` ``overrides`` applied in order."""
-    cfg = copy.deepcopy(cfg)
-    for text in overrides:
-        section, key, value = parse_override(text)
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown section {section!r} in {text!r}; valid sections: {', '.join(SECTIONS)}")
-        if (section, key) in MOVED_KEYS:
-            new = MOVED_KEYS[section, key][0]
-            print(f"attnflow: note: {section}.{key} is now {new}.{key}; {text!r} is read as {new}.{key}",
-                  file=sys.stderr)
-            section = new
-        cfg[section][key] = value
-    return check_config(cfg, families)
+    """A validated copy (JSON form) of ``cfg`` with ``section.key=value`` ``overrides`` applied in
+    order (:meth:`RunConfig.with_overrides`)."""
+    return RunConfig.of(cfg).with_overrides(overrides).to_dict()
 
 
-def read_config(path: str | os.PathLike, families: Families | None = None) -> dict[str, dict[str, Any]]:
-    """A run's saved ``config.json``, completed and validated by :func:`check_config`; a missing,
-    unreadable or invalid file is a :class:`~attnflow.schema.ConfigError` naming the file."""
-    path = Path(path)
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; train with `attnflow train --out {path.parent}`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
-        ) from None
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-        cfg["model"] = {k: v for k, v in cfg["model"].items() if k not in RETIRED_MODEL_KEYS}
-    try:
-        return check_config(cfg, families)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+def read_config(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """A run's saved ``config.json`` in JSON form (:meth:`RunConfig.read`)."""
+    return RunConfig.read(path).to_dict()

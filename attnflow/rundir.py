@@ -33,9 +33,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 __all__ = ["RunDir", "atomic_write", "read_metrics", "setup_changes", "SETUP_SECTIONS", "CONFIG", "METRICS",
            "RESULTS", "CHECKPOINT", "WEIGHTS", "SAMPLES", "CURVES", "LOG", "LOCK"]
@@ -75,7 +78,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
         raise
 
 
-def setup_changes(saved: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+def setup_changes(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
     """The set-up sections (:data:`SETUP_SECTIONS`) in which configuration ``cfg`` differs from
     ``saved``; empty when the two runs have the same set-up."""
     return [s for s in SETUP_SECTIONS if saved.get(s) != cfg[s]]
@@ -163,13 +166,13 @@ class RunDir:
         return self.results_path.is_file()
 
     # -- config.json -----------------------------------------------------------------------------
-    def config(self) -> dict[str, dict[str, Any]]:
+    def config(self) -> RunConfig:
         """The saved configuration completed with today's defaults and validated
-        (:func:`attnflow.config.read_config`); a missing, unreadable or invalid file is a
+        (:meth:`attnflow.config.RunConfig.read`); a missing, unreadable or invalid file is a
         :class:`~attnflow.schema.ConfigError` naming it."""
-        from .config import read_config
+        from .config import RunConfig
 
-        return read_config(self.config_path)
+        return RunConfig.read(self.config_path)
 
     def saved_config(self) -> dict[str, Any]:
         """The configuration as it was saved (keys a run saved before they existed are absent);
@@ -185,13 +188,16 @@ class RunDir:
             raise ConfigError(f"{self.config_path} is not a readable JSON configuration ({exc}); restore it "
                               "or train a new run") from None
 
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        """Save ``cfg`` (atomically; the directory is created if needed)."""
-        text = json.dumps(cfg, indent=2)
+    def write_config(self, cfg: RunConfig | Mapping[str, Any]) -> None:
+        """Save ``cfg`` (checked; a :class:`~attnflow.config.RunConfig` or its JSON form) as JSON,
+        atomically; the directory is created if needed."""
+        from .config import RunConfig
+
+        text = json.dumps(RunConfig.of(cfg).to_dict(), indent=2)
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.config_path, lambda tmp: Path(tmp).write_text(text))
 
-    def setup_changes(self, cfg: dict[str, Any]) -> list[str]:
+    def setup_changes(self, cfg: Mapping[str, Any]) -> list[str]:
         """:func:`setup_changes` from the saved configuration, completed with today's defaults (a
         run saved before a key existed still matches when the key's default is what ``cfg``
         holds) to ``cfg``; empty for the same set-up."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from attnflow.cli import main
+from attnflow.config import Override
 from attnflow.experiments import DATA_SETS, DEFAULTS, EXPERIMENTS, count_runs, make_settings
 from attnflow.experiments.parallel import child_threads
 from attnflow.experiments.plumbing import RunSpec, run_config
@@ -238,7 +239,7 @@ def test_default_budgets_fit_a_session():
     (["positions", "--out", "x", "--heads", "2"], "--heads applies to the heads experiment only"),
     (["perturbation", "--out", "x", "--seeds", "2"], "one trained model per preset"),
     (["heads", "--out", "x", "--run", "y"], "--run applies to interpolation, samples"),
-    (["heads", "--out", "x", "--importance-samples", "4"], "apply to the table experiment only"),
+    (["heads", "--out", "x", "--importance-samples", "4"], "--importance-samples applies to the table experiment only"),
     (["samples", "--out", "x", "--run", "no-such-run"], "is not a run directory"),
     (["convergence", "--out", "x", "--set", "train.time_limit_s=5"], "set by the experiment"),
     (["positions", "--out", "x", "--data", "digits", "--set", "model.blocks=1"], "has the key model.blocks"),
@@ -279,7 +280,8 @@ def test_test_images_defaults_and_overrides():
 
 def test_spec_syntax():
     spec = RunSpec.parse("glow-digits-imap+model.positions=[1,2]+train.lr=1e+3")
-    assert spec.preset == "glow-digits-imap" and spec.overrides == ("model.positions=[1,2]", "train.lr=1e+3")
+    assert spec.preset == "glow-digits-imap"
+    assert spec.overrides == (Override("model", "positions", [1, 2]), Override("train", "lr", 1e3))
     assert spec.text == "glow-digits-imap+model.positions=[1,2]+train.lr=1e+3"
     assert spec.slug == "glow-digits-imap_positions-1-2_lr-1e-3"
 
@@ -323,7 +325,10 @@ def test_jobs_give_the_same_numbers_and_failed_runs_become_rows(tmp_path, capsys
     assert curves[0] == curves[1] and len(curves[0]) == 3
     assert json.loads((tmp_path / "jobs2" / run / "config.json").read_text())["train"]["clock"] == "cpu"
     log = (tmp_path / "jobs2" / "runs" / "glow-digits_batch-size-5000-seed0" / "train.log").read_text()
-    assert log.startswith("$ attnflow train --preset glow-digits ") and "exceeds the 1437" in log.splitlines()[-1]
+    handed = tmp_path / "jobs2" / "configs" / "glow-digits_batch-size-5000-seed0.json"
+    assert log.startswith(f"$ attnflow train --config {handed} ") and "exceeds the 1437" in log.splitlines()[-1]
+    handed = json.loads(handed.read_text())  # the child is handed the whole configuration, not --set strings
+    assert (handed["train"]["batch_size"], handed["train"]["clock"], handed["model"]["steps"]) == (5000, "cpu", 1)
     assert "| failed: " in (tmp_path / "jobs2" / "report.md").read_text()
 
 

@@ -46,7 +46,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("nets",),
     ("flows",),
     ("models", "presets", "data", "testing"),
-    ("config", "fields", "rundir"),
+    ("config", "sections", "rundir"),
     ("evaluate",),
     ("train",),
     ("experiments",),

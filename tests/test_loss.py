@@ -77,7 +77,7 @@ def test_the_loss_of_a_hybrid_model_is_weighted_bits_per_dim_plus_cross_entropy_
 def test_the_trainer_trains_on_the_objective_the_model_owns(tmp_path, monkeypatch):
     """A model whose loss is twice its bits/dim and reports what its batch held: the trainer logs
     that loss, the model's metrics and the labels it passed, whatever the model's class."""
-    import attnflow.train.trainer as trainer_module
+    from attnflow.config import ModelConfig
 
     seen: list[torch.Tensor] = []
 
@@ -93,7 +93,7 @@ def test_the_trainer_trains_on_the_objective_the_model_owns(tmp_path, monkeypatc
         model.loss = loss
         return model
 
-    monkeypatch.setattr(trainer_module, "build_from_config", build)
+    monkeypatch.setattr(ModelConfig, "build", lambda section: build(section.to_dict()))
     cfg = resolve_config("glow-digits", ["model.steps=1", "model.hidden=8", "train.steps=2",
                                          "train.log_every=1", "train.batch_size=8", "train.threads=1",
                                          "train.checkpoint_every=1000"])

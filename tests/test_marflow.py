@@ -143,7 +143,7 @@ def test_presets_resolve_and_digits_ones_build():
     assert {"marflow-digits", "marflow-digits-imap", "marflow-digits-isdp", "flowpp-digits",
             "marflow-mnist-paper"} <= set(mine)
     for name in mine:
-        cfg = resolve_config(name, families=FAMILIES)
+        cfg = resolve_config(name)
         model = dict(cfg["model"])
         family = model.pop("family")
         if "digits" in name:

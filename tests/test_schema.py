@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from attnflow.cli import USER_ERRORS
 from attnflow.config import field, preset_names, read_config, resolve_config
-from attnflow.fields import section_fields
 from attnflow.models.registry import TINY as REGISTRY_TINY, model_fields
 from attnflow.schema import ConfigError, Field
+from attnflow.sections import section_fields
 from attnflow.train import Trainer
 
 # A cheap configuration of each family (one preset each); hypothesis changes one key of it.

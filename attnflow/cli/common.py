@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..schema import Field
 
 if TYPE_CHECKING:
+    from ..config import RunConfig
     from ..core import Flow
     from ..data import ImageDataset
 
@@ -79,7 +80,7 @@ def device_option(parser: argparse.ArgumentParser) -> None:
                         help="device to run on: auto (CUDA when available), cpu, cuda or cuda:N (default cpu)")
 
 
-def load_model(args: argparse.Namespace) -> tuple[Flow, dict[str, Any]]:
+def load_model(args: argparse.Namespace) -> tuple[Flow, RunConfig]:
     """The trained model of ``args.run`` on ``args.device`` (its EMA weights when kept, unless
     ``--weights live``) and its configuration."""
     from ..device import resolve_device
@@ -88,11 +89,11 @@ def load_model(args: argparse.Namespace) -> tuple[Flow, dict[str, Any]]:
     return load_run(args.run, use_ema=getattr(args, "weights", "ema") == "ema", device=resolve_device(args.device))
 
 
-def load_split(cfg: dict[str, Any], split: str) -> ImageDataset:
+def load_split(cfg: RunConfig, split: str) -> ImageDataset:
     """The ``split`` of a run's dataset."""
     from ..data import load_configured
 
-    return load_configured(cfg["data"], split)
+    return load_configured(cfg.data, split)
 
 
 class CommandFailed(RuntimeError):

@@ -55,10 +55,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         k = min(args.sr_images, len(data))
         with heartbeat(f"attnflow eval: output metrics of {k} conditions"):
             res["conditional"] = evaluate_conditional(model, to_float(data.images[:k], data.levels), contexts[:k],
-                                                      args.temperatures, args.samples, sr_scale(cfg["data"]),
+                                                      args.temperatures, args.samples, sr_scale(cfg.data),
                                                       seed=args.seed)
-    weights = "ema" if args.weights == "ema" and cfg["train"]["ema_decay"] > 0 else "live"  # no EMA kept: live
-    res.update({"split": args.split, "dataset": cfg["data"]["name"], "levels": data.levels, "weights": weights})
+    weights = "ema" if args.weights == "ema" and cfg.train.ema_decay > 0 else "live"  # no EMA kept: live
+    res.update({"split": args.split, "dataset": cfg.data.name, "levels": data.levels, "weights": weights})
     report = certify(model)
     if report["blocks"]:  # contractive flows: are the trained blocks certified?
         res["certificates"] = certificate_summary(report)
@@ -123,7 +123,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     model, cfg = load_model(args)
     search = None
     if args.search_images:  # the blocks' inputs on the first test images, for the empirical search
-        test = load_configured(cfg["data"], "test")
+        test = load_configured(cfg.data, "test")
         images = test.images[: args.search_images]
         search = dequantize(images, test.levels, torch.Generator().manual_seed(0), module_dtype(model))
         search = search.to(module_device(model))

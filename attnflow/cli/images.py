@@ -28,7 +28,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
         data = load_split(cfg, "test")
         with heartbeat("attnflow sample: sampling"):
-            save_comparison_grid(model, data, args.out, sr_scale(cfg["data"]), [args.temperature] * 4,
+            save_comparison_grid(model, data, args.out, sr_scale(cfg.data), [args.temperature] * 4,
                                  n=min(args.n, 16), seed=args.seed)
         print(f"wrote condition, 4 outputs at temperature {args.temperature} and ground truth (rows) for "
               f"{min(args.n, 16)} test images to {args.out}")
@@ -55,7 +55,7 @@ def _run_and_images(args: argparse.Namespace, n: int,
 
     model, cfg = load_model(args)
     if model.context_shape is not None and not conditional:
-        raise ValueError(f"{args.run} is a conditional run (data.condition = {cfg['data'].get('condition')!r}): "
+        raise ValueError(f"{args.run} is a conditional run (data.condition = {cfg.data.condition!r}): "
                          f"{args.command} works on unconditional runs; use `attnflow sample` or `attnflow sr` for its "
                          f"outputs and `attnflow eval` for its metrics")
     data = load_split(cfg, args.split)
@@ -161,10 +161,10 @@ def _cmd_sr(args: argparse.Namespace) -> None:
     from ..evaluate.superres import decode_at_temperature, lr_psnr, read_condition_image, sr_scale
 
     model, cfg = load_model(args)
-    scale = sr_scale(cfg["data"])
+    scale = sr_scale(cfg.data)
     if scale is None or model.context_shape is None:
         raise ValueError(f"{args.run} is not a super-resolution run (data.condition is "
-                         f"{cfg['data'].get('condition', 'none')!r}, not 'lowres'); train an srflow preset")
+                         f"{cfg.data.condition!r}, not 'lowres'); train an srflow preset")
     lr = read_condition_image(args.input, model.context_shape)
     gen = torch.Generator().manual_seed(args.seed)
     on_model = lr.to(module_device(model))

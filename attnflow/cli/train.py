@@ -1,14 +1,17 @@
-"""``attnflow train``: a preset (or a resumed run's saved configuration) with ``--set`` applied,
-trained into a run directory; a broken run fails the command."""
+"""``attnflow train``: a preset, a configuration file or a resumed run's saved configuration,
+with ``--set`` applied, trained into a run directory; a broken run fails the command."""
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..rundir import RunDir
 from .common import OPTIONS, CommandFailed
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 __all__ = ["register", "FIXED_ON_RESUME", "FAR_WORSE_BITS"]
 
@@ -17,32 +20,37 @@ __all__ = ["register", "FIXED_ON_RESUME", "FAR_WORSE_BITS"]
 FIXED_ON_RESUME = ("batch_size", "seed")
 
 
-def _train_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The configuration to train with: the preset with ``--set`` applied; on ``--resume`` the run's
-    saved configuration with ``--set`` applied (a ``--preset`` given then must match the run)."""
-    from ..config import apply_overrides, resolve_config
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    """The configuration to train with: the preset (or the configuration file) with ``--set``
+    applied. On ``--resume``: the run's saved configuration with ``--set`` applied; a ``--preset``
+    given then must match the run's set-up, a ``--config`` file given is trained with (it is how an
+    experiment hands its runs their configuration) and must match it too."""
+    from ..config import RunConfig
 
     run = RunDir(args.out)
     if run.weights.is_file() and not run.has_checkpoint():
         raise ValueError(f"{args.out} holds a trained model ({run.weights.name}) without its {run.checkpoint.name}, "
                          f"so it cannot resume; evaluate it with `attnflow eval {args.out}`, or train into a new --out")
+    given = (RunConfig.load(args.config) if args.config else
+             RunConfig.from_preset(args.preset) if args.preset else None)
     if not (args.resume and run.is_run()):
-        if not args.preset:
-            raise ValueError("give --preset NAME (see `attnflow presets`), or --resume to continue the run in --out")
-        return resolve_config(args.preset, args.set)
+        if given is None:
+            raise ValueError("give --preset NAME (see `attnflow presets`) or --config FILE, or --resume to continue "
+                             "the run in --out")
+        return given.with_overrides(args.set)
     saved = run.config()
-    cfg = apply_overrides(saved, args.set)
+    cfg = (saved if given is None or not args.config else given).with_overrides(args.set)
     for key in FIXED_ON_RESUME:
-        if cfg["train"][key] != saved["train"][key]:
+        if cfg.train[key] != saved.train[key]:
             raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
-                             f"{key} = {saved['train'][key]}, and its batches and random draws follow it); resume "
+                             f"{key} = {saved.train[key]}, and its batches and random draws follow it); resume "
                              f"without changing it, or train a new run into another --out")
-    if args.preset:
-        preset = resolve_config(args.preset, args.set)
-        for section in ("model", "data"):
-            if preset[section] != cfg[section]:
-                raise ValueError(f"the run in {args.out} was not trained from preset {args.preset!r} (its [{section}] "
-                                 f"differs); resume without --preset: the run's own configuration is used")
+    if given is not None:
+        what = f"--config {args.config}" if args.config else f"preset {args.preset!r}"
+        if changed := run.setup_changes(given.with_overrides(args.set)):
+            raise ValueError(f"the run in {args.out} was not trained from {what} (its [{changed[0]}] differs); resume "
+                             f"without {'--config' if args.config else '--preset'}: the run's own configuration is "
+                             "used")
     return cfg
 
 
@@ -74,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 FAR_WORSE_BITS = 1.0
 
 
-def _check_trained(result: dict[str, Any], run: RunDir, cfg: dict[str, Any]) -> None:
+def _check_trained(result: dict[str, Any], run: RunDir, cfg: RunConfig) -> None:
     """A broken run is not a success: test bits/dim far above the uniform model's, or not one
     finite sample, fail the command (exit 1); the run directory stays as it is."""
     bpd, uniform = result["test"]["bpd"], math.log2(result["levels"])
@@ -85,13 +93,16 @@ def _check_trained(result: dict[str, Any], run: RunDir, cfg: dict[str, Any]) -> 
         problems.append(f"no sample is finite (no {run.samples.name})")
     if problems:
         raise CommandFailed(f"training failed: {'; '.join(problems)}. The run in {run.path} is kept; train again "
-                            f"with a lower train.lr (now {cfg['train']['lr']:g}) into a new --out")
+                            f"with a lower train.lr (now {cfg.train.lr:g}) into a new --out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a preset into a run directory")
-    t.add_argument("--preset", help="preset name (see `attnflow presets`); with --resume not needed: the run's saved "
-                   "configuration is used, with any --set applied")
+    given = t.add_mutually_exclusive_group()
+    given.add_argument("--preset", help="preset name (see `attnflow presets`); with --resume not needed: the run's "
+                       "saved configuration is used, with any --set applied")
+    given.add_argument("--config", metavar="FILE", help="a configuration file instead of a preset: TOML with [model], "
+                       "[data] and [train] tables, or a run's config.json")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset field, e.g. train.steps=500 (repeatable)")
     t.add_argument("--out", required=True, help="run directory (checkpoint, metrics, figures)")

@@ -16,10 +16,12 @@ it plans, its report); the command line's options arrive as one typed
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_override
 from ..rundir import RunDir
 from . import classification, convergence, heads, interpolation, perturbation, positions, samples, table
 from .plumbing import RunSpec, Settings
@@ -98,6 +100,8 @@ DEFAULTS: dict[str, Defaults] = {
 
 EXPERIMENTS: dict[str, Experiment] = {m.EXPERIMENT.name: m.EXPERIMENT for m in (
     convergence, heads, positions, perturbation, interpolation, classification, samples, table)}
+#: The types of the options one experiment takes; each field is an :class:`ExperimentOptions` field too.
+_OPTION_TYPES = tuple(e.options for e in EXPERIMENTS.values() if e.options is not None)
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,10 @@ class ExperimentOptions:
     specifications ``presets``, ``seeds`` per specification, ``clock`` (``cpu`` when ``jobs > 1``,
     runs then share the cores, else ``wall``), ``device``, ``--set`` ``overrides``,
     ``heads`` (the heads experiment's counts), existing ``runs`` instead of training, the
-    ``command`` recorded in the report, ``progress`` bars, ``jobs`` trained at once, the table's
-    ``importance_samples`` / ``importance_images`` (16 draws on the whole test set) and the runs'
-    ``test_images``."""
+    ``command`` recorded in the report, ``progress`` bars, ``jobs`` trained at once and the runs'
+    ``test_images``; then the options one experiment takes (its :attr:`Experiment.options` type
+    has a field of the same name): the heads experiment's ``heads``, the table's
+    ``importance_samples`` / ``importance_images`` (16 draws on the whole test set)."""
 
     name: str
     out: Path
@@ -154,6 +159,20 @@ def listing(data: str = "fashion-mnist") -> list[str]:
     return lines
 
 
+def _own_options(o: ExperimentOptions) -> Any:
+    """The experiment's own options object (:attr:`Experiment.options`) from the options given;
+    an option of another experiment is refused naming the experiments that take it."""
+    own = EXPERIMENTS[o.name].options
+    takes = {f.name for f in dataclasses.fields(own)} if own is not None else set()
+    given = {f.name: getattr(o, f.name) for kind in _OPTION_TYPES for f in dataclasses.fields(kind)
+             if getattr(o, f.name) is not None}
+    for name in given.keys() - takes:
+        users = [n for n, e in EXPERIMENTS.items() if e.options is not None
+                 and name in {f.name for f in dataclasses.fields(e.options)}]
+        raise ValueError(f"--{name.replace('_', '-')} applies to the {', '.join(users)} experiment only")
+    return None if own is None else own(**given)
+
+
 def _check(o: ExperimentOptions) -> None:
     """Refuse, in one line, an unknown experiment and the options the experiment does not take."""
     if o.name not in EXPERIMENTS:
@@ -165,13 +184,6 @@ def _check(o: ExperimentOptions) -> None:
     if o.seeds is not None and DEFAULTS[o.name].seeds is None:
         raise ValueError(f"experiment {o.name} evaluates one trained model per preset; --seeds applies to "
                          f"{', '.join(n for n, x in DEFAULTS.items() if x.seeds is not None)}")
-    if o.heads is not None and o.name != "heads":
-        raise ValueError("--heads applies to the heads experiment only")
-    if (o.importance_samples is not None or o.importance_images is not None) and o.name != "table":
-        raise ValueError("--importance-samples and --importance-images apply to the table experiment only")
-    if (o.importance_samples or 0) < 0 or (o.importance_images or 0) < 0:
-        raise ValueError(f"--importance-samples and --importance-images must be >= 0 (0: none / the whole test set), "
-                         f"got {o.importance_samples} and {o.importance_images}")
     if o.runs and not experiment.takes_runs:
         raise ValueError(f"--run applies to {', '.join(n for n, e in EXPERIMENTS.items() if e.takes_runs)}; "
                          f"experiment {o.name} trains its own runs")
@@ -190,16 +202,15 @@ def resolve_settings(o: ExperimentOptions) -> Settings:
     """The settings of the experiment ``o`` names: its options, with :data:`DEFAULTS` for those
     not given; options an experiment does not take are one-line errors."""
     _check(o)
+    own = _own_options(o)
     d = DEFAULTS[o.name]
     specs = tuple(RunSpec.parse(p) for p in (o.presets or (d.digits if o.data == "digits" else d.fashion)))
     return Settings(name=o.name, out=Path(o.out), budget_minutes=d.minutes if o.budget is None else o.budget,
                     data=o.data, specs=specs, seeds=o.seeds or d.seeds or 1,
-                    clock=o.clock or ("cpu" if o.jobs > 1 else "wall"), device=o.device, overrides=tuple(o.overrides),
-                    heads=None if o.heads is None else tuple(o.heads), runs=tuple(Path(r) for r in o.runs),
+                    clock=o.clock or ("cpu" if o.jobs > 1 else "wall"), device=o.device,
+                    overrides=tuple(parse_override(t) for t in o.overrides), runs=tuple(Path(r) for r in o.runs),
                     command=o.command, progress=o.progress, jobs=o.jobs,
-                    importance_samples=16 if o.importance_samples is None else o.importance_samples,
-                    importance_images=o.importance_images or 0,
-                    test_images=d.test_images if o.test_images is None else o.test_images)
+                    test_images=d.test_images if o.test_images is None else o.test_images, options=own)
 
 
 def make_settings(name: str, out: str | Path, **options: Any) -> Settings:

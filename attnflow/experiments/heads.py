@@ -10,6 +10,7 @@ paper's figure does.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .plumbing import (
@@ -35,14 +36,29 @@ DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the 
 DEFAULT_HEADS: tuple[tuple[str, tuple[int, ...]], ...] = (("residual", (1, 4, 16)), ("glow", (1, 3, 5, 7)))
 
 
+@dataclass(frozen=True)
+class HeadsOptions:
+    """The heads experiment's own option: ``heads``, the head counts of every base preset
+    (``--heads``; ``None``: :data:`DEFAULT_HEADS` of each base's family)."""
+
+    heads: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.heads is not None and (not self.heads or min(self.heads) < 1):
+            raise ValueError(f"--heads must be head counts >= 1, got {list(self.heads)}")
+
+
 def head_counts(settings: Settings, base: RunSpec) -> tuple[int, ...]:
     """``--heads`` when given, else the default counts of the base's family (1, 2, 4 otherwise)."""
-    return settings.heads or dict(DEFAULT_HEADS).get(base.family(), (1, 2, 4))
+    return settings.option(HeadsOptions).heads or dict(DEFAULT_HEADS).get(base.family(), (1, 2, 4))
 
 
 def plan(settings: Settings) -> list[tuple[RunSpec, int, RunSpec]]:
     """``(base, heads, specification)`` of every run: each base at each of its head counts."""
-    return [(base, h, base.plus(f"model.heads={h}")) for base in settings.specs for h in head_counts(settings, base)]
+    from ..config import Override
+
+    return [(base, h, base.plus(Override("model", "heads", h))) for base in settings.specs
+            for h in head_counts(settings, base)]
 
 
 def trained_specs(settings: Settings) -> list[RunSpec]:
@@ -93,4 +109,4 @@ def run(settings: Settings) -> None:
                   [section], numbers, results)
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs)
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, options=HeadsOptions)

@@ -85,7 +85,7 @@ def run(settings: Settings) -> None:
     for i, run_dir in enumerate(run_dirs):
         say(f"interpolation: {run_dir}")
         model, cfg = load_trained(run_dir, settings)
-        test = load_configured(cfg["data"], "test")
+        test = load_configured(cfg.data, "test")
         x = to_float(test.images, test.levels).to(module_device(model))
         with heartbeat(f"interpolation: {run_dir}", settings.progress):
             nums, strips = interpolation_strips(model, x, test.levels)

@@ -83,7 +83,7 @@ def run(settings: Settings) -> None:
     for r in [r for r in results if r.ok]:
         say(f"perturbation: evaluating {r.spec.text}")
         model, cfg = load_trained(r, settings)
-        test = load_configured(cfg["data"], "test")
+        test = load_configured(cfg.data, "test")
         n = min(N_IMAGES, len(test))
         numbers["images"] = n
         x = to_float(test.images[:n], test.levels).to(module_device(model))

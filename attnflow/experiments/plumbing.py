@@ -33,19 +33,25 @@ import shlex
 import statistics
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..rundir import LOG, RunDir
 from ..schema import ConfigError
 
+if TYPE_CHECKING:
+    from ..config import Override, RunConfig
+    from ..core import Flow
+
 __all__ = [
     "RunSpec", "Settings", "RunResult", "ExperimentInterrupted", "ExperimentFailed", "train_runs", "group_by_spec",
-    "spread", "format_bpd", "markdown_table", "run_config", "run_overrides", "write_outputs", "load_trained",
+    "spread", "format_bpd", "markdown_table", "run_config", "write_outputs", "load_trained",
     "pyplot", "save_figure",
     "TRAIN_STEPS", "RESULTS",
 ]
+
+T = TypeVar("T")
 
 #: ``train.steps`` of every experiment run unless set: the time limit ends training long before.
 TRAIN_STEPS = 10**8
@@ -54,6 +60,8 @@ _OWN_KEYS = ("train.time_limit_s", "train.clock", "train.seed")
 _SPLIT = re.compile(r"\+(?=(?:model|data|train)\.)")
 #: The experiment directory's numbers (beside ``report.md``).
 RESULTS = "results.json"
+#: The folder of the configurations handed to the runs' ``attnflow train`` processes (``--jobs > 1``).
+CONFIGS = "configs"
 
 
 class ExperimentInterrupted(RuntimeError):
@@ -66,13 +74,23 @@ class ExperimentFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A preset and overrides (``section.key=value``) applied to it, written ``PRESET+key=value+...``."""
+    """A preset and the keys set on it (:class:`~attnflow.config.Override` values), written
+    ``PRESET+section.key=value+...`` (``text``: as given, which names the run's directory)."""
 
     preset: str
-    overrides: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", "+".join((self.preset, *map(str, self.overrides))))
 
     @classmethod
     def parse(cls, text: str) -> RunSpec:
+        """The specification of the command line's ``PRESET+section.key=value...``; its values are
+        parsed here, once."""
+        from ..config import parse_override
+
         preset, *overrides = _SPLIT.split(text.strip())
         if not preset:
             raise ValueError(f"run specification {text!r} has no preset name; write PRESET[+section.key=value...]")
@@ -80,10 +98,11 @@ class RunSpec:
             name, bad = preset.split("+", 1)
             raise ValueError(f"run specification {text!r}: {bad!r} is not an override; write PRESET+section.key=value "
                              f"with its section (model, data or train), e.g. {name}+model.{bad}")
-        return cls(preset, tuple(overrides))
+        return cls(preset, tuple(map(parse_override, overrides)), text.strip())
 
-    def plus(self, *overrides: str) -> RunSpec:
-        return replace(self, overrides=(*self.overrides, *overrides))
+    def plus(self, *overrides: Override) -> RunSpec:
+        """This specification with ``overrides`` set too."""
+        return RunSpec(self.preset, (*self.overrides, *overrides), "+".join((self.text, *map(str, overrides))))
 
     def family(self) -> str:
         """The preset's ``model.family``."""
@@ -91,20 +110,21 @@ class RunSpec:
 
         return load_preset(self.preset)["model"]["family"]
 
+    def config(self) -> RunConfig:
+        """The preset's configuration with the specification's keys set."""
+        from ..config import RunConfig
+
+        return RunConfig.from_preset(self.preset).with_overrides(self.overrides)
+
     def conditional(self) -> bool:
         """Whether the run's data pairs each image with a condition (SRFlow, Full-Glow)."""
-        from ..config import resolve_config
-
-        return resolve_config(self.preset, list(self.overrides))["data"].get("condition", "none") != "none"
-
-    @property
-    def text(self) -> str:
-        return "+".join((self.preset, *self.overrides))
+        return self.config().data.condition != "none"
 
     @property
     def slug(self) -> str:
         """A directory name: the preset, then each override as ``key-value``."""
-        parts = [self.preset] + [o.split(".", 1)[-1] for o in self.overrides]
+        preset, *overrides = _SPLIT.split(self.text)
+        parts = [preset] + [o.split(".", 1)[-1] for o in overrides]
         return "_".join(re.sub(r"[^A-Za-z0-9.]+", "-", p).strip("-") for p in parts)
 
 
@@ -120,15 +140,17 @@ class Settings:
     seeds: int
     clock: str = "wall"
     device: str | None = None  # None: the presets' train.device (auto)
-    overrides: tuple[str, ...] = ()  # --set, applied to every run whose family uses the key
-    heads: tuple[int, ...] | None = None
+    overrides: tuple[Override, ...] = ()  # --set, applied to every run whose family uses the key
     runs: tuple[Path, ...] = ()  # --run: existing run directories instead of training
     command: str = ""
     progress: bool = True
     jobs: int = 1  # runs trained at once, each in its own process when > 1
-    importance_samples: int = 16  # table: noise draws of the importance-weighted estimate (0: none)
-    importance_images: int = 0  # table: test images of that estimate (0: the whole test set)
     test_images: int = 0  # the runs' data.test_images: at most the first N test images (0: all)
+    options: Any = None  # the experiment's own options (Experiment.options), read with option()
+
+    def option(self, kind: type[T]) -> T:
+        """The experiment's own options of type ``kind`` (its defaults when none were set)."""
+        return self.options if isinstance(self.options, kind) else kind()
 
     @property
     def eval_device(self) -> Any:
@@ -176,64 +198,52 @@ class RunResult:
         return row
 
 
-def run_overrides(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> list[str]:
-    """The overrides of one run's preset: the specification's, the ``--set`` ones whose key the
-    run's family uses, then the experiment's own keys (``train.steps``, ``data.test_images`` and, with
-    ``jobs > 1``, ``train.threads`` only where neither sets them)."""
-    from ..config import parse_override
+def run_config(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> RunConfig:
+    """The configuration of one run: the specification's, with the ``--set`` keys the run's family
+    uses, then the experiment's own keys (``train.time_limit_s``, ``train.clock``, ``train.seed``;
+    ``train.steps``, ``data.test_images`` and, with ``jobs > 1``, ``train.threads`` only where
+    neither sets them; ``train.device`` when ``--device`` is given)."""
     from ..models.registry import model_fields
     from .parallel import child_threads
 
-    def key(text: str) -> tuple[str, str]:  # (section, key) of an override
-        return parse_override(text)[:2]
-
-    valid = model_fields(spec.family())
-    used = [o for o in settings.overrides if key(o)[0] != "model" or key(o)[1] in valid]
-    given = {".".join(key(o)) for o in (*spec.overrides, *used)}
-    own = [f"train.time_limit_s={time_limit_s!r}", f"train.clock={settings.clock!r}", f"train.seed={seed}"]
-    own += [f"train.steps={TRAIN_STEPS}"] * ("train.steps" not in given)
-    own += [f"train.threads={child_threads(settings.jobs)}"] * (settings.jobs > 1 and "train.threads" not in given)
-    own += [f"train.device={settings.device!r}"] * bool(settings.device)
-    own += [f"data.test_images={settings.test_images}"] * (settings.test_images > 0 and "data.test_images" not in given)
-    return [*spec.overrides, *used, *own]
-
-
-def run_config(settings: Settings, spec: RunSpec, seed: int, time_limit_s: float) -> dict[str, Any]:
-    """The resolved configuration of one run (:func:`run_overrides` applied to its preset)."""
-    from ..config import resolve_config
-
-    return resolve_config(spec.preset, run_overrides(settings, spec, seed, time_limit_s))
+    cfg = spec.config()
+    used = [o for o in settings.overrides if o.section != "model" or o.key in model_fields(cfg.model.family)]
+    given = {o.name for o in (*spec.overrides, *used)}
+    train: dict[str, Any] = {"time_limit_s": time_limit_s, "clock": settings.clock, "seed": seed}
+    if "train.steps" not in given:
+        train["steps"] = TRAIN_STEPS
+    if settings.jobs > 1 and "train.threads" not in given:
+        train["threads"] = child_threads(settings.jobs)
+    if settings.device:
+        train["device"] = settings.device
+    data = {"test_images": settings.test_images} if settings.test_images and "data.test_images" not in given else {}
+    return cfg.with_overrides(used).replace(train=train, data=data)
 
 
 def check_overrides(settings: Settings, specs: Iterable[RunSpec]) -> None:
     """Refuse ``--set`` keys the experiment sets itself, and model keys no run's family uses."""
-    from ..config import parse_override
     from ..models.registry import model_fields
 
     families = {s.family() for s in specs}  # an unknown preset fails here
-    for text in settings.overrides:
-        section, key, _ = parse_override(text)
-        if f"{section}.{key}" in _OWN_KEYS:
-            raise ConfigError(f"--set {text}: {section}.{key} is set by the experiment (--budget, --clock, --seeds); "
-                              "drop it")
-        if section == "model" and not any(key in model_fields(f) for f in families):
-            raise ConfigError(f"--set {text}: no run of this experiment (families {', '.join(sorted(families))}) "
-                              f"has the key model.{key}")
+    for o in settings.overrides:
+        if o.name in _OWN_KEYS:
+            raise ConfigError(f"--set {o}: {o.name} is set by the experiment (--budget, --clock, --seeds); drop it")
+        if o.section == "model" and not any(o.key in model_fields(f) for f in families):
+            raise ConfigError(f"--set {o}: no run of this experiment (families {', '.join(sorted(families))}) "
+                              f"has the key {o.name}")
 
 
 def _refusal(settings: Settings, spec: RunSpec, seed: int) -> str:
     """Why a run's configuration cannot be trained (an unknown key, a head count the model
     refuses, ...), or ``""``; the model is built once on the CPU to find out before training."""
-    from ..models import build_from_config
-
     try:
-        build_from_config(run_config(settings, spec, seed, 1.0)["model"])
+        run_config(settings, spec, seed, 1.0).model.build()
     except (ValueError, TypeError) as exc:
         return " ".join(str(exc).split())
     return ""
 
 
-def _same_setup(run: RunDir, cfg: dict[str, Any]) -> None:
+def _same_setup(run: RunDir, cfg: RunConfig) -> None:
     """A run directory being reused or resumed must hold a run with the same set-up
     (:meth:`attnflow.rundir.RunDir.setup_changes`)."""
     if changed := run.setup_changes(cfg):
@@ -250,8 +260,7 @@ class _Pending:
     spec: RunSpec
     seed: int
     dir: Path
-    overrides: list[str]
-    cfg: dict[str, Any]
+    cfg: RunConfig
     resume: bool
 
     @property
@@ -266,8 +275,6 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
     their error (they get no budget), runs whose training failed with ``"failed"``; when every
     run is refused, that is an error. Every reused or resumed run directory is checked before
     any training starts."""
-    from ..config import resolve_config
-
     seeds = list(range(settings.seeds)) if seeds is None else list(seeds)
     check_overrides(settings, specs)
     planned = [(spec, seed, _refusal(settings, spec, seed)) for spec in specs for seed in seeds]
@@ -288,20 +295,19 @@ def train_runs(settings: Settings, specs: Sequence[RunSpec], seeds: Sequence[int
             say(f"{tag}: refused ({why})")
             results.append(RunResult(spec, seed, run.path, "refused", why))
             continue
-        overrides = run_overrides(settings, spec, seed, share)
-        cfg = resolve_config(spec.preset, overrides)
+        cfg = run_config(settings, spec, seed, share)
         if run.is_finished():
             _same_setup(run, cfg)
             before = run.saved_config()["train"]
             changed = "".join(f", trained with train.{k}={before.get(k)!r}" for k in ("time_limit_s", "clock")
-                              if before.get(k) != cfg["train"][k])
+                              if before.get(k) != cfg.train[k])
             say(f"{tag}: finished before, reusing {run.path}{changed}")
             results.append(_finished(spec, seed, run, "reused", tag))
             continue
         resume = run.has_checkpoint()
         if resume:
             _same_setup(run, cfg)
-        pending.append(_Pending(len(results), tag, spec, seed, run.path, overrides, cfg, resume))
+        pending.append(_Pending(len(results), tag, spec, seed, run.path, cfg, resume))
         results.append(None)
 
     def finished(job: _Pending, error: str) -> None:
@@ -348,13 +354,13 @@ def _train_here(settings: Settings, pending: Sequence[_Pending], finished: Calla
 
 def _train_in_processes(settings: Settings, pending: Sequence[_Pending],
                         finished: Callable[[_Pending, str], None]) -> None:
-    """Train ``pending`` in ``attnflow train`` processes, ``settings.jobs`` at once
-    (:mod:`.parallel`); each process's output goes to its run's log."""
+    """Train ``pending`` in ``attnflow train --config FILE`` processes, ``settings.jobs`` at once
+    (:mod:`.parallel`): each run's configuration is written to ``DIR/configs/<run>.json`` and
+    handed over whole; each process's output goes to its run's log."""
     from .parallel import ChildRun, run_children
 
-    children = [ChildRun(["train", "--preset", job.spec.preset, "--out", str(job.dir), "--quiet",
-                          *(a for o in job.overrides for a in ("--set", o)), *(["--resume"] * job.resume)],
-                         RunDir(job.dir).log) for job in pending]
+    children = [ChildRun(["train", "--config", str(_write_run_config(settings, job)), "--out", str(job.dir),
+                          "--quiet", *(["--resume"] * job.resume)], RunDir(job.dir).log) for job in pending]
     stopped = run_children(children, settings.jobs,
                            lambda i: say(f"{pending[i].start_line} (output: {children[i].log})"),
                            lambda i, error: finished(pending[i], error))
@@ -365,7 +371,15 @@ def _train_in_processes(settings: Settings, pending: Sequence[_Pending],
             "rerun the same command to resume them")
 
 
-def load_trained(run: RunResult | Path, settings: Settings) -> tuple[Any, dict[str, Any]]:
+def _write_run_config(settings: Settings, job: _Pending) -> Path:
+    """The file of the configuration ``job`` trains with, for its ``attnflow train`` process."""
+    path = settings.out / CONFIGS / f"{job.dir.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job.cfg.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_trained(run: RunResult | Path, settings: Settings) -> tuple[Flow, RunConfig]:
     """The trained (EMA when kept) model of a run directory on the evaluation device, and its config."""
     from ..train import load_run
 
@@ -486,14 +500,14 @@ def write_outputs(settings: Settings, title: str, description: str, sections: Se
         header.append(f"- processes: up to {settings.jobs} runs trained at once, each in its own process "
                       f"(output in `runs/*/{LOG}`)")
     if settings.overrides:
-        header.append(f"- overrides applied to every run that uses the key: `{' '.join(settings.overrides)}`")
+        header.append(f"- overrides applied to every run that uses the key: `{' '.join(map(str, settings.overrides))}`")
     parts = ["\n".join(header), *sections] + ([_runs_section(settings, results)] if results else [])
     (settings.out / "report.md").write_text("\n\n".join(parts) + "\n")
     payload = {
         "experiment": settings.name, "command": settings.command, "data": settings.data,
         "budget_minutes": settings.budget_minutes, "clock": settings.clock, "jobs": settings.jobs,
         "seeds": settings.seeds,
-        "overrides": list(settings.overrides), "test_images": settings.test_images if results else None,
+        "overrides": list(map(str, settings.overrides)), "test_images": settings.test_images if results else None,
         "runs": [r.summary(settings.out) for r in results], **numbers,
     }
     (settings.out / RESULTS).write_text(json.dumps(_finite(payload), indent=2) + "\n")

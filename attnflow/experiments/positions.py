@@ -31,19 +31,21 @@ POSITIONS = (1, 2, 3, 4)
 
 
 def _attention(spec: RunSpec, settings: Settings) -> str:
-    return run_config(settings, spec, 0, 1.0)["model"].get("attention", "none")
+    return str(run_config(settings, spec, 0, 1.0).model.get("attention", "none"))
 
 
 def plan(settings: Settings) -> list[tuple[str, int | None, RunSpec]]:
     """``(label, position, specification)`` of every run: each attention specification at
     pos-1..4, each one without attention once (position ``None``)."""
+    from ..config import Override
+
     rows: list[tuple[str, int | None, RunSpec]] = []
     for base in settings.specs:
         kind = _attention(base, settings)
         if kind == "none":
             rows.append((f"{base.text} (no attention)", None, base))
         else:
-            rows += [(f"{base.text}: {kind}", k, base.plus(f"model.positions=[{k}]")) for k in POSITIONS]
+            rows += [(f"{base.text}: {kind}", k, base.plus(Override("model", "positions", [k]))) for k in POSITIONS]
     return rows
 
 

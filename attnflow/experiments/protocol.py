@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .plumbing import RunSpec, Settings
@@ -27,10 +27,14 @@ class Experiment:
     """``name`` (the command's argument) and one-line ``description``; ``run(settings)`` trains
     (or reuses) the runs it plans, evaluates them and writes ``report.md``, its figures and
     ``results.json``; ``plan(settings)`` gives the run specifications it trains, each once per
-    seed (default: the given ones); ``takes_runs``: whether ``--run DIR`` replaces training."""
+    seed (default: the given ones); ``takes_runs``: whether ``--run DIR`` replaces training;
+    ``options``: the frozen dataclass of the options only this experiment takes (each field with
+    its default; the command line's option of the same name sets it), which it reads as
+    ``settings.option(ItsOptions)``."""
 
     name: str
     description: str
     run: Callable[[Settings], None]
     plan: Callable[[Settings], list[RunSpec]] = _given_specs
     takes_runs: bool = False
+    options: type[Any] | None = None

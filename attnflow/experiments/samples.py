@@ -12,13 +12,16 @@ within the budget.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..heartbeat import heartbeat
 from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
 from .protocol import Experiment
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 NAME = "samples"
 DESCRIPTION = "sample grids at temperatures 0.5, 0.7, 0.85 and 1.0 for every model family"
@@ -28,18 +31,18 @@ N_SAMPLES = 64
 N_CONDITIONS = 8
 
 
-def _conditional_grids(model: Any, cfg: dict[str, Any], settings: Settings, i: int, run_dir: Path) -> list[str]:
+def _conditional_grids(model: Any, cfg: RunConfig, settings: Settings, i: int, run_dir: Path) -> list[str]:
     """A conditional run's cells: at each temperature, a grid of the first
     :data:`N_CONDITIONS` test conditions (rows: condition, bicubic for super-resolution, 4 outputs,
     ground truth; an output that overflowed is black), as ``attnflow sample`` draws them."""
     from ..data import load_configured
     from ..evaluate.superres import save_comparison_grid, sr_scale
 
-    data = load_configured(cfg["data"], "test")
+    data = load_configured(cfg.data, "test")
     cells = []
     for t in TEMPERATURES:
         png = f"samples/{i}-{run_dir.name}-t{t:g}.png"
-        save_comparison_grid(model, data, settings.out / png, sr_scale(cfg["data"]), [t] * 4, n=N_CONDITIONS)
+        save_comparison_grid(model, data, settings.out / png, sr_scale(cfg.data), [t] * 4, n=N_CONDITIONS)
         cells.append(f"![T={t:g}]({png})")
     return cells
 
@@ -55,7 +58,7 @@ def run(settings: Settings) -> None:
     for i, run_dir in enumerate(run_dirs):
         say(f"samples: {run_dir}")
         model, cfg = load_trained(run_dir, settings)
-        entry: dict[str, Any] = {"family": cfg["model"]["family"], "non_finite": {}}
+        entry: dict[str, Any] = {"family": cfg.model.family, "non_finite": {}}
         cells = []
         if model.context_shape is not None:  # conditional: outputs for the run's own test conditions
             rows.append([f"{entry['family']}: {run_dir.name}", *_conditional_grids(model, cfg, settings, i, run_dir)])

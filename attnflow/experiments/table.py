@@ -22,12 +22,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..rundir import RunDir
 from .plumbing import RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
 from .protocol import Experiment
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 NAME = "table"
 DESCRIPTION = ("the results table: every family with and without its attention at equal training time; "
@@ -39,7 +44,22 @@ FAMILY_NAMES = {"glow": "Glow", "flowpp": "Flow++", "marflow": "mARFlow", "resid
 IW_BATCH, IW_CHUNK = 64, 4
 
 
-def attention_of(model: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class TableOptions:
+    """The table experiment's own options: ``importance_samples``, the noise draws K of the
+    importance-weighted bits/dim of rows whose bits/dim are a bound (0: none), on the first
+    ``importance_images`` test images (0: the whole test set)."""
+
+    importance_samples: int = 16
+    importance_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.importance_samples < 0 or self.importance_images < 0:
+            raise ValueError(f"--importance-samples and --importance-images must be >= 0 (0: none / the whole test "
+                             f"set), got {self.importance_samples} and {self.importance_images}")
+
+
+def attention_of(model: Mapping[str, Any]) -> str:
     """The attention of a resolved ``[model]`` section in words (``none`` without any): invertible
     attention between flow steps (``attention`` at ``positions``; a residual flow's attention in
     its branches), self-attention in coupling networks (``coupling_heads``), DenseFlow's Nyström
@@ -60,11 +80,9 @@ def _heads(n: int) -> str:
     return f"{n} head{'s' * (n != 1)}"
 
 
-def parameter_count(model: dict[str, Any]) -> int:
-    """The number of parameters of the model a resolved ``[model]`` section builds."""
-    from ..models import build_from_config
-
-    return sum(p.numel() for p in build_from_config(model).parameters())
+def parameter_count(model: ModelConfig) -> int:
+    """The number of parameters of the model a ``[model]`` section builds."""
+    return sum(p.numel() for p in model.build().parameters())
 
 
 def _previous(out: Path) -> dict[str, dict[str, Any]]:
@@ -84,14 +102,15 @@ def _importance(run: RunResult, settings: Settings, cached: dict[str, Any] | Non
     from ..heartbeat import heartbeat
     from .plumbing import load_trained
 
-    key = {"k": settings.importance_samples, "images": settings.importance_images, "run_step": run.results["step"],
+    opts = settings.option(TableOptions)
+    key = {"k": opts.importance_samples, "images": opts.importance_images, "run_step": run.results["step"],
            "run_test_bpd": run.results["test"]["bpd"]}
     if cached and all(cached.get(k) == v for k, v in key.items()):
         say(f"{run.spec.text}: reusing its importance-weighted estimate (K = {key['k']})")
         return cached
     model, cfg = load_trained(run, settings)
-    data = load_configured(cfg["data"], "test")
-    images = data.images[: settings.importance_images or None]
+    data = load_configured(cfg.data, "test")
+    images = data.images[: opts.importance_images or None]
     say(f"{run.spec.text}: importance-weighted bits/dim, K = {key['k']} on {len(images)} test images")
     start = time.process_time()
     with heartbeat(f"{run.spec.text}: importance-weighted bits/dim", settings.progress):
@@ -106,10 +125,10 @@ def _row(run: RunResult, settings: Settings, previous: dict[str, dict[str, Any]]
     rundir = RunDir(run.dir)
     if not run.ok or not rundir.is_run():
         return {**summary, "family": run.spec.family(), "attention": "-"}
-    cfg = rundir.saved_config()
-    row = {**summary, "family": cfg["model"]["family"], "attention": attention_of(cfg["model"]),
-           "parameters": parameter_count(cfg["model"]), "ema_decay": cfg["train"].get("ema_decay", 0.0)}
-    if summary["upper_bound"] and settings.importance_samples:
+    cfg = rundir.config()
+    row = {**summary, "family": cfg.model.family, "attention": attention_of(cfg.model),
+           "parameters": parameter_count(cfg.model), "ema_decay": cfg.train.ema_decay}
+    if summary["upper_bound"] and settings.option(TableOptions).importance_samples:
         row["importance_weighted"] = _importance(run, settings, previous.get(summary["dir"]))
     return row
 
@@ -154,7 +173,7 @@ def _bpd_cell(value: dict[str, Any] | None, bound: bool) -> str:
 
 
 def _table(rows: list[dict[str, Any]], settings: Settings) -> str:
-    k = settings.importance_samples
+    k = settings.option(TableOptions).importance_samples
     lines = []
     for r in rows:
         family = FAMILY_NAMES.get(r["family"], r["family"])
@@ -181,6 +200,7 @@ def _ema_note(rows: list[dict[str, Any]]) -> str:
 
 
 def run(settings: Settings) -> None:
+    opts = settings.option(TableOptions)
     results = train_runs(settings, settings.specs)
     previous = _previous(settings.out)
     rows = [_row(r, settings, previous) for r in results]
@@ -196,8 +216,8 @@ def run(settings: Settings) -> None:
         f"({settings.clock} clock, `train.time_limit_s`); test bits/dim on the test images named above, with "
         "the standard error over those images. `≤`: an upper bound (the one-sample variational bound of noise "
         "augmentation or variational dequantization); its importance-weighted estimate uses "
-        f"K = {settings.importance_samples} noise draws per image"
-        + (f" on the first {iw_images[0]} test images" if settings.importance_images and iw_images else
+        f"K = {opts.importance_samples} noise draws per image"
+        + (f" on the first {iw_images[0]} test images" if opts.importance_images and iw_images else
            " on the whole test set")
         + " (still an upper bound, tighter as K grows). Δ: bits/dim minus the family's no-attention row "
         "(importance-weighted where both rows have the estimate, marked IW), ± sqrt(se² + se_none²); `better` / "
@@ -207,7 +227,7 @@ def run(settings: Settings) -> None:
         "![test bits/dim per family](table.png)",
     ])
     write_outputs(settings, "Results table: every family with and without attention", DESCRIPTION + ".", [section],
-                  {"importance_samples": settings.importance_samples, "importance_images": settings.importance_images,
+                  {"importance_samples": opts.importance_samples, "importance_images": opts.importance_images,
                    "rows": rows}, results)
 
 
@@ -226,7 +246,7 @@ def _plot(rows: list[dict[str, Any]], settings: Settings) -> None:
         if iw:
             ax.errorbar([x for x, _ in iw], [e["bpd"] for _, e in iw], yerr=[e["bpd_stderr"] for _, e in iw],
                         fmt="D", color="black", capsize=3,
-                        label=f"importance-weighted, K = {settings.importance_samples}")
+                        label=f"importance-weighted, K = {settings.option(TableOptions).importance_samples}")
             ax.legend(fontsize=7)
         values = [r["test_bpd"] for r in mine] + [e["bpd"] for _, e in iw]
         pad = max(0.05, 0.6 * (max(values) - min(values)))
@@ -238,4 +258,4 @@ def _plot(rows: list[dict[str, Any]], settings: Settings) -> None:
     save_figure(fig, settings.out / "table.png")
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run)
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, options=TableOptions)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..schema import SECTIONS, ConfigError
 
-__all__ = ["preset_dir", "preset_names", "load_preset"]
+__all__ = ["preset_dir", "preset_names", "load_preset", "check_sections"]
 
 
 def preset_dir() -> Any:
@@ -31,10 +31,15 @@ def load_preset(name: str) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())}")
     cfg = tomllib.loads(path.read_text())
+    check_sections(cfg, f"preset {name!r}")
+    return cfg
+
+
+def check_sections(cfg: dict[str, Any], what: str) -> None:
+    """Refuse a configuration table (``what``: a preset or a file) with sections other than
+    ``[model]``, ``[data]`` and ``[train]``, or without ``model.family``."""
     unknown = set(cfg) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"preset {name!r} has unknown sections {sorted(unknown)}; "
-                          f"valid: {', '.join(SECTIONS)}")
-    if "family" not in cfg.get("model", {}):
-        raise ConfigError(f"preset {name!r} lacks model.family")
-    return cfg
+        raise ConfigError(f"{what} has unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+    if not isinstance(cfg.get("model"), dict) or "family" not in cfg["model"]:
+        raise ConfigError(f"{what} lacks model.family")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import RunConfig
 from ..core import Flow
 from ..rundir import RunDir, atomic_write
 
@@ -77,19 +78,17 @@ def _read_weights(path: Path, device: str | torch.device) -> dict[str, torch.Ten
 
 def load_run(
     run_dir: str | os.PathLike, use_ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[Flow, dict[str, Any]]:
+) -> tuple[Flow, RunConfig]:
     """The trained model of a run directory (EMA weights when the run kept them) in eval mode on
     ``device`` (the checkpoint is mapped there, whatever device it was saved from), and its
     configuration."""
-    from ..models import build_from_config
-
     run = RunDir(run_dir)
     if not run.is_run():
         raise CheckpointError(f"{run.not_a_run()}; train with `attnflow train --out {run.path}`")
     cfg = run.config()
-    model = build_from_config(cfg["model"]).to(device)
+    model = cfg.model.build().to(device)
     if not run.has_checkpoint() and run.weights.is_file():  # a shared run: its evaluation weights alone
-        if not use_ema and cfg["train"]["ema_decay"] > 0:
+        if not use_ema and cfg.train.ema_decay > 0:
             raise CheckpointError(f"{run.path} has no {run.checkpoint.name}, only {run.weights.name} (its EMA "
                                   f"weights): evaluate those (without --weights live)")
         weights = _read_weights(run.weights, device)

@@ -24,6 +24,7 @@ from ..evaluate.certificates import certificate_summary, certify, uncertified_me
 from ..evaluate.classification import evaluate_hybrid
 from ..evaluate.superres import save_comparison_grid, sr_scale
 from ..rundir import RunDir
+from ..sections import DataConfig
 from .checkpoint import save_weights
 from .contraction import ContractionMonitor
 from .progress import note
@@ -62,7 +63,7 @@ class EndOfRun:
     train_seconds: float
     test_set: ImageDataset
     levels: int
-    data: dict[str, Any]
+    data: DataConfig
     contraction: ContractionMonitor
 
     def write(self, model: Flow, progress: bool = False) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class EndOfRun:
         self.run.append_metrics(test_row(self.step, ev, self.train_seconds))
         samples, non_finite = self._samples(model)
         results = {"step": self.step, "train_seconds": round(self.train_seconds, 3), "test": ev,
-                   "levels": self.levels, "dataset": self.data["name"],
+                   "levels": self.levels, "dataset": self.data.name,
                    "non_finite_samples": non_finite.count if non_finite else 0}
         results.update(self._certificates(model))
         self.run.write_results(results)

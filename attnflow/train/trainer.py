@@ -46,13 +46,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import check_config
+from ..config import DataConfig, RunConfig
 from ..core import Batch, Flow
 from ..data import BatchSampler, BatchStream, load_configured
 from ..device import set_threads
 from ..evaluate.likelihood import check_levels
 from ..evaluate.superres import check_pairing
-from ..models import build_from_config
 from ..models.hybrid import check_labels
 from ..precision import mixed_precision
 from ..rundir import RunDir, setup_changes
@@ -132,19 +131,20 @@ class _LogWindow:
 
 
 class Trainer:
-    """Train the model described by a resolved config (see :func:`attnflow.config.resolve_config`)
-    into ``out_dir``.
+    """Train the model of a run configuration (a :class:`~attnflow.config.RunConfig`, or its
+    JSON form, which is checked like any other) into ``out_dir``.
 
     ``stop_at`` ends the loop after that step as an interruption (SIGINT, SIGTERM) would: a
     checkpoint is written and the run can be resumed. The run directory is locked from
     construction until :meth:`run` returns.
     """
 
-    def __init__(self, cfg: dict[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig | dict[str, Any], out_dir: str | Path, resume: bool = False,
+                 progress: bool = True) -> None:
         self.rundir = RunDir(out_dir)
         self.out = self.rundir.path
-        cfg = check_config(cfg)  # a configuration built by hand is held to the same schema
-        self.dist, self.device = start_processes(cfg["train"]["device"])
+        cfg = RunConfig.of(cfg)  # a configuration built by hand is held to the same schema
+        self.dist, self.device = start_processes(cfg.train.device)
         self.progress = progress and self.dist.is_main
         try:  # rank 0 writes the run directory: it alone holds the lock
             self.lock = RunLock(self.out) if self.dist.is_main else None  # before anything is read or written
@@ -165,7 +165,7 @@ class Trainer:
         if self.dist.is_main:
             note(message)
 
-    def _setup(self, cfg: dict[str, Any], resume: bool) -> None:
+    def _setup(self, cfg: RunConfig, resume: bool) -> None:
         state: dict[str, Any] | None = None
         changed_train: dict[str, list[Any]] = {}
         if resume:
@@ -174,9 +174,8 @@ class Trainer:
             self._check_new()
         self.dist.barrier()  # every process has read the directory before rank 0 writes it
         self.cfg = cfg
-        t = cfg["train"]
-        set_threads(t["threads"])
-        torch.manual_seed(t["seed"])
+        set_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
         self._load_data_and_model(cfg)
         self._build_training(cfg)
         self.data_wait = 0.0  # seconds the steps spent waiting for their batch
@@ -197,7 +196,7 @@ class Trainer:
         if self.rundir.checkpoint.exists():
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose a new --out")
 
-    def _read_run(self, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    def _read_run(self, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         """The checkpoint of the run to resume, and the ``train.*`` settings that ``cfg`` changes
         (``{key: [saved, new]}``); its set-up must be the same."""
         self._remove_stale_temporaries()
@@ -211,28 +210,27 @@ class Trainer:
                 f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
                 "only train.* settings may change on resume"
             )
-        changed_train = {f"train.{k}": [saved["train"].get(k), v] for k, v in cfg["train"].items()
-                         if saved["train"].get(k) != v}
+        changed_train = {f"train.{k}": [saved.train[k], v] for k, v in cfg.train.items() if saved.train[k] != v}
         return state, changed_train
 
     def _remove_stale_temporaries(self) -> None:
         for path in self.rundir.remove_stale_temporaries() if self.dist.is_main else ():
             note(f"removed {path}, left by an interrupted write")
 
-    def _load_data_and_model(self, cfg: dict[str, Any]) -> None:
+    def _load_data_and_model(self, cfg: RunConfig) -> None:
         """The data splits and the model, checked against each other."""
-        data, t = cfg["data"], cfg["train"]
+        data = cfg.data
         self.train_set = load_configured(data, "train")
         self.test_set = load_configured(data, "test")
-        self.model: Flow = build_from_config(cfg["model"]).to(self.device)
+        self.model: Flow = cfg.model.build().to(self.device)
         if tuple(self.train_set.shape) != self.model.shape:
             raise ValueError(
-                f"dataset {data['name']!r} has images of shape {self.train_set.shape} but the model expects "
+                f"dataset {data.name!r} has images of shape {self.train_set.shape} but the model expects "
                 f"{self.model.shape}; set model.shape={list(self.train_set.shape)}"
             )
         if tuple(self.test_set.shape) != tuple(self.train_set.shape):
             raise ValueError(
-                f"the test split of dataset {data['name']!r} has images of shape {list(self.test_set.shape)}"
+                f"the test split of dataset {data.name!r} has images of shape {list(self.test_set.shape)}"
                 f"{_example_file(data, 'test')} but its train split {list(self.train_set.shape)}; give both splits "
                 f"images of one size"
             )
@@ -240,24 +238,25 @@ class Trainer:
         self.levels = self.train_set.levels
         check_levels(self.model, self.levels)
         for split in (self.train_set, self.test_set):
-            check_labels(self.model, split.labels, data["name"])
-        if t["batch_size"] > len(self.train_set):
-            raise ValueError(f"train.batch_size={t['batch_size']} exceeds the {len(self.train_set)} training images")
+            check_labels(self.model, split.labels, data.name)
+        if cfg.train.batch_size > len(self.train_set):
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(self.train_set)} training "
+                             "images")
 
-    def _build_training(self, cfg: dict[str, Any]) -> None:
+    def _build_training(self, cfg: RunConfig) -> None:
         """Optimizer, EMA, the (parallel, compiled) forward pass, the batches and their noise."""
-        t = cfg["train"]
+        t = cfg.train
         self.step_metrics: dict[str, float] = {}  # the last step's metrics of the model's loss (and the loss)
-        self.dist.split(t["batch_size"])
+        self.dist.split(t.batch_size)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t["optimizer"]]
-        self.optimizer = opt_cls(params, lr=t["lr"], weight_decay=t["weight_decay"])
-        self.ema = ExponentialMovingAverage(self.model, t["ema_decay"]) if t["ema_decay"] > 0 else None
+        opt_cls = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[t.optimizer]
+        self.optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.ema = ExponentialMovingAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.ddp = self.dist.data_parallel(self.model, self.device)  # None in one process
         forward = self.ddp if self.ddp is not None else self.model.loss
-        self.forward = CompiledForward(forward, f"the {cfg['model']['family']} model") if t["compile"] else forward
-        self.sampler = BatchSampler(len(self.train_set), t["batch_size"], seed=t["seed"])
-        self.dequant_gen = torch.Generator().manual_seed(t["seed"] + 1)
+        self.forward = CompiledForward(forward, f"the {cfg.model.family} model") if t.compile else forward
+        self.sampler = BatchSampler(len(self.train_set), t.batch_size, seed=t.seed)
+        self.dequant_gen = torch.Generator().manual_seed(t.seed + 1)
         self.contraction = ContractionMonitor(self.model)  # certified Lip(g) of every block at every step
         self.skip_reason = ""
         # this process's rows of each batch, gathered and dequantized on a thread while a step runs
@@ -337,9 +336,9 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def _set_lr(self) -> float:
-        t = self.cfg["train"]
-        warm = min(1.0, (self.step + 1) / t["warmup_steps"]) if t["warmup_steps"] > 0 else 1.0
-        lr = t["lr"] * self.lr_scale * warm
+        t = self.cfg.train
+        warm = min(1.0, (self.step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+        lr = t.lr * self.lr_scale * warm
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -347,7 +346,7 @@ class Trainer:
     def _train_step(self) -> tuple[float, float] | None:
         """One optimizer step; ``None`` when the loss or a gradient is not finite (no update), or
         when the update made a weight non-finite (the next steps fail until a rollback)."""
-        t = self.cfg["train"]
+        t = self.cfg.train
         wait_start = time.perf_counter()
         batch = next(self.batches)  # this process's rows of the global batch, with the global batch's noise
         x = batch.x.to(self.device, non_blocking=True)
@@ -355,7 +354,7 @@ class Trainer:
         labels = None if self.train_set.labels is None else self.train_set.labels[batch.index].to(self.device)
         self.data_wait += time.perf_counter() - wait_start
         self.model.train()
-        with batch_shard(self.dist.shard()), mixed_precision(t["precision"]):
+        with batch_shard(self.dist.shard()), mixed_precision(t.precision):
             loss, metrics = self.forward(Batch(x, self.levels, context, labels))  # the model's own objective
             if metrics:  # the global batch's means (each process holds an equal share), in one all-reduce
                 means = self.dist.mean(torch.stack(list(metrics.values())))
@@ -375,7 +374,7 @@ class Trainer:
             self.skip_reason = refusal or f"step {self.step + 1}: a block is not certified contractive; step refused"
             return None
         loss.backward()  # DistributedDataParallel averages the gradients over the processes
-        clip = t["grad_clip"] if t["grad_clip"] > 0 else math.inf
+        clip = t.grad_clip if t.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if self.dist.any(not torch.isfinite(grad_norm))[0]:
             self.optimizer.zero_grad(set_to_none=True)
@@ -392,17 +391,17 @@ class Trainer:
         ``rollback_lr_factor``; the scale and the rollback count survive the reload (they are not
         taken from the checkpoint), so repeated rollbacks keep lowering the rate. After
         ``max_rollbacks`` rollbacks, :class:`NonFiniteTraining` ends the run instead."""
-        t = self.cfg["train"]
-        if self.rollbacks >= t["max_rollbacks"]:
+        t = self.cfg.train
+        if self.rollbacks >= t.max_rollbacks:
             self._write_metrics({"step": self.step, "event": "diverged", "lr": lr})
             last = ("no finite loss yet" if self.last_finite is None
                     else f"last finite loss {self.last_finite[1]:.4g} bits/dim at step {self.last_finite[0]}")
             raise NonFiniteTraining(
                 f"training diverged: the steps stayed refused ({self.skip_reason}) after {self.rollbacks} rollbacks "
-                f"(learning rate {lr:.3g} at the last try, train.lr={t['lr']:g}); {last}; "
+                f"(learning rate {lr:.3g} at the last try, train.lr={t.lr:g}); {last}; "
                 f"the checkpoint of step {self.saved_step} is kept: lower train.lr and continue with --resume"
             )
-        lr_scale, rollbacks = self.lr_scale * t["rollback_lr_factor"], self.rollbacks + 1
+        lr_scale, rollbacks = self.lr_scale * t.rollback_lr_factor, self.rollbacks + 1
         self._restore(load_checkpoint(self.rundir.checkpoint))
         self.lr_scale, self.rollbacks = lr_scale, rollbacks
         self._note(f"rolled back to the checkpoint of step {self.step}; learning rate scaled to x{self.lr_scale:g}")
@@ -441,20 +440,20 @@ class Trainer:
     def _loop(self, stop: StopRequests, stop_at: int | None,
               on_step: Callable[[int], None] | None) -> dict[str, Any] | None:
         """The training steps; an interruption's result, or ``None`` once training is done."""
-        t = self.cfg["train"]
+        t = self.cfg.train
         bad = 0
-        bar = TrainingBar(t["steps"], t["time_limit_s"], self.step, self.train_seconds, disable=not self.progress)
+        bar = TrainingBar(t.steps, t.time_limit_s, self.step, self.train_seconds, disable=not self.progress)
         window = _LogWindow(self.data_wait)
-        clock = TRAINING_CLOCKS[t["clock"]]
+        clock = TRAINING_CLOCKS[t.clock]
         try:
-            while self.step < t["steps"]:
+            while self.step < t.steps:
                 stopping, out_of_time = self.dist.any(  # every process stops at the same step
                     stop.signal is not None or (stop_at is not None and self.step >= stop_at),
-                    bool(t["time_limit_s"]) and self.train_seconds >= t["time_limit_s"])
+                    bool(t.time_limit_s) and self.train_seconds >= t.time_limit_s)
                 if stopping:
                     return self._interrupt(stop)
                 if out_of_time:
-                    self._note(f"time limit of {t['time_limit_s']:g} s of training reached at step {self.step}")
+                    self._note(f"time limit of {t.time_limit_s:g} s of training reached at step {self.step}")
                     break
                 lr = self._set_lr()
                 step_start = clock()
@@ -477,11 +476,11 @@ class Trainer:
     def _skipped(self, bad: int, lr: float, bar: TrainingBar) -> int:
         """Record the ``bad``-th refused step in a row; roll back after ``train.max_bad_steps`` of
         them. Returns the count of refused steps in a row that follows (0 after a rollback)."""
-        t = self.cfg["train"]
-        self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t['max_bad_steps']})")
+        t = self.cfg.train
+        self._note(f"step {self.step + 1}: {self.skip_reason}, step skipped ({bad}/{t.max_bad_steps})")
         event = "skipped_non_finite" if self.skip_reason.startswith("non-finite") else "skipped_uncertified"
         self._write_metrics({"step": self.step + 1, "event": event})
-        if bad < t["max_bad_steps"]:
+        if bad < t.max_bad_steps:
             return bad
         self._rollback(lr)
         bar.update(self.step, self.train_seconds)
@@ -490,21 +489,21 @@ class Trainer:
     def _advance(self, loss: float, grad_norm: float, lr: float, bar: TrainingBar,
                  window: _LogWindow) -> None:
         """After a step taken: the bar, and the metrics row, test evaluation and checkpoint when due."""
-        t = self.cfg["train"]
+        t = self.cfg.train
         self.step += 1
-        window.images += t["batch_size"]
+        window.images += t.batch_size
         bar.update(self.step, self.train_seconds)
         self.last_finite = (self.step, loss)
-        if self.step % t["log_every"] == 0 or self.step == t["steps"]:
-            speed, data_wait = window.rates(self.data_wait, t["batch_size"])
+        if self.step % t.log_every == 0 or self.step == t.steps:
+            speed, data_wait = window.rates(self.data_wait, t.batch_size)
             bar.set_postfix(bpd=f"{loss:.3f}", img_s=f"{speed:.0f}")
             self._write_metrics({"step": self.step, "bpd": loss, "lr": lr, "grad_norm": grad_norm,
                                  "images_per_s": speed, "train_s": round(self.train_seconds, 3),
                                  "data_wait_s": round(data_wait, 6), **self.step_metrics})
-        if t["eval_every"] and self.step % t["eval_every"] == 0 and self.step < t["steps"]:
-            ev = self.evaluate(t["eval_batches"])
+        if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
+            ev = self.evaluate(t.eval_batches)
             self._write_metrics(test_row(self.step, ev, self.train_seconds))
-        if self.step % t["checkpoint_every"] == 0:
+        if self.step % t.checkpoint_every == 0:
             self.save()
 
     def _interrupt(self, stop: StopRequests) -> dict[str, Any]:
@@ -519,16 +518,16 @@ class Trainer:
         """The end-of-run report of the evaluation weights (:mod:`attnflow.train.report`): weights,
         test evaluation, samples, certificates, ``results.json`` and plots."""
         end = EndOfRun(self.rundir, self.step, self.train_seconds, self.test_set, self.levels,
-                       self.cfg["data"], self.contraction)
+                       self.cfg.data, self.contraction)
         return end.write(self.eval_model(), progress=self.progress)
 
 
-def _example_file(data: dict[str, Any], split: str) -> str:
+def _example_file(data: DataConfig, split: str) -> str:
     """`` (e.g. FILE)``: the first image file of a folder dataset's ``split``, or nothing."""
     from ..data.folder import IMAGE_SUFFIXES
 
-    folder = Path(os.path.expandvars(os.path.expanduser(data.get("root") or ""))) / split
-    if not data.get("root") or not folder.is_dir():
+    folder = Path(os.path.expandvars(os.path.expanduser(data.root))) / split
+    if not data.root or not folder.is_dir():
         return ""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return f" (e.g. {files[0]})" if files else ""
