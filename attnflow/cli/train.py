@@ -39,18 +39,18 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
                              "the run in --out")
         return given.with_overrides(args.set)
     saved = run.config()
-    cfg = (saved if given is None or not args.config else given).with_overrides(args.set)
-    for key in FIXED_ON_RESUME:
-        if cfg.train[key] != saved.train[key]:
-            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
-                             f"{key} = {saved.train[key]}, and its batches and random draws follow it); resume "
-                             f"without changing it, or train a new run into another --out")
     if given is not None:
         what = f"--config {args.config}" if args.config else f"preset {args.preset!r}"
         if changed := run.setup_changes(given.with_overrides(args.set)):
             raise ValueError(f"the run in {args.out} was not trained from {what} (its [{changed[0]}] differs); resume "
                              f"without {'--config' if args.config else '--preset'}: the run's own configuration is "
                              "used")
+    cfg = (saved if given is None or not args.config else given).with_overrides(args.set)
+    for key in FIXED_ON_RESUME:
+        if cfg.train[key] != saved.train[key]:
+            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
+                             f"{key} = {saved.train[key]}, and its batches and random draws follow it); resume "
+                             f"without changing it, or train a new run into another --out")
     return cfg
 
 
