@@ -3,8 +3,10 @@ reusing the runs of an experiment directory, aggregation over seeds, and the out
 (``report.md``, ``results.json``, figures).
 
 A *run specification* is a preset name with optional overrides joined by ``+``, e.g.
-``glow-digits-imap+model.positions=[2]``. Each specification is trained once per seed into
-``DIR/runs/<slug>-seed<k>`` with :class:`attnflow.train.Trainer`.
+``glow-digits-imap+model.positions=[2]``, parsed once (:meth:`RunSpec.parse`) into typed
+:class:`~attnflow.config.Override` values. Each specification is trained once per seed into
+``DIR/runs/<slug>-seed<k>`` with :class:`attnflow.train.Trainer`, from the
+:class:`~attnflow.config.RunConfig` that :func:`run_config` builds (no text below the command line).
 
 Budget: an experiment's ``--budget`` minutes of training are split evenly across its runs; each
 run gets ``train.time_limit_s`` = its share and ``train.steps`` large enough not to bind (unless
@@ -12,7 +14,8 @@ run gets ``train.time_limit_s`` = its share and ``train.steps`` large enough not
 (counted by ``train.clock``: elapsed or CPU seconds). Evaluation is not counted.
 
 Processes: with ``jobs = 1`` the runs train one after another in this process; with ``jobs > 1``
-up to that many train at once, each in its own ``attnflow train`` process (:mod:`.parallel`) with
+up to that many train at once, each in its own ``attnflow train --config DIR/configs/<run>.json``
+process (:mod:`.parallel`), handed its whole configuration as a file, with
 ``train.threads = max(1, cpus // jobs)`` unless the runs set ``train.threads`` themselves. The
 runs' numbers do not depend on ``jobs`` (only their timing does) as long as their thread count is
 the same. A run that fails (an error in training, a killed process) does not stop the others: it
