@@ -2,16 +2,16 @@
 runs within a time budget (:mod:`.plumbing`), evaluates them with :mod:`attnflow.evaluate`, and
 writes ``report.md``, its PNG figures and ``results.json`` into ``DIR``.
 
-:data:`DEFAULTS` is the one table of per-experiment defaults: training budget, run
-specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds, and head
-counts of the ``heads`` experiment. The budgets add up to 405 minutes of training for the whole
-set on Fashion-MNIST (275 for the papers' figures and tables, 130 for the results ``table``; every
-run at least 2.5 minutes); ``attnflow experiment --list`` prints them with each experiment's
-number of runs.
+:data:`DEFAULTS` gathers each experiment's defaults (declared in its own module): training
+budget, run specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds
+and test images. The budgets add up to 405 minutes of training for the whole set on
+Fashion-MNIST (275 for the papers' figures and tables, 130 for the results ``table``; every run at
+least 2.5 minutes); ``attnflow experiment --list`` prints them with each experiment's number of
+runs.
 
-Each experiment module declares its :class:`~.protocol.Experiment` (name, description, the runs
-it plans, its report); the command line's options arrive as one typed
-:class:`ExperimentOptions`, resolved against :data:`DEFAULTS` into the
+Each experiment module declares its :class:`~.protocol.Experiment` (name, description, defaults,
+the runs it plans, its report, the type of its own options); the command line's options arrive as
+one typed :class:`ExperimentOptions`, resolved against the defaults into the
 :class:`~.plumbing.Settings` the experiment runs with (:func:`resolve_settings`).
 """
 from __future__ import annotations
@@ -25,81 +25,18 @@ from ..config import parse_override
 from ..rundir import RunDir
 from . import classification, convergence, heads, interpolation, perturbation, positions, samples, table
 from .plumbing import RunSpec, Settings
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 __all__ = ["EXPERIMENTS", "DEFAULTS", "DATA_SETS", "Defaults", "Experiment", "ExperimentOptions", "resolve_settings",
            "make_settings", "run_experiment", "listing", "count_runs"]
 
 DATA_SETS = ("digits", "fashion-mnist")
 
-
-@dataclass(frozen=True)
-class Defaults:
-    """``minutes`` of training in all; run specifications per data set (``digits``: the bundled
-    8x8 digits, ``fashion``: Fashion-MNIST); ``seeds`` per specification (``None``: one model per
-    specification is evaluated, ``--seeds`` is refused); ``heads``: head counts per model family;
-    ``test_images``: each run's test bits/dim is over at most the first that many test images (0: all;
-    the digits' 360 are always all; 2000 of Fashion-MNIST's 10000 keep a residual flow's evaluation
-    near 3 CPU-minutes instead of 14, at a standard error near 0.02 bits/dim)."""
-
-    minutes: float
-    digits: tuple[str, ...]
-    fashion: tuple[str, ...]
-    seeds: int | None = 1
-    heads: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    test_images: int = 2000
-
-
-DEFAULTS: dict[str, Defaults] = {
-    # ACF Fig. 3: pairs without / with attention, one plot per family (Flow++: without / with the self-attention
-    # of its coupling networks; DenseFlow: without / with Nyström attention in its coupling networks; mARFlow:
-    # without / with iMap); 2.5 minutes a run on Fashion-MNIST
-    "convergence": Defaults(75, seeds=3, digits=(
-        "glow-digits", "glow-digits-imap", "flowpp-digits-noattn", "flowpp-digits", "resflow-digits",
-        "acf-resflow-l2-digits", "denseflow-digits-noattn", "denseflow-digits", "marflow-digits",
-        "marflow-digits-imap"), fashion=(
-        "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "flowpp-fmnist-tiny-noattn", "flowpp-fmnist-tiny",
-        "resflow-fmnist-tiny", "acf-resflow-l2-fmnist-tiny", "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny",
-        "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap")),
-    # ACF Table 2 (Residual Flow + L2: 1, 4, 16 heads); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7 heads)
-    "heads": Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
-                      fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"),
-                      heads=heads.DEFAULT_HEADS),
-    # AttnFlow Fig. 13: the no-attention baseline, then iMap and iSDP at pos-1..4
-    "positions": Defaults(45, test_images=0, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
-                          fashion=("glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp")),
-    # ACF supplement Table 5 / Fig. 2: dot (not Lipschitz), L2, LipNorm, none
-    "perturbation": Defaults(40, seeds=None, digits=(
-        "acf-resflow-dot-digits", "acf-resflow-l2-digits", "acf-resflow-lipnorm-digits", "resflow-digits"), fashion=(
-        "acf-resflow-l2-fmnist-tiny+model.attention=dot", "acf-resflow-l2-fmnist-tiny",
-        "acf-resflow-lipnorm-fmnist-tiny", "resflow-fmnist-tiny")),
-    # ACF Algorithm 2
-    "interpolation": Defaults(10, seeds=None, digits=("acf-resflow-l2-digits",),
-                              fashion=("acf-resflow-l2-fmnist-tiny",)),
-    # ACF Table 3: the hybrid model with and without attention; Fashion-MNIST runs digits too
-    "classification": Defaults(40, digits=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid"),
-                               fashion=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid",
-                                        "resflow-fmnist-tiny-hybrid", "acf-resflow-l2-fmnist-tiny-hybrid")),
-    # one model of each family, with its attention
-    "samples": Defaults(20, seeds=None, digits=(
-        "glow-digits-imap", "flowpp-digits", "marflow-digits-imap", "acf-resflow-l2-digits", "denseflow-digits"),
-        fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap",
-                 "acf-resflow-l2-fmnist-tiny", "denseflow-fmnist-tiny")),
-    # the results table: each family without, then with its attention(s), 10 minutes per run on Fashion-MNIST;
-    # residual flows without EMA (train.ema_decay=0) so every row is evaluated on its trained weights
-    "table": Defaults(130, seeds=None, test_images=0, digits=(
-        "glow-digits", "glow-digits-imap", "glow-digits-isdp", "flowpp-digits-noattn", "flowpp-digits",
-        "marflow-digits+model.coupling_heads=0", "marflow-digits", "marflow-digits-imap",
-        "resflow-digits+train.ema_decay=0", "acf-resflow-l2-digits+train.ema_decay=0",
-        "acf-resflow-lipnorm-digits+train.ema_decay=0", "denseflow-digits-noattn", "denseflow-digits"), fashion=(
-        "glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp", "flowpp-fmnist-tiny-noattn",
-        "flowpp-fmnist-tiny", "marflow-fmnist-tiny-noattn", "marflow-fmnist-tiny", "marflow-fmnist-tiny-imap",
-        "resflow-fmnist-tiny+train.ema_decay=0", "acf-resflow-l2-fmnist-tiny+train.ema_decay=0",
-        "acf-resflow-lipnorm-fmnist-tiny+train.ema_decay=0", "denseflow-fmnist-tiny-noattn", "denseflow-fmnist-tiny")),
-}
-
 EXPERIMENTS: dict[str, Experiment] = {m.EXPERIMENT.name: m.EXPERIMENT for m in (
     convergence, heads, positions, perturbation, interpolation, classification, samples, table)}
+#: Each experiment's defaults (:attr:`Experiment.defaults`, declared in its module), by name.
+DEFAULTS: dict[str, Defaults] = {name: e.defaults for name, e in EXPERIMENTS.items()}
+
 #: The types of the options one experiment takes; each field is an :class:`ExperimentOptions` field too.
 _OPTION_TYPES = tuple(e.options for e in EXPERIMENTS.values() if e.options is not None)
 

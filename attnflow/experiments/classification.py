@@ -11,7 +11,7 @@ from typing import Any
 
 from ..rundir import RunDir
 from .plumbing import Settings, format_bpd, group_by_spec, markdown_table, spread, train_runs, write_outputs
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 NAME = "classification"
 DESCRIPTION = ("ACF Table 3: test accuracy and bits/dim of the hybrid Residual Flow (classifier head on the "
@@ -52,4 +52,9 @@ def run(settings: Settings) -> None:
     write_outputs(settings, "Hybrid classification (ACF Table 3)", DESCRIPTION + ".", [section], numbers, results)
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run)
+# ACF Table 3: the hybrid model with and without attention; Fashion-MNIST runs digits too
+DEFAULTS = Defaults(40, digits=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid"),
+                    fashion=("resflow-digits-hybrid", "acf-resflow-l2-digits-hybrid",
+                             "resflow-fmnist-tiny-hybrid", "acf-resflow-l2-fmnist-tiny-hybrid"))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, defaults=DEFAULTS)

@@ -25,7 +25,7 @@ from .plumbing import (
     train_runs,
     write_outputs,
 )
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 NAME = "heads"
 DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the number of heads "
@@ -109,4 +109,8 @@ def run(settings: Settings) -> None:
                   [section], numbers, results)
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, options=HeadsOptions)
+# ACF Table 2 (Residual Flow + L2: 1, 4, 16 heads); AttnFlow Fig. 14 (iSDP: 1, 3, 5, 7 heads)
+DEFAULTS = Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
+                    fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, options=HeadsOptions, defaults=DEFAULTS)

@@ -30,7 +30,7 @@ from .plumbing import (
     train_runs,
     write_outputs,
 )
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 NAME = "interpolation"
 DESCRIPTION = ("ACF Algorithm 2: latent interpolation strips between random test pairs, "
@@ -115,4 +115,8 @@ def run(settings: Settings) -> None:
                   results)
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)
+# ACF Algorithm 2
+DEFAULTS = Defaults(10, seeds=None, digits=("acf-resflow-l2-digits",),
+                    fashion=("acf-resflow-l2-fmnist-tiny",))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True, defaults=DEFAULTS)

@@ -31,7 +31,7 @@ from .plumbing import (
     train_runs,
     write_outputs,
 )
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 NAME = "perturbation"
 DESCRIPTION = ("ACF Table 5 / Fig. 2: bits/dim, log-likelihood, log-det and reconstruction of test images "
@@ -140,4 +140,10 @@ def _plot(models: dict[str, list[dict[str, Any]]], settings: Settings) -> None:
     save_figure(fig, settings.out / "perturbation.png")
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run)
+# ACF supplement Table 5 / Fig. 2: dot (not Lipschitz), L2, LipNorm, none
+DEFAULTS = Defaults(40, seeds=None, digits=(
+    "acf-resflow-dot-digits", "acf-resflow-l2-digits", "acf-resflow-lipnorm-digits", "resflow-digits"), fashion=(
+    "acf-resflow-l2-fmnist-tiny+model.attention=dot", "acf-resflow-l2-fmnist-tiny",
+    "acf-resflow-lipnorm-fmnist-tiny", "resflow-fmnist-tiny"))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, defaults=DEFAULTS)

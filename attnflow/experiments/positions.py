@@ -22,7 +22,7 @@ from .plumbing import (
     train_runs,
     write_outputs,
 )
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 NAME = "positions"
 DESCRIPTION = ("AttnFlow Fig. 13: test bits/dim and step time of iMap and iSDP at pos-1..4 of a Glow step, "
@@ -106,4 +106,8 @@ def _plot(entries: list[dict[str, Any]], settings: Settings) -> None:
     save_figure(fig, settings.out / "positions.png")
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs)
+# AttnFlow Fig. 13: the no-attention baseline, then iMap and iSDP at pos-1..4
+DEFAULTS = Defaults(45, test_images=0, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
+                    fashion=("glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp"))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, defaults=DEFAULTS)

@@ -18,7 +18,7 @@ import torch
 
 from ..heartbeat import heartbeat
 from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
-from .protocol import Experiment
+from .protocol import Defaults, Experiment
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -84,4 +84,10 @@ def run(settings: Settings) -> None:
     write_outputs(settings, "Samples at several temperatures", DESCRIPTION + ".", [section], numbers, results)
 
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True)
+# one model of each family, with its attention
+DEFAULTS = Defaults(20, seeds=None, digits=(
+    "glow-digits-imap", "flowpp-digits", "marflow-digits-imap", "acf-resflow-l2-digits", "denseflow-digits"),
+    fashion=("glow-fmnist-tiny-imap", "flowpp-fmnist-tiny", "marflow-fmnist-tiny-imap",
+             "acf-resflow-l2-fmnist-tiny", "denseflow-fmnist-tiny"))
+
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, takes_runs=True, defaults=DEFAULTS)
