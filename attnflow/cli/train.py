@@ -33,19 +33,20 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
                          f"so it cannot resume; evaluate it with `attnflow eval {args.out}`, or train into a new --out")
     given = (RunConfig.load(args.config) if args.config else
              RunConfig.from_preset(args.preset) if args.preset else None)
+    given = None if given is None else given.with_overrides(args.set)
     if not (args.resume and run.is_run()):
         if given is None:
             raise ValueError("give --preset NAME (see `attnflow presets`) or --config FILE, or --resume to continue "
                              "the run in --out")
-        return given.with_overrides(args.set)
+        return given
     saved = run.config()
     if given is not None:
         what = f"--config {args.config}" if args.config else f"preset {args.preset!r}"
-        if changed := run.setup_changes(given.with_overrides(args.set)):
+        if changed := run.setup_changes(given):
             raise ValueError(f"the run in {args.out} was not trained from {what} (its [{changed[0]}] differs); resume "
                              f"without {'--config' if args.config else '--preset'}: the run's own configuration is "
                              "used")
-    cfg = (saved if given is None or not args.config else given).with_overrides(args.set)
+    cfg = given if given is not None and args.config else saved.with_overrides(args.set)
     for key in FIXED_ON_RESUME:
         if cfg.train[key] != saved.train[key]:
             raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
