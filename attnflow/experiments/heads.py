@@ -16,13 +16,12 @@ from typing import Any
 from .plumbing import (
     RunSpec,
     Settings,
-    format_bpd,
-    group_by_spec,
     markdown_table,
+    planned_specs,
     pyplot,
+    row_numbers,
     save_figure,
-    spread,
-    train_runs,
+    train_planned,
     write_outputs,
 )
 from .protocol import Defaults, Experiment
@@ -61,31 +60,15 @@ def plan(settings: Settings) -> list[tuple[RunSpec, int, RunSpec]]:
             for h in head_counts(settings, base)]
 
 
-def trained_specs(settings: Settings) -> list[RunSpec]:
-    """The specifications the experiment trains (each once per seed)."""
-    return [spec for *_, spec in plan(settings)]
-
-
 def run(settings: Settings) -> None:
     runs_plan = plan(settings)
-    results = train_runs(settings, [spec for *_, spec in runs_plan])
-    groups = group_by_spec(results)
+    results, row_runs = train_planned(settings, runs_plan)
     rows = []
     numbers: dict[str, Any] = {"bases": {}}
-    for base, h, spec in runs_plan:
-        runs = groups[spec.text]
-        ok = [r for r in runs if r.ok]
-        entry: dict[str, Any] = {"heads": h, "spec": spec.text}
-        if ok:
-            entry["test_bpd"] = spread([r.results["test"]["bpd"] for r in ok])
-            entry["seconds_per_step"] = spread([r.summary(settings.out)["seconds_per_step"] for r in ok])
-            entry["steps"] = spread([r.results["step"] for r in ok])
-        else:
-            entry["error"] = runs[0].problem
-        numbers["bases"].setdefault(base.text, []).append(entry)
-        rows.append([base.text, h, format_bpd(runs) if ok else runs[0].problem,
-                     f"{entry['steps']['mean']:.0f}" if ok else "-",
-                     f"{entry['seconds_per_step']['mean']:.3g}" if ok else "-"])
+    for (base, h, spec), runs in zip(runs_plan, row_runs):
+        entry, cells = row_numbers(settings, runs)
+        numbers["bases"].setdefault(base.text, []).append({"heads": h, "spec": spec.text, **entry})
+        rows.append([base.text, h, *cells])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for base, entries in numbers["bases"].items():
@@ -113,4 +96,4 @@ def run(settings: Settings) -> None:
 DEFAULTS = Defaults(45, digits=("acf-resflow-l2-digits", "glow-digits-isdp"),
                     fashion=("acf-resflow-l2-fmnist-tiny", "glow-fmnist-tiny-isdp"))
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, options=HeadsOptions, defaults=DEFAULTS)
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=planned_specs(plan), options=HeadsOptions, defaults=DEFAULTS)

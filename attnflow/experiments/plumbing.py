@@ -407,6 +407,33 @@ def say(message: str) -> None:
 
 
 # -- aggregation and formatting ------------------------------------------------------------------
+def train_planned(settings: Settings, planned: Sequence[tuple[Any, ...]]) -> tuple[list[RunResult],
+                                                                                  list[list[RunResult]]]:
+    """Train the specification that ends each planned row (``(..., spec)``); every result, and
+    each row's runs (one per seed)."""
+    results = train_runs(settings, [row[-1] for row in planned])
+    groups = group_by_spec(results)
+    return results, [groups[row[-1].text] for row in planned]
+
+
+def planned_specs(plan: Callable[[Settings], Sequence[tuple[Any, ...]]]) -> Callable[[Settings], list[RunSpec]]:
+    """The :attr:`~.protocol.Experiment.plan` of an experiment whose ``plan`` gives rows ending
+    with their specification."""
+    return lambda settings: [row[-1] for row in plan(settings)]
+
+
+def row_numbers(settings: Settings, runs: Sequence[RunResult]) -> tuple[dict[str, Any], list[str]]:
+    """One planned row's numbers (test bits/dim, seconds per step and steps, each spread over its
+    seeds; the error when none has results) and its table cells: bits/dim, steps, s/step."""
+    ok = [r for r in runs if r.ok]
+    if not ok:
+        return {"error": runs[0].problem}, [runs[0].problem, "-", "-"]
+    numbers = {"test_bpd": spread([r.results["test"]["bpd"] for r in ok]),
+               "seconds_per_step": spread([r.summary(settings.out)["seconds_per_step"] for r in ok]),
+               "steps": spread([r.results["step"] for r in ok])}
+    return numbers, [format_bpd(runs), f"{numbers['steps']['mean']:.0f}", f"{numbers['seconds_per_step']['mean']:.3g}"]
+
+
 def group_by_spec(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     """Runs by specification text, in order, each with its seeds."""
     groups: dict[str, list[RunResult]] = {}

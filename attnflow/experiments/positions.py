@@ -12,14 +12,13 @@ from typing import Any
 from .plumbing import (
     RunSpec,
     Settings,
-    format_bpd,
-    group_by_spec,
     markdown_table,
+    planned_specs,
     pyplot,
+    row_numbers,
     run_config,
     save_figure,
-    spread,
-    train_runs,
+    train_planned,
     write_outputs,
 )
 from .protocol import Defaults, Experiment
@@ -49,31 +48,15 @@ def plan(settings: Settings) -> list[tuple[str, int | None, RunSpec]]:
     return rows
 
 
-def trained_specs(settings: Settings) -> list[RunSpec]:
-    """The specifications the experiment trains (each once per seed)."""
-    return [spec for *_, spec in plan(settings)]
-
-
 def run(settings: Settings) -> None:
     runs_plan = plan(settings)
-    results = train_runs(settings, [spec for *_, spec in runs_plan])
-    groups = group_by_spec(results)
+    results, row_runs = train_planned(settings, runs_plan)
     rows = []
     numbers: dict[str, Any] = {"rows": []}
-    for label, k, spec in runs_plan:
-        runs = groups[spec.text]
-        ok = [r for r in runs if r.ok]
-        entry: dict[str, Any] = {"label": label, "position": k, "spec": spec.text}
-        if ok:
-            entry.update(test_bpd=spread([r.results["test"]["bpd"] for r in ok]),
-                         seconds_per_step=spread([r.summary(settings.out)["seconds_per_step"] for r in ok]),
-                         steps=spread([r.results["step"] for r in ok]))
-        else:
-            entry["error"] = runs[0].problem
-        numbers["rows"].append(entry)
-        rows.append([label, "-" if k is None else f"pos-{k}", format_bpd(runs) if ok else runs[0].problem,
-                     f"{entry['steps']['mean']:.0f}" if ok else "-",
-                     f"{entry['seconds_per_step']['mean']:.3g}" if ok else "-"])
+    for (label, k, spec), runs in zip(runs_plan, row_runs):
+        entry, cells = row_numbers(settings, runs)
+        numbers["rows"].append({"label": label, "position": k, "spec": spec.text, **entry})
+        rows.append([label, "-" if k is None else f"pos-{k}", *cells])
     _plot(numbers["rows"], settings)
     section = "\n".join([
         "## Test bits/dim and step time by attention position", "",
@@ -110,4 +93,4 @@ def _plot(entries: list[dict[str, Any]], settings: Settings) -> None:
 DEFAULTS = Defaults(45, test_images=0, digits=("glow-digits", "glow-digits-imap", "glow-digits-isdp"),
                     fashion=("glow-fmnist-tiny", "glow-fmnist-tiny-imap", "glow-fmnist-tiny-isdp"))
 
-EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=trained_specs, defaults=DEFAULTS)
+EXPERIMENT = Experiment(NAME, DESCRIPTION, run, plan=planned_specs(plan), defaults=DEFAULTS)
