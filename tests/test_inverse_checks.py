@@ -9,6 +9,7 @@ from toy_flows import folding_flow, non_converging_flow
 
 import attnflow.train
 from attnflow.cli import main
+from attnflow.config import RunConfig
 from attnflow.data import load_dataset, to_float
 from attnflow.evaluate import noise_perturbation, reconstruct
 
@@ -40,7 +41,7 @@ def test_perturbation_reports_wrong_inverse_apart_from_non_convergence():
 @pytest.fixture
 def toy_run(monkeypatch, trained_run):
     """The CLI commands on the digits test split, with ``load_run`` giving a toy model."""
-    cfg = json.loads((trained_run / "config.json").read_text())
+    cfg = RunConfig.read(trained_run / "config.json")
 
     def use(flow):
         monkeypatch.setattr(attnflow.train, "load_run", lambda run, device, use_ema=True: (flow, cfg))

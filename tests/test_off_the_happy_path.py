@@ -18,6 +18,7 @@ from PIL import Image
 
 from attnflow import __version__
 from attnflow.cli import FAR_WORSE_BITS, _check_trained, main
+from attnflow.config import RunConfig
 from attnflow.models import build
 from attnflow.rundir import RunDir
 
@@ -136,11 +137,11 @@ def test_a_broken_run_is_not_a_success(tmp_path, bpd, samples, fails):
         (tmp_path / "samples.png").write_bytes(b"")
     result = {"test": {"bpd": bpd}, "levels": 17}
     if not fails:
-        _check_trained(result, RunDir(tmp_path), {"train": {"lr": 1e-3}})
+        _check_trained(result, RunDir(tmp_path), RunConfig.from_preset("glow-digits", ["train.lr=1e-3"]))
         return
     with pytest.raises(CommandFailed, match=r"training failed: .* The run in .* is kept; train again with a lower "
                                             r"train.lr \(now 0.001\)"):
-        _check_trained(result, RunDir(tmp_path), {"train": {"lr": 1e-3}})
+        _check_trained(result, RunDir(tmp_path), RunConfig.from_preset("glow-digits", ["train.lr=1e-3"]))
 
 
 @pytest.mark.slow
