@@ -391,7 +391,7 @@ def test_report_header_names_every_bound_family(tmp_path):
     """The report legend says which bits/dim are bounds: Flow++ (variational dequantization) and
     DenseFlow (noise augmentation) both give one-sample bounds (``log_prob_is_bound``), not
     importance-weighted estimates."""
-    from attnflow.experiments.plumbing import write_outputs
+    from attnflow.experiments.report import write_outputs
     from attnflow.models.denseflow import DenseFlowModel
     from attnflow.models.flowpp import VariationallyDequantizedFlow
 

@@ -220,7 +220,7 @@ def test_repeated_experiment_options_accumulate_so_recorded_commands_rerun():
     import shlex
 
     from attnflow.cli import build_parser
-    from attnflow.experiments.plumbing import command_line
+    from attnflow.experiments.report import command_line
 
     args = build_parser().parse_args(["experiment", "heads", "--out", "x", "--heads", "1", "--heads", "2", "3",
                                       "--run", "a", "--run", "b", "--preset", "p", "--preset", "q+model.hidden=3"])

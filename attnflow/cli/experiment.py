@@ -14,7 +14,8 @@ __all__ = ["register"]
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from ..experiments import ExperimentOptions, listing, resolve_settings, run_experiment
-    from ..experiments.plumbing import ExperimentFailed, ExperimentInterrupted, command_line
+    from ..experiments.plumbing import ExperimentFailed, ExperimentInterrupted
+    from ..experiments.report import command_line
 
     if args.list:
         print("\n".join(listing(args.data)))

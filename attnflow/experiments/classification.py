@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..rundir import RunDir
-from .plumbing import Settings, format_bpd, group_by_spec, markdown_table, spread, train_runs, write_outputs
+from .plumbing import Settings, group_by_spec, train_runs
 from .protocol import Defaults, Experiment
+from .report import format_bpd, markdown_table, spread, write_outputs
 
 NAME = "classification"
 DESCRIPTION = ("ACF Table 3: test accuracy and bits/dim of the hybrid Residual Flow (classifier head on the "

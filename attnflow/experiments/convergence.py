@@ -21,19 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .plumbing import (
-    RunResult,
-    Settings,
-    format_bpd,
-    group_by_spec,
-    markdown_table,
-    pyplot,
-    save_figure,
-    spread,
-    train_runs,
-    write_outputs,
-)
+from .plumbing import RunResult, Settings, group_by_spec, train_runs
 from .protocol import Defaults, Experiment
+from .report import format_bpd, markdown_table, pyplot, save_figure, spread, write_outputs
 
 NAME = "convergence"
 DESCRIPTION = ("ACF Fig. 3: training bits/dim against step and training time, with and without attention, "

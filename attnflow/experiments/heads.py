@@ -13,18 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .plumbing import (
-    RunSpec,
-    Settings,
-    markdown_table,
-    planned_specs,
-    pyplot,
-    row_numbers,
-    save_figure,
-    train_planned,
-    write_outputs,
-)
+from .plumbing import RunSpec, Settings, planned_specs, train_planned
 from .protocol import Defaults, Experiment
+from .report import markdown_table, pyplot, row_numbers, save_figure, write_outputs
 
 NAME = "heads"
 DESCRIPTION = ("ACF Table 2 / AttnFlow Fig. 14: final test bits/dim against the number of heads "

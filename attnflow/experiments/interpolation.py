@@ -18,19 +18,9 @@ from typing import Any
 import torch
 
 from ..heartbeat import heartbeat
-from .plumbing import (
-    RunResult,
-    Settings,
-    load_trained,
-    markdown_table,
-    pyplot,
-    refuse_conditional,
-    save_figure,
-    say,
-    train_runs,
-    write_outputs,
-)
+from .plumbing import RunResult, Settings, load_trained, refuse_conditional, say, train_runs
 from .protocol import Defaults, Experiment
+from .report import markdown_table, pyplot, save_figure, write_outputs
 
 NAME = "interpolation"
 DESCRIPTION = ("ACF Algorithm 2: latent interpolation strips between random test pairs, "

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plumbing import (
-    RunSpec,
-    Settings,
-    markdown_table,
-    planned_specs,
-    pyplot,
-    row_numbers,
-    run_config,
-    save_figure,
-    train_planned,
-    write_outputs,
-)
+from .plumbing import RunSpec, Settings, planned_specs, run_config, train_planned
 from .protocol import Defaults, Experiment
+from .report import markdown_table, pyplot, row_numbers, save_figure, write_outputs
 
 NAME = "positions"
 DESCRIPTION = ("AttnFlow Fig. 13: test bits/dim and step time of iMap and iSDP at pos-1..4 of a Glow step, "

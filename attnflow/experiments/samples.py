@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..heartbeat import heartbeat
-from .plumbing import RunResult, Settings, load_trained, markdown_table, say, train_runs, write_outputs
+from .plumbing import RunResult, Settings, load_trained, say, train_runs
 from .protocol import Defaults, Experiment
+from .report import markdown_table, write_outputs
 
 if TYPE_CHECKING:
     from ..config import RunConfig

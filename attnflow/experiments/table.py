@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..rundir import RunDir
-from .plumbing import RESULTS, RunResult, Settings, markdown_table, pyplot, save_figure, say, train_runs, write_outputs
+from .plumbing import RESULTS, RunResult, Settings, say, train_runs
 from .protocol import Defaults, Experiment
+from .report import markdown_table, pyplot, save_figure, write_outputs
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
