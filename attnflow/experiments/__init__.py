@@ -1,6 +1,6 @@
 """The papers' experiments as commands (``attnflow experiment NAME --out DIR``): each trains its
 runs within a time budget (:mod:`.plumbing`), evaluates them with :mod:`attnflow.evaluate`, and
-writes ``report.md``, its PNG figures and ``results.json`` into ``DIR``.
+writes ``report.md``, its PNG figures and ``results.json`` into ``DIR`` (:mod:`.report`).
 
 :data:`DEFAULTS` gathers each experiment's defaults (declared in its own module): training
 budget, run specifications (``PRESET[+section.key=value...]``) for each ``--data`` choice, seeds
