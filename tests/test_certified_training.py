@@ -128,7 +128,7 @@ def test_circulant_path_after_training() -> None:
     embedding: after 40 Adam steps (and for weights averaged as by EMA, loaded into a copy) every
     used norm is at most ``coeff``. Here on 1x16x16 with the explicit path switched off."""
     from attnflow.models.residual_flow import residual_flow
-    from attnflow.train.trainer import ExponentialMovingAverage
+    from attnflow.train import ExponentialMovingAverage
 
     torch.manual_seed(0)
     model = residual_flow((1, 16, 16), scales=2, blocks=1, hidden=16, attention="l2", heads=2).train()

@@ -3,7 +3,8 @@
 ==============  ==========================================================================
 file            holds
 ==============  ==========================================================================
-trainer.py      ``Trainer`` (set-up, loop, rollback, exact resume), ``ExponentialMovingAverage``
+trainer.py      ``Trainer`` (set-up, loop, rollback, exact resume)
+ema.py          ``ExponentialMovingAverage``: the bias-corrected EMA of the weights for evaluation
 report.py       the end-of-run report: weights, test evaluation, samples, certificates, plots
 checkpoint.py   atomic, finite checkpoints loaded without executing code; ``load_run``
 runlock.py      ``RunLock``: one training at a time per run directory
@@ -17,7 +18,8 @@ signals.py      SIGINT / SIGTERM stop the loop at a step boundary
 The run directory's files and formats: :mod:`attnflow.rundir`.
 """
 from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
-from .trainer import ExponentialMovingAverage, NonFiniteTraining, Trainer
+from .ema import ExponentialMovingAverage
+from .trainer import NonFiniteTraining, Trainer
 
 __all__ = [
     "Trainer",
