@@ -2,8 +2,8 @@
 object each experiment module declares (``EXPERIMENT = Experiment(...)``): its name, description,
 :class:`Defaults` (budget, run specifications per data set, seeds, test images), the runs it plans,
 the function that writes its report and the type of the options only it takes. An experiment is
-its module and its entry in :data:`attnflow.experiments.EXPERIMENTS`; ``DEFAULTS`` there gathers the defaults by name
-(the budgets add up to the whole set's, ``attnflow experiment --list``).
+its module and its entry in :data:`attnflow.experiments.EXPERIMENTS`; ``DEFAULTS`` there gathers
+the defaults by name (the budgets add up to the whole set's, ``attnflow experiment --list``).
 """
 from __future__ import annotations
 
