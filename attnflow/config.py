@@ -16,6 +16,7 @@ model registry; none of them imports it.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from .sections import DataConfig, Section, TrainConfig, section_fields
 
 __all__ = [
     "RunConfig", "ModelConfig", "DataConfig", "TrainConfig", "Override", "preset_names", "load_preset", "check_config",
-    "resolve_config", "apply_overrides", "parse_override", "read_config", "field",
+    "resolve_config", "apply_overrides", "parse_override", "read_config", "read_config_file", "field",
 ]
 
 def field(section: str, key: str, family: str | None = None) -> Field | None:
@@ -48,14 +49,18 @@ def field(section: str, key: str, family: str | None = None) -> Field | None:
 class ModelConfig(Mapping[str, Any]):
     """The ``[model]`` section: the model ``family`` and its builder keywords ``options``
     (checked against the builder's signature; keys it leaves out take the builder's defaults).
-    Reads as attributes (``cfg.model.hidden``) and as the mapping of its JSON
-    (``cfg.model["family"]``)."""
+    Reads as attributes, which give every key of the family (``cfg.model.heads`` is the builder's
+    default when the section leaves it out), and as the mapping of its JSON, which holds the keys
+    it sets (``cfg.model["family"]``, ``dict(cfg.model)``)."""
 
     family: str
     options: dict[str, Any] = dataclass_field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        checked = check_model({"family": self.family, **self.options})
+        if "family" in self.options:
+            raise ConfigError(f"model.family is ModelConfig's family ({self.family!r}), not one of its options; "
+                              f"give ModelConfig({self.options['family']!r}, ...) instead")
+        checked = check_model({"family": self.family, **copy.deepcopy(dict(self.options))})
         del checked["family"]
         object.__setattr__(self, "options", checked)
 
@@ -72,17 +77,22 @@ class ModelConfig(Mapping[str, Any]):
         return FAMILIES[self.family](**self.options)
 
     def replace(self, **options: Any) -> ModelConfig:
-        """A copy with builder keywords ``options`` changed (checked)."""
-        return ModelConfig(self.family, {**self.options, **options})
+        """A copy with builder keywords ``options`` changed (checked); ``family=`` changes the
+        family, whose fields then check every key."""
+        return ModelConfig.from_dict({**self.to_dict(), **options})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, **self.options}
+        """The section as its JSON object (a copy)."""
+        return {"family": self.family, **copy.deepcopy(self.options)}
 
     def __getattr__(self, key: str) -> Any:
-        options = self.__dict__.get("options", {})
+        options, family = self.__dict__.get("options", {}), self.__dict__.get("family")
         if key in options:
             return options[key]
-        raise AttributeError(f"model family {self.__dict__.get('family')!r} has no key {key!r}")
+        fields = model_fields(family) if family in FAMILIES else {}
+        if key in fields:
+            return copy.deepcopy(fields[key].default)
+        raise AttributeError(f"model family {family!r} has no key {key!r}; its keys: {', '.join(sorted(fields))}")
 
     def __getitem__(self, key: str) -> Any:
         return self.family if key == "family" else self.options[key]
@@ -109,6 +119,13 @@ class RunConfig(Mapping[str, Any]):
     data: DataConfig = dataclass_field(default_factory=DataConfig)
     train: TrainConfig = dataclass_field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        for name, kind in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+            if not isinstance(getattr(self, name), kind):
+                got = type(getattr(self, name)).__name__
+                raise ConfigError(f"RunConfig.{name} must be a {kind.__name__}, got {got}; build a configuration "
+                                  "from dicts with RunConfig.of")
+
     @classmethod
     def of(cls, cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
         """``cfg`` itself, or the configuration of a dict of section dicts: ``[data]`` and
@@ -133,22 +150,11 @@ class RunConfig(Mapping[str, Any]):
     @classmethod
     def load(cls, path: str | os.PathLike) -> RunConfig:
         """The configuration in file ``path``: a ``.toml`` file with ``[model]``, ``[data]`` and
-        ``[train]`` tables (a preset's form), or a JSON one (a run's ``config.json``)."""
-        path = Path(os.path.expandvars(os.path.expanduser(path)))
+        ``[train]`` tables (a preset's form), or a JSON one (a run's ``config.json``); keys it
+        leaves out take their defaults (:func:`read_config_file`)."""
+        tables = read_config_file(path)
         try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"configuration file {path} cannot be read ({exc})") from None
-        try:
-            raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            kind = "TOML" if path.suffix == ".toml" else "JSON (a .toml name is read as TOML)"
-            raise ConfigError(f"configuration file {path} is not valid {kind}: {exc}") from None
-        try:
-            check_sections(raw, str(path))
-            return cls.of({"model": raw["model"], "data": raw.get("data", {}), "train": raw.get("train", {})})
+            return cls.of(tables)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
@@ -166,10 +172,9 @@ class RunConfig(Mapping[str, Any]):
             raise ConfigError(
                 f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
             ) from None
-        if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-            cfg["model"] = {k: v for k, v in cfg["model"].items() if k not in RETIRED_MODEL_KEYS}
+        tables = _tables(cfg, path)
         try:
-            return cls.of(cfg)
+            return cls.of(tables)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
@@ -231,14 +236,24 @@ class Override(NamedTuple):
 
 
 def _toml_value(value: Any) -> str:
-    """``value`` as the text of an override (a bare word for a simple string)."""
+    """``value`` as the text of an override: a bare word for a string that :func:`parse_override`
+    reads back as that string, else quoted."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if re.fullmatch(r"[A-Za-z0-9_.:+-]+", value) else json.dumps(value)
+        bare = re.fullmatch(r"[A-Za-z0-9_.:+-]+", value) and _parse_value(value) == value
+        return value if bare else json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(_toml_value, value)) + "]"
     return repr(value)
+
+
+def _parse_value(text: str) -> Any:
+    """An override's value: TOML (``1e-3``, ``true``, ``[1, 8, 8]``, ``"adam"``), else the bare word."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def parse_override(text: str) -> Override:
@@ -248,10 +263,7 @@ def parse_override(text: str) -> Override:
         raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.lr=1e-3")
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+    value = _parse_value(raw.strip())
     if section not in SECTIONS:
         raise ConfigError(f"unknown section {section!r} in {text!r}; valid sections: {', '.join(SECTIONS)}")
     return Override(section, key, value)
@@ -279,6 +291,42 @@ def _move_keys(cfg: dict[str, Any]) -> None:
             value = cfg[old].pop(key)
             if value != default and key not in cfg[new]:
                 cfg[new] = {**cfg[new], key: value}
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The tables of a configuration file, as written (values not yet checked, keys left out
+    absent): ``.toml`` is read as TOML, anything else as JSON; ``~`` and ``$VARS`` are expanded. A
+    missing, unreadable or malformed file is a one-line :class:`~attnflow.schema.ConfigError`."""
+    path = Path(os.path.expandvars(os.path.expanduser(path)))
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path} cannot be read ({exc})") from None
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "TOML" if path.suffix == ".toml" else "JSON (a .toml name is read as TOML)"
+        raise ConfigError(f"configuration file {path} is not valid {kind}: {exc}") from None
+    return _tables(raw, path)
+
+
+def _tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """The ``[model]``, ``[data]`` and ``[train]`` tables of a configuration file's content
+    (``[data]``/``[train]`` may be left out); retired model keys are dropped, moved keys moved. A
+    content of another shape is a one-line :class:`~attnflow.schema.ConfigError` naming ``path``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} holds a {type(raw).__name__}, not a configuration: give it [model], [data] and "
+                          f"[train] tables (a JSON object of three objects)")
+    check_sections(raw, str(path))
+    for name in SECTIONS:
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"{path}: [{name}] must be a table of keys, got {type(raw[name]).__name__}")
+    tables = {"model": {k: v for k, v in raw["model"].items() if k not in RETIRED_MODEL_KEYS},
+              "data": dict(raw.get("data", {})), "train": dict(raw.get("train", {}))}
+    _move_keys(tables)
+    return tables
 
 
 def check_config(cfg: Any) -> dict[str, dict[str, Any]]:

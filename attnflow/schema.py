@@ -1,6 +1,7 @@
 """The one description of a configuration value: its type, valid range or allowed values and
 what it means (:class:`Field`), and the ``Annotated`` metadata (:class:`Key`) from which a model
-family's builder signature gives its ``[model]`` fields (:func:`signature_fields`).
+family's builder signature gives its ``[model]`` fields, and the section dataclasses their
+``[data]`` / ``[train]`` fields (:func:`signature_fields`).
 
 A :class:`Field` checks presets, ``--set`` overrides and the ``config.json`` of a resumed or
 loaded run alike (:meth:`Field.check`), and the CLI's numeric options (:meth:`Field.argparse_type`),
@@ -9,7 +10,7 @@ so every bad value gets the same kind of one-line message naming the key and its
     train.checkpoint_every must be an integer >= 1 (steps between checkpoints), got 0
 
 This module is the floor of the configuration: it imports nothing from attnflow. The ``[data]``
-and ``[train]`` fields are declared in :mod:`attnflow.fields`, each model family's in its
+and ``[train]`` fields are declared in :mod:`attnflow.sections`, each model family's in its
 builder's signature (:mod:`attnflow.models.registry`); :mod:`attnflow.config` puts them together.
 """
 from __future__ import annotations
@@ -46,8 +47,8 @@ class Field:
     entries) lie in ``[lo, hi]``, with ``lo_open`` / ``hi_open`` making an end exclusive; strings
     are one of ``choices`` when given (a callable is called at check time, for registries), or
     match the regular expression ``pattern`` in full (``pattern_text`` says what it accepts).
-    ``default`` is the value of a ``[data]`` / ``[train]`` key that a preset leaves out (a
-    ``[model]`` key's default is its builder's keyword default).
+    ``default`` is the value the key takes when a configuration leaves it out: its builder
+    keyword's or section field's default (a list for a tuple default).
     """
 
     section: str
@@ -220,9 +221,10 @@ def signature_fields(fn: Callable[..., Any], section: str = "model") -> dict[str
         if param.default is inspect.Parameter.empty:
             raise TypeError(f"{where}: parameter {name!r} needs a default")
         kind, item = _kind(typing.get_args(hint)[0])
-        f = Field(section, name, kind, keys[0].help, item=item, **keys[0].options)
+        default = list(param.default) if isinstance(param.default, tuple) else param.default
+        f = Field(section, name, kind, keys[0].help, item=item, default=default, **keys[0].options)
         try:
-            f.check(list(param.default) if isinstance(param.default, tuple) else param.default)
+            f.check(default)
         except ConfigError as exc:
             raise TypeError(f"{where}: the default of {name!r} is invalid: {exc}") from None
         out[name] = f

@@ -4,6 +4,7 @@ own option types."""
 import dataclasses
 import json
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from attnflow.experiments.heads import HeadsOptions
 from attnflow.experiments.table import TableOptions
 from attnflow.schema import ConfigError
 
+RUNS = Path(__file__).parent / "fixtures" / "runs-0.1.0"
 TINY = ["model.steps=1", "model.hidden=8", "train.steps=2", "train.threads=1", "train.log_every=1"]
 
 
@@ -187,3 +189,72 @@ def test_model_config_builds_its_family():
     assert flow.shape == (1, 8, 8) and model.to_dict()["family"] == "glow" and dict(model)["hidden"] == 8
     with pytest.raises(ConfigError, match="model.family must be one of"):
         ModelConfig("nope")
+
+
+def test_configuration_files_of_another_shape_are_one_line_errors(tmp_path):
+    cases = {"five.json": ("5", "holds a int, not a configuration"),
+             "null.json": ("null", "holds a NoneType, not a configuration"),
+             "list.json": ("[]", "holds a list, not a configuration"),
+             "text.json": ('"abc"', "holds a str, not a configuration"),
+             "data.json": ('{"model": {"family": "glow"}, "data": 5}', r"\[data\] must be a table of keys, got int")}
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=match) as exc:
+            RunConfig.load(tmp_path / name)
+        assert str(exc.value).count(str(tmp_path / name)) == 1  # the file is named once
+
+
+def test_an_old_config_json_with_retired_keys_trains_again(tmp_path):
+    old = json.loads((RUNS / "residual-l2" / "config.json").read_text())
+    old["model"].update(power_tol=1e-3, power_max_iter=100)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert RunConfig.load(tmp_path / "config.json").to_dict() == RunConfig.read(tmp_path / "config.json").to_dict()
+    assert "power_tol" not in RunConfig.load(tmp_path / "config.json").model
+
+
+def test_model_config_family_and_defaults():
+    cfg = RunConfig.from_preset("glow-digits")
+    assert "heads" not in cfg.model and cfg.model.heads == 1  # the builder's default, read as an attribute
+    with pytest.raises(ConfigError, match="model.family is ModelConfig's family"):
+        ModelConfig("glow", {"family": "residual", "blocks": 2})
+    assert cfg.replace(model={"family": "nsf", "hidden": 8}).model.family == "nsf"  # every key checked again
+    with pytest.raises(ConfigError, match="unknown key model.steps .*valid keys of model family .residual."):
+        cfg.replace(model={"family": "residual"})
+
+
+def test_a_run_config_holds_its_own_sections_and_copies():
+    cfg = RunConfig.from_preset("glow-digits")
+    with pytest.raises(ConfigError, match="RunConfig.data must be a DataConfig, got TrainConfig"):
+        RunConfig(cfg.model, cfg.train, cfg.data)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="RunConfig.train must be a TrainConfig, got dict"):
+        RunConfig(cfg.model, cfg.data, {"lr": 1.0})  # type: ignore[arg-type]
+    shape = cfg.model.shape
+    cfg.to_dict()["model"]["shape"].append(99)
+    assert cfg.model.shape == shape == [1, 8, 8]
+
+
+def test_override_texts_read_back_as_their_values():
+    for value in ("1", "true", "inf", "a b", "dot", 1, 1.5, True, [1, 2]):
+        o = Override("data", "root", value)
+        assert parse_override(str(o)) == o, str(o)
+
+
+def test_a_resume_with_a_partial_configuration_file_keeps_the_saved_train_keys(tmp_path, capsys):
+    toml = tmp_path / "mine.toml"
+    toml.write_text('[model]\nfamily = "glow"\nsteps = 1\nhidden = 8\n\n[train]\nsteps = 2\nthreads = 1\nlr = 3e-4\n'
+                    'checkpoint_every = 1\n')
+    main(["train", "--config", str(toml), "--out", str(tmp_path / "a"), "--quiet"])
+    (tmp_path / "more.toml").write_text('[model]\nfamily = "glow"\nsteps = 1\nhidden = 8\n\n[train]\nsteps = 3\n')
+    main(["train", "--config", str(tmp_path / "more.toml"), "--out", str(tmp_path / "a"), "--resume", "--quiet"])
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert (saved["steps"], saved["lr"], saved["checkpoint_every"], saved["threads"]) == (3, 3e-4, 1, 1)
+
+
+def test_the_trainer_itself_refuses_what_a_resume_cannot_change(tmp_path):
+    from attnflow.train import Trainer
+
+    cfg = RunConfig.from_preset("glow-digits", TINY)
+    Trainer(cfg, tmp_path / "r", progress=False).run()
+    for key, value in (("batch_size", 32), ("seed", 5)):
+        with pytest.raises(ValueError, match=f"train.{key} cannot change on --resume"):
+            Trainer(cfg.replace(train={key: value, "steps": 3}), tmp_path / "r", resume=True, progress=False)

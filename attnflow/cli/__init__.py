@@ -37,11 +37,10 @@ from . import evaluate, experiment, images, presets, train
 from .common import OPTIONS, CommandFailed, number
 from .train import (
     FAR_WORSE_BITS,
-    FIXED_ON_RESUME,
     _check_trained as _check_trained,  # re-exported: tests call it
 )
 
-__all__ = ["main", "build_parser", "OPTIONS", "USER_ERRORS", "CommandFailed", "FAR_WORSE_BITS", "FIXED_ON_RESUME"]
+__all__ = ["main", "build_parser", "OPTIONS", "USER_ERRORS", "CommandFailed", "FAR_WORSE_BITS"]
 
 #: the command groups, in the order of ``attnflow --help``
 GROUPS = (presets, train, evaluate, images, experiment)

@@ -13,19 +13,16 @@ from .common import OPTIONS, CommandFailed
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-__all__ = ["register", "FIXED_ON_RESUME", "FAR_WORSE_BITS"]
-
-
-#: Settings a resumed run cannot change: the order of its batches and its random draws follow them.
-FIXED_ON_RESUME = ("batch_size", "seed")
+__all__ = ["register", "FAR_WORSE_BITS"]
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
     """The configuration to train with: the preset (or the configuration file) with ``--set``
     applied. On ``--resume``: the run's saved configuration with ``--set`` applied; a ``--preset``
-    given then must match the run's set-up, a ``--config`` file given is trained with (it is how an
-    experiment hands its runs their configuration) and must match it too."""
-    from ..config import RunConfig
+    given then must match the run's set-up; a ``--config`` file given must match it too, and the
+    ``[train]`` keys it sets replace the saved ones (it is how an experiment hands its runs their
+    configuration)."""
+    from ..config import RunConfig, read_config_file
 
     run = RunDir(args.out)
     if run.weights.is_file() and not run.has_checkpoint():
@@ -46,13 +43,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError(f"the run in {args.out} was not trained from {what} (its [{changed[0]}] differs); resume "
                              f"without {'--config' if args.config else '--preset'}: the run's own configuration is "
                              "used")
-    cfg = given if given is not None and args.config else saved.with_overrides(args.set)
-    for key in FIXED_ON_RESUME:
-        if cfg.train[key] != saved.train[key]:
-            raise ValueError(f"train.{key} cannot change on --resume (the run in {args.out} was trained with "
-                             f"{key} = {saved.train[key]}, and its batches and random draws follow it); resume "
-                             f"without changing it, or train a new run into another --out")
-    return cfg
+    resumed = saved.replace(train=read_config_file(args.config)["train"]) if args.config else saved
+    return resumed.with_overrides(args.set)  # the trainer refuses what a resume cannot change
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -46,8 +46,8 @@ class ExperimentOptions:
     """The options of ``attnflow experiment NAME --out DIR ...`` as given; ``None`` (or empty) is
     the experiment's default (:data:`DEFAULTS`): ``budget`` minutes of training in all, the run
     specifications ``presets``, ``seeds`` per specification, ``clock`` (``cpu`` when ``jobs > 1``,
-    runs then share the cores, else ``wall``), ``device``, ``--set`` ``overrides``,
-    ``heads`` (the heads experiment's counts), existing ``runs`` instead of training, the
+    runs then share the cores, else ``wall``), ``device``, ``--set`` ``overrides``, existing
+    ``runs`` instead of training, the
     ``command`` recorded in the report, ``progress`` bars, ``jobs`` trained at once and the runs'
     ``test_images``; then the options one experiment takes (its :attr:`Experiment.options` type
     has a field of the same name): the heads experiment's ``heads``, the table's

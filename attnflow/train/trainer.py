@@ -72,6 +72,9 @@ class NonFiniteTraining(RuntimeError):
     """Training diverged: steps stayed non-finite through ``train.max_rollbacks`` rollbacks."""
 
 
+#: Settings a resumed run cannot change: the order of its batches and its random draws follow them.
+FIXED_ON_RESUME = ("batch_size", "seed")
+
 #: What ``train.time_limit_s`` and ``train_seconds`` count. ``cpu`` is the CPU time of the whole
 #: process (all its threads): runs that share a machine, each with ``train.threads=1``, then get
 #: equal compute whatever else runs beside them.
@@ -161,7 +164,7 @@ class Trainer:
 
     def _read_run(self, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         """The checkpoint of the run to resume, and the ``train.*`` settings that ``cfg`` changes
-        (``{key: [saved, new]}``); its set-up must be the same."""
+        (``{key: [saved, new]}``); its set-up and :data:`FIXED_ON_RESUME` must be the same."""
         self._remove_stale_temporaries()
         if not self.rundir.has_checkpoint():
             raise CheckpointError(f"cannot resume: no checkpoint at {self.rundir.checkpoint}; "
@@ -173,6 +176,11 @@ class Trainer:
                 f"cannot resume {self.out} with a different {' and '.join(changed)} configuration; "
                 "only train.* settings may change on resume"
             )
+        for key in FIXED_ON_RESUME:
+            if cfg.train[key] != saved.train[key]:
+                raise ValueError(f"train.{key} cannot change on --resume (the run in {self.out} was trained with "
+                                 f"{key} = {saved.train[key]}, and its batches and random draws follow it); resume "
+                                 f"without changing it, or train a new run into another --out")
         changed_train = {f"train.{k}": [saved.train[k], v] for k, v in cfg.train.items() if saved.train[k] != v}
         return state, changed_train
 
