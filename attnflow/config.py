@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .core import Flow
+from .models import build_from_config
 from .models.registry import FAMILIES, check_model, model_fields
 from .presets import check_sections, load_preset, preset_names
 from .schema import SECTIONS, ConfigError, Field
@@ -35,7 +36,8 @@ from .sections import DataConfig, Section, TrainConfig, section_fields
 
 __all__ = [
     "RunConfig", "ModelConfig", "DataConfig", "TrainConfig", "Override", "preset_names", "load_preset", "check_config",
-    "resolve_config", "apply_overrides", "parse_override", "read_config", "read_config_file", "field",
+    "resolve_config", "apply_overrides", "parse_override", "read_config", "read_config_file", "read_saved_config",
+    "field",
 ]
 
 def field(section: str, key: str, family: str | None = None) -> Field | None:
@@ -74,7 +76,7 @@ class ModelConfig(Mapping[str, Any]):
 
     def build(self) -> Flow:
         """The model (freshly initialised)."""
-        return FAMILIES[self.family](**self.options)
+        return build_from_config(self)
 
     def replace(self, **options: Any) -> ModelConfig:
         """A copy with builder keywords ``options`` changed (checked); ``family=`` changes the
@@ -152,27 +154,18 @@ class RunConfig(Mapping[str, Any]):
         """The configuration in file ``path``: a ``.toml`` file with ``[model]``, ``[data]`` and
         ``[train]`` tables (a preset's form), or a JSON one (a run's ``config.json``); keys it
         leaves out take their defaults (:func:`read_config_file`)."""
-        tables = read_config_file(path)
-        try:
-            return cls.of(tables)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return cls.from_tables(read_config_file(path), path)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> RunConfig:
         """A run's saved ``config.json``, completed with today's defaults (keys added since it was
         written) and validated; retired keys are dropped, moved ones read in their new section. A
         missing, unreadable or invalid file is a :class:`~attnflow.schema.ConfigError` naming it."""
-        path = Path(path)
-        try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist; train with `attnflow train --out {path.parent}`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(
-                f"{path} is not a readable JSON configuration ({exc}); restore it or train a new run"
-            ) from None
-        tables = _tables(cfg, path)
+        return cls.from_tables(_tables(read_saved_config(path), Path(path)), path)
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, Any], path: str | os.PathLike) -> RunConfig:
+        """:meth:`of` the tables read from file ``path``, whose name starts any error."""
         try:
             return cls.of(tables)
         except ConfigError as exc:
@@ -310,6 +303,19 @@ def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         kind = "TOML" if path.suffix == ".toml" else "JSON (a .toml name is read as TOML)"
         raise ConfigError(f"configuration file {path} is not valid {kind}: {exc}") from None
     return _tables(raw, path)
+
+
+def read_saved_config(path: str | os.PathLike) -> Any:
+    """The JSON of a run's ``config.json`` as saved (keys a run saved before they existed are
+    absent); a missing or unreadable file is a :class:`~attnflow.schema.ConfigError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; train with `attnflow train --out {path.parent}`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not a readable JSON configuration ({exc}); restore it or train a new "
+                          "run") from None
 
 
 def _tables(raw: Any, path: Path) -> dict[str, dict[str, Any]]:

@@ -176,17 +176,11 @@ class RunDir:
 
     def saved_config(self) -> dict[str, Any]:
         """The configuration as it was saved (keys a run saved before they existed are absent);
-        a missing or unreadable file is a :class:`~attnflow.schema.ConfigError` naming it."""
-        from .schema import ConfigError
+        a missing or unreadable file is a :class:`~attnflow.schema.ConfigError` naming it
+        (:func:`attnflow.config.read_saved_config`)."""
+        from .config import read_saved_config
 
-        try:
-            return json.loads(self.config_path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{self.config_path} does not exist; train with "
-                              f"`attnflow train --out {self.path}`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{self.config_path} is not a readable JSON configuration ({exc}); restore it "
-                              "or train a new run") from None
+        return read_saved_config(self.config_path)
 
     def write_config(self, cfg: RunConfig | Mapping[str, Any]) -> None:
         """Save ``cfg`` (checked; a :class:`~attnflow.config.RunConfig` or its JSON form) as JSON,

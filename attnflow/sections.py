@@ -25,7 +25,7 @@ from .device import DEVICE_PATTERN
 from .precision import PRECISIONS
 from .schema import ConfigError, Field, Key, signature_fields, unknown_key
 
-__all__ = ["Section", "DataConfig", "TrainConfig", "SECTION_TYPES", "section_fields", "section_defaults"]
+__all__ = ["Section", "DataConfig", "TrainConfig", "SECTION_TYPES", "section_fields"]
 
 S = TypeVar("S", bound="Section")
 
@@ -165,8 +165,3 @@ def section_fields(section: str) -> dict[str, Field]:
     if section not in SECTION_TYPES:
         raise ConfigError(f"unknown section {section!r}; sections with fixed keys: {', '.join(SECTION_TYPES)}")
     return SECTION_TYPES[section].fields()
-
-
-def section_defaults(section: str) -> dict[str, Any]:
-    """Defaults of the ``[data]`` or ``[train]`` section."""
-    return SECTION_TYPES[section]().to_dict()

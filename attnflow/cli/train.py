@@ -28,7 +28,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     if run.weights.is_file() and not run.has_checkpoint():
         raise ValueError(f"{args.out} holds a trained model ({run.weights.name}) without its {run.checkpoint.name}, "
                          f"so it cannot resume; evaluate it with `attnflow eval {args.out}`, or train into a new --out")
-    given = (RunConfig.load(args.config) if args.config else
+    tables = read_config_file(args.config) if args.config else None
+    given = (RunConfig.from_tables(tables, args.config) if tables is not None else
              RunConfig.from_preset(args.preset) if args.preset else None)
     given = None if given is None else given.with_overrides(args.set)
     if not (args.resume and run.is_run()):
@@ -43,7 +44,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError(f"the run in {args.out} was not trained from {what} (its [{changed[0]}] differs); resume "
                              f"without {'--config' if args.config else '--preset'}: the run's own configuration is "
                              "used")
-    resumed = saved.replace(train=read_config_file(args.config)["train"]) if args.config else saved
+    resumed = saved.replace(train=tables["train"]) if tables is not None else saved
     return resumed.with_overrides(args.set)  # the trainer refuses what a resume cannot change
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Mapping
 from typing import Any
 
 from ..core import Flow
@@ -35,7 +36,7 @@ def presets() -> list[str]:
     return preset_names()
 
 
-def build_from_config(model_cfg: dict[str, Any]) -> Flow:
+def build_from_config(model_cfg: Mapping[str, Any]) -> Flow:
     """Build a model from a resolved ``[model]`` section (``family`` plus builder keywords)."""
     kwargs = dict(model_cfg)
     family = kwargs.pop("family")
